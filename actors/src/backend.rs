@@ -1,0 +1,65 @@
+//! The secret-backend trait: what a ProviderConnection needs from a store.
+//!
+//! Real adapters (Vault/OpenBao, the encrypted file vault, …) live in the `dso` crate and implement
+//! this; the actor only ever sees `Arc<dyn SecretBackend>`.
+
+use async_trait::async_trait;
+
+use crate::secret::SecretData;
+
+/// Why a backend request failed. Variants that say `connection` count toward the
+/// five-consecutive-failures restart of a ProviderConnection; the others are answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The path does not exist in the backend.
+    #[error("secret `{path}` not found")]
+    NotFound {
+        /// The path asked for.
+        path: String,
+    },
+    /// The backend refused our credentials (HTTP 401/403, bad key file, wrong passphrase).
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// The backend could not be reached or answered garbage (connection refused, TLS, 5xx, decode).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The request did not finish within the provider's timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The backend's own configuration is wrong (e.g. missing token variable); fix the config.
+    #[error("misconfigured: {0}")]
+    Config(String),
+}
+
+impl BackendError {
+    /// True for failures of the connection itself (not answers such as "not found").
+    pub fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Unavailable(_) | BackendError::Timeout(_) | BackendError::Denied(_)
+        )
+    }
+
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            BackendError::NotFound { .. } => "not_found",
+            BackendError::Denied(_) => "denied",
+            BackendError::Unavailable(_) => "unavailable",
+            BackendError::Timeout(_) => "timeout",
+            BackendError::Config(_) => "config",
+        }
+    }
+}
+
+/// A secret store.
+#[async_trait]
+pub trait SecretBackend: Send + Sync + 'static {
+    /// Fetches everything stored at `path`.
+    async fn fetch(&self, path: &str) -> Result<SecretData, BackendError>;
+
+    /// A cheap liveness/auth check (e.g. token lookup). Default: always fine.
+    async fn probe(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}

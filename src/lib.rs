@@ -1,0 +1,7 @@
+//! DSO: a secret-injection agent for Docker hosts.
+//!
+//! This crate holds the CLI, the configuration and the adapters (Docker via bollard, secret
+//! backends); the actor system lives in the `dso-actors` crate. See `ARCHITECTURE.md`.
+
+pub mod config;
+pub mod providers;
