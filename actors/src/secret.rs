@@ -8,6 +8,7 @@ use std::fmt;
 
 use zeroize::{Zeroize, Zeroizing};
 
+
 /// Secret bytes. `Debug` prints `[redacted]`; the buffer is zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretValue(Zeroizing<Vec<u8>>);
@@ -97,21 +98,35 @@ impl SecretData {
                 available: m.keys().cloned().collect::<Vec<_>>().join(", "),
             }),
             (SecretData::Value(v), Some(k)) => {
-                let parsed: Option<Zeroizing<serde_json::Map<String, serde_json::Value>>> =
-                    serde_json::from_slice(v.expose()).ok().map(Zeroizing::new);
-                let Some(obj) = parsed else {
+                let Ok(mut obj) =
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(v.expose())
+                else {
                     return Err(SelectError::NotAMap { key: k.to_string() });
                 };
-                match obj.get(k) {
+                let out = match obj.get(k) {
                     Some(serde_json::Value::String(s)) => Ok(SecretValue::from_str_copy(s)),
                     Some(other) => Ok(SecretValue::new(other.to_string().into_bytes())),
                     None => Err(SelectError::KeyNotFound {
                         key: k.to_string(),
                         available: obj.keys().cloned().collect::<Vec<_>>().join(", "),
                     }),
+                };
+                for (_, val) in obj.iter_mut() {
+                    zeroize_json(val);
                 }
+                out
             }
         }
+    }
+}
+
+/// Best-effort wipe of the strings in a parsed JSON value before it is dropped.
+fn zeroize_json(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => s.zeroize(),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(zeroize_json),
+        serde_json::Value::Object(o) => o.iter_mut().for_each(|(_, v)| zeroize_json(v)),
+        _ => {}
     }
 }
 
