@@ -4,4 +4,6 @@
 //! backends); the actor system lives in the `dso-actors` crate. See `ARCHITECTURE.md`.
 
 pub mod config;
+pub mod docker;
+pub mod http;
 pub mod providers;

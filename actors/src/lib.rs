@@ -1,5 +1,19 @@
 //! DSO's actor system. See `ARCHITECTURE.md` at the repository root.
 
 pub mod backend;
+pub mod cache;
 pub mod engine;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod injector;
+pub mod messages;
+pub mod metrics;
+pub mod provider;
+pub mod reconciler;
 pub mod secret;
+pub mod spec;
+pub mod supervisor;
+pub mod tarball;
+pub mod watcher;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Recording fakes of [`ContainerEngine`] and [`SecretBackend`] for unit tests (feature `fake`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::backend::{BackendError, SecretBackend};
+use crate::engine::{
+    ContainerEngine, ContainerInfo, ContainerSummary, EngineError, EngineEvent, EventStream,
+    ExecOutput,
+};
+use crate::secret::SecretData;
+
+/// One recorded engine call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineCall {
+    /// `inspect(id)`.
+    Inspect(String),
+    /// `list_running()`.
+    List,
+    /// `exec(id, cmd, stdin)`.
+    Exec {
+        /// Container.
+        id: String,
+        /// argv.
+        cmd: Vec<String>,
+        /// stdin bytes (the tar).
+        stdin: Vec<u8>,
+    },
+    /// `events(since)`.
+    Events,
+}
+
+/// A fake engine: containers are whatever the test put in; every call is recorded.
+#[derive(Default)]
+pub struct FakeEngine {
+    /// Containers by id.
+    pub containers: Mutex<HashMap<String, ContainerInfo>>,
+    /// Calls, in order.
+    pub calls: Mutex<Vec<EngineCall>>,
+    /// Exit code exec returns.
+    pub exec_exit: Mutex<i64>,
+    /// How long each exec takes.
+    pub exec_delay: Mutex<Duration>,
+    /// Sender side of the event stream, once `events` was called.
+    pub events_tx: Mutex<Option<mpsc::UnboundedSender<Result<EngineEvent, EngineError>>>>,
+    /// When true, `ping` and `events` fail.
+    pub down: Mutex<bool>,
+}
+
+impl FakeEngine {
+    /// A fake with no containers.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Adds a running container.
+    pub fn add(&self, info: ContainerInfo) {
+        if let Ok(mut c) = self.containers.lock() {
+            c.insert(info.id.clone(), info);
+        }
+    }
+
+    /// Recorded calls.
+    pub fn calls(&self) -> Vec<EngineCall> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Recorded execs.
+    pub fn execs(&self) -> Vec<(String, Vec<String>, Vec<u8>)> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                EngineCall::Exec { id, cmd, stdin } => Some((id, cmd, stdin)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Pushes an event into the stream (if subscribed).
+    pub fn emit(&self, ev: EngineEvent) -> bool {
+        self.events_tx
+            .lock()
+            .ok()
+            .and_then(|tx| tx.as_ref().map(|tx| tx.send(Ok(ev)).is_ok()))
+            .unwrap_or(false)
+    }
+
+    fn record(&self, c: EngineCall) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(c);
+        }
+    }
+}
+
+#[async_trait]
+impl ContainerEngine for FakeEngine {
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, EngineError> {
+        self.record(EngineCall::Inspect(id.to_string()));
+        self.containers
+            .lock()
+            .ok()
+            .and_then(|c| c.get(id).cloned())
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
+    }
+
+    async fn list_running(&self) -> Result<Vec<ContainerSummary>, EngineError> {
+        self.record(EngineCall::List);
+        let c = self.containers.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut v: Vec<_> = c
+            .values()
+            .filter(|i| i.running)
+            .map(|i| ContainerSummary {
+                id: i.id.clone(),
+                labels: i.labels.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String], stdin: &[u8]) -> Result<ExecOutput, EngineError> {
+        self.record(EngineCall::Exec {
+            id: id.to_string(),
+            cmd: cmd.to_vec(),
+            stdin: stdin.to_vec(),
+        });
+        let delay = self.exec_delay.lock().map(|d| *d).unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(ExecOutput {
+            exit_code: Some(self.exec_exit.lock().map(|e| *e).unwrap_or(0)),
+            output: String::new(),
+        })
+    }
+
+    async fn events(&self, _since: Option<SystemTime>) -> Result<EventStream, EngineError> {
+        self.record(EngineCall::Events);
+        if self.down.lock().map(|d| *d).unwrap_or(false) {
+            return Err(EngineError::Engine("fake engine down".into()));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut slot) = self.events_tx.lock() {
+            *slot = Some(tx);
+        }
+        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })))
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        if self.down.lock().map(|d| *d).unwrap_or(false) {
+            return Err(EngineError::Engine("fake engine down".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A fake backend: a map of paths, a fetch counter, optional failure and delay.
+#[derive(Default)]
+pub struct FakeBackend {
+    /// Data by path.
+    pub data: Mutex<HashMap<String, SecretData>>,
+    /// Fetches made.
+    pub fetches: AtomicUsize,
+    /// When set, every fetch fails with this.
+    pub fail_with: Mutex<Option<BackendError>>,
+    /// How long each fetch takes.
+    pub delay: Mutex<Duration>,
+}
+
+impl FakeBackend {
+    /// An empty backend.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Stores `data` at `path`.
+    pub fn put(&self, path: &str, data: SecretData) {
+        if let Ok(mut d) = self.data.lock() {
+            d.insert(path.to_string(), data);
+        }
+    }
+
+    /// Number of fetches so far.
+    pub fn fetch_count(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl SecretBackend for FakeBackend {
+    async fn fetch(&self, path: &str) -> Result<SecretData, BackendError> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay.lock().map(|d| *d).unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(e) = self.fail_with.lock().ok().and_then(|f| f.clone()) {
+            return Err(e);
+        }
+        self.data
+            .lock()
+            .ok()
+            .and_then(|d| d.get(path).cloned())
+            .ok_or_else(|| BackendError::NotFound {
+                path: path.to_string(),
+            })
+    }
+}

@@ -1,0 +1,503 @@
+//! Injector: one shard of the injection pool.
+//!
+//! A container id always hashes to the same shard ([`shard_for`]), so its jobs are handled in
+//! order by one actor. Per container there is at most one job in flight and one queued: a newer
+//! job replaces the queued one. A shard runs up to `concurrency` containers at once; jobs beyond
+//! that wait in a queue of `queue_capacity`; when that is full the job is dropped, counted in
+//! `dso_events_dropped_total{reason="queue_full"}` and a reconcile is requested, so nothing is lost
+//! for good.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
+
+use crate::cache::Cache;
+use crate::engine::{ContainerAction, ContainerEngine, EngineError};
+use crate::messages::{ContainerJob, Drain, FetchError, GetSecret, Reconcile, Trigger};
+use crate::metrics::Metrics;
+use crate::secret::{SecretData, SecretValue};
+use crate::spec::{build_spec, dir_on_tmpfs, SecretRule, SpecError, Target};
+use crate::tarball::{build_tar, inject_command, EXIT_NOT_TMPFS, EXIT_NO_TAR};
+
+/// The shard of a container id: stable for the life of the process and across runs.
+pub fn shard_for(id: &str, shards: usize) -> usize {
+    // FNV-1a: stable (unlike std's RandomState), cheap, good enough spread for hex ids.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+/// Routes jobs to shards. Cheap to clone.
+#[derive(Clone)]
+pub struct ShardRouter {
+    shards: Arc<Vec<Addr<Injector>>>,
+}
+
+impl ShardRouter {
+    /// A router over these shards (in shard order).
+    pub fn new(shards: Vec<Addr<Injector>>) -> Self {
+        Self {
+            shards: Arc::new(shards),
+        }
+    }
+
+    /// The shard actor for a container.
+    pub fn shard(&self, id: &str) -> &Addr<Injector> {
+        &self.shards[shard_for(id, self.shards.len())]
+    }
+
+    /// All shards.
+    pub fn all(&self) -> &[Addr<Injector>] {
+        &self.shards
+    }
+
+    /// Non-blocking delivery (used by the event stream). `false` when the mailbox is full or the
+    /// shard is gone; the caller counts the drop and schedules a reconcile.
+    pub fn try_route(&self, job: ContainerJob) -> bool {
+        self.shard(&job.id).try_send(job).is_ok()
+    }
+
+    /// Delivery that waits for mailbox room (used by the reconciler).
+    pub async fn route(&self, job: ContainerJob) -> bool {
+        self.shard(&job.id).send(job).await.is_ok()
+    }
+}
+
+/// Injector settings.
+#[derive(Debug, Clone)]
+pub struct InjectorSettings {
+    /// Containers injected at once by one shard.
+    pub concurrency: usize,
+    /// Jobs that may wait in one shard.
+    pub queue_capacity: usize,
+    /// `[[secrets]]` rules from the config.
+    pub rules: Arc<Vec<SecretRule>>,
+    /// Only containers matching this are managed (None: all).
+    pub scope: Option<Target>,
+}
+
+/// How one job ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Files are in place.
+    Injected {
+        /// `State.StartedAt` at injection time.
+        started_at: Option<String>,
+        /// Names of the files written.
+        names: Vec<String>,
+    },
+    /// Same container start already injected; nothing to do.
+    AlreadyInjected,
+    /// The container asks for nothing (or is out of scope).
+    NotManaged,
+    /// The container stopped or vanished.
+    Gone,
+    /// Refused before anything was written; the message says why.
+    Refused {
+        /// Metric label.
+        result: &'static str,
+        /// Human explanation (never a value).
+        message: String,
+    },
+}
+
+impl Outcome {
+    fn metric(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Injected { .. } => Some("success"),
+            Outcome::AlreadyInjected => Some("duplicate"),
+            Outcome::NotManaged => None,
+            Outcome::Gone => Some("container_gone"),
+            Outcome::Refused { result, .. } => Some(result),
+        }
+    }
+}
+
+struct Managed {
+    started_at: Option<String>,
+}
+
+/// The actor.
+pub struct Injector {
+    shard: usize,
+    engine: Arc<dyn ContainerEngine>,
+    cache: Addr<Cache>,
+    reconciler: Option<Recipient<Reconcile>>,
+    settings: InjectorSettings,
+    metrics: Arc<Metrics>,
+    mailbox: usize,
+    running: HashSet<String>,
+    pending: HashMap<String, ContainerJob>,
+    queue: VecDeque<String>,
+    managed: HashMap<String, Managed>,
+    draining: bool,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Injector {
+    /// Shard number `shard`.
+    pub fn new(
+        shard: usize,
+        engine: Arc<dyn ContainerEngine>,
+        cache: Addr<Cache>,
+        reconciler: Option<Recipient<Reconcile>>,
+        settings: InjectorSettings,
+        metrics: Arc<Metrics>,
+        mailbox: usize,
+    ) -> Self {
+        Self {
+            shard,
+            engine,
+            cache,
+            reconciler,
+            settings,
+            metrics,
+            mailbox,
+            running: HashSet::new(),
+            pending: HashMap::new(),
+            queue: VecDeque::new(),
+            managed: HashMap::new(),
+            draining: false,
+            drain_waiters: Vec::new(),
+        }
+    }
+
+    fn submit(&mut self, job: ContainerJob, ctx: &mut Context<Self>) {
+        if let Some(slot) = self.pending.get_mut(&job.id) {
+            // Collapse: the newest job replaces the queued one; the earliest receive time is kept
+            // so the latency metric stays honest.
+            let received = slot.received.min(job.received);
+            *slot = ContainerJob { received, ..job };
+            return;
+        }
+        if self.pending.len() >= self.settings.queue_capacity {
+            self.metrics.dropped("queue_full");
+            tracing::warn!(shard = self.shard, container = %short(&job.id), "injector queue full; job dropped, reconcile scheduled");
+            if let Some(r) = &self.reconciler {
+                let _ = r.try_send(Reconcile {
+                    reason: "injector queue overflow",
+                });
+            }
+            return;
+        }
+        if !self.running.contains(&job.id) {
+            self.queue.push_back(job.id.clone());
+        }
+        self.pending.insert(job.id.clone(), job);
+        self.metrics.queue_depth.inc();
+        self.pump(ctx);
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while self.running.len() < self.settings.concurrency.max(1) {
+            let Some(id) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(job) = self.pending.remove(&id) else {
+                continue;
+            };
+            self.metrics.queue_depth.dec();
+            self.running.insert(id.clone());
+            self.start(job, ctx);
+        }
+    }
+
+    fn start(&mut self, job: ContainerJob, ctx: &mut Context<Self>) {
+        let prev_started = self.managed.get(&job.id).map(|m| m.started_at.clone());
+        let work = run_job(
+            job.clone(),
+            prev_started,
+            self.engine.clone(),
+            self.cache.clone(),
+            self.settings.clone(),
+        );
+        work.into_actor(self)
+            .map(move |outcome, act, ctx| act.finish(job, outcome, ctx))
+            .spawn(ctx);
+    }
+
+    fn finish(&mut self, job: ContainerJob, outcome: Outcome, ctx: &mut Context<Self>) {
+        let id = job.id.clone();
+        self.running.remove(&id);
+        if let Some(m) = outcome.metric() {
+            self.metrics.injection(m);
+        }
+        match &outcome {
+            Outcome::Injected { started_at, names } => {
+                if job.trigger == Trigger::Reconcile {
+                    self.metrics.reconcile_repairs.inc();
+                }
+                self.metrics
+                    .injection_duration
+                    .observe(job.received.elapsed().as_secs_f64());
+                if self
+                    .managed
+                    .insert(
+                        id.clone(),
+                        Managed {
+                            started_at: started_at.clone(),
+                        },
+                    )
+                    .is_none()
+                {
+                    self.metrics.managed_containers.inc();
+                }
+                tracing::info!(
+                    container = %short(&id),
+                    trigger = job.trigger.as_str(),
+                    files = names.len(),
+                    names = %names.join(","),
+                    ms = job.received.elapsed().as_millis() as u64,
+                    "secrets injected"
+                );
+            }
+            Outcome::Gone | Outcome::NotManaged => {
+                if self.managed.remove(&id).is_some() {
+                    self.metrics.managed_containers.dec();
+                }
+            }
+            Outcome::AlreadyInjected => {}
+            Outcome::Refused { result, message } => {
+                if self.managed.remove(&id).is_some() {
+                    self.metrics.managed_containers.dec();
+                }
+                tracing::error!(
+                    container = %short(&id),
+                    trigger = job.trigger.as_str(),
+                    result = *result,
+                    "injection refused: {message}"
+                );
+            }
+        }
+        if self.pending.contains_key(&id) {
+            self.queue.push_back(id);
+        }
+        self.pump(ctx);
+        if self.draining && self.running.is_empty() {
+            for w in self.drain_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn refused(result: &'static str, message: String) -> Outcome {
+    Outcome::Refused { result, message }
+}
+
+/// One job, start to end. Pure async: reads actor state only through its arguments.
+async fn run_job(
+    job: ContainerJob,
+    prev_started: Option<Option<String>>,
+    engine: Arc<dyn ContainerEngine>,
+    cache: Addr<Cache>,
+    settings: InjectorSettings,
+) -> Outcome {
+    if matches!(
+        job.trigger,
+        Trigger::Event(ContainerAction::Die | ContainerAction::Destroy)
+    ) {
+        return Outcome::Gone;
+    }
+    let info = match engine.inspect(&job.id).await {
+        Ok(i) => i,
+        Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => return Outcome::Gone,
+        Err(e) => return refused("engine_error", e.to_string()),
+    };
+    if !info.running {
+        return Outcome::Gone;
+    }
+    if let Some(scope) = &settings.scope {
+        if !scope.matches(&info.name, &info.labels) {
+            return Outcome::NotManaged;
+        }
+    }
+    let spec = match build_spec(&info, &settings.rules) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Outcome::NotManaged,
+        Err(errs) => {
+            return refused(
+                "invalid_spec",
+                format!(
+                    "container `{}`: {}; nothing written",
+                    info.name,
+                    errs.iter().map(SpecError::to_string).collect::<Vec<_>>().join("; ")
+                ),
+            )
+        }
+    };
+    if job.trigger != Trigger::Manual {
+        if let Some(prev) = prev_started {
+            if prev.is_some() && prev == info.started_at {
+                return Outcome::AlreadyInjected;
+            }
+        }
+    }
+    if !dir_on_tmpfs(&spec.dir, &info.tmpfs_mounts) {
+        return refused(
+            "not_tmpfs",
+            format!(
+                "container `{}`: `{}` is not on a tmpfs mount of the container (add `--tmpfs {}` or `--mount type=tmpfs,dst={}`); nothing written",
+                info.name, spec.dir, spec.dir, spec.dir
+            ),
+        );
+    }
+
+    // One fetch per distinct (provider, path); the cache coalesces across containers too.
+    let mut sources: BTreeMap<(String, String), Option<Result<SecretData, FetchError>>> =
+        BTreeMap::new();
+    let mut unique = Vec::new();
+    for f in &spec.files {
+        let k = (f.source.provider.clone(), f.source.path.clone());
+        if sources.insert(k, None).is_none() {
+            unique.push(f.source.clone());
+        }
+    }
+    let results = join_all(unique.iter().map(|s| {
+        let cache = cache.clone();
+        let source = s.clone();
+        async move {
+            match cache.send(GetSecret { source }).await {
+                Ok(r) => r,
+                Err(_) => Err(FetchError::ProviderGone("cache".to_string())),
+            }
+        }
+    }))
+    .await;
+    for (s, r) in unique.iter().zip(results) {
+        sources.insert((s.provider.clone(), s.path.clone()), Some(r));
+    }
+
+    let mut values: Vec<SecretValue> = Vec::with_capacity(spec.files.len());
+    let mut errors = Vec::new();
+    for f in &spec.files {
+        let k = (f.source.provider.clone(), f.source.path.clone());
+        match sources.get(&k) {
+            Some(Some(Ok(data))) => match data.select(f.source.key.as_deref()) {
+                Ok(v) => values.push(v),
+                Err(e) => errors.push(format!("`{}` ({}): {e}", f.name, f.source)),
+            },
+            Some(Some(Err(e))) => errors.push(format!("`{}` ({}): {e}", f.name, f.source)),
+            _ => errors.push(format!("`{}` ({}): not fetched", f.name, f.source)),
+        }
+    }
+    drop(sources);
+    if !errors.is_empty() {
+        return refused(
+            "provider_error",
+            format!(
+                "container `{}`: {}; nothing written",
+                info.name,
+                errors.join("; ")
+            ),
+        );
+    }
+
+    let pairs: Vec<_> = spec.files.iter().zip(values.iter()).collect();
+    let tar = match build_tar(&pairs) {
+        Ok(t) => t,
+        Err(e) => return refused("tar_error", e.to_string()),
+    };
+    drop(pairs);
+    drop(values);
+    let files: Vec<_> = spec.files.iter().collect();
+    let cmd = inject_command(&spec.dir, &files);
+    let names: Vec<String> = spec.files.iter().map(|f| f.name.clone()).collect();
+    match engine.exec(&job.id, &cmd, &tar).await {
+        Ok(out) if out.exit_code == Some(0) => Outcome::Injected {
+            started_at: info.started_at,
+            names,
+        },
+        Ok(out) if out.exit_code == Some(EXIT_NOT_TMPFS) => refused(
+            "not_tmpfs",
+            format!("container `{}`: {}; nothing written", info.name, out.output.trim()),
+        ),
+        Ok(out) if out.exit_code == Some(EXIT_NO_TAR) => refused(
+            "no_tar",
+            format!(
+                "container `{}` has no `tar` (DSO streams one tar into the container); nothing written",
+                info.name
+            ),
+        ),
+        Ok(out) => refused(
+            "exec_failed",
+            format!(
+                "container `{}`: injection command exited with {:?}: {}",
+                info.name,
+                out.exit_code,
+                out.output.trim()
+            ),
+        ),
+        Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => Outcome::Gone,
+        Err(e) => refused("exec_failed", format!("container `{}`: {e}", info.name)),
+    }
+}
+
+impl Actor for Injector {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
+}
+
+impl Handler<ContainerJob> for Injector {
+    type Result = ();
+
+    fn handle(&mut self, job: ContainerJob, ctx: &mut Self::Context) {
+        if self.draining {
+            return;
+        }
+        self.submit(job, ctx);
+    }
+}
+
+impl Handler<Drain> for Injector {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: Drain, _ctx: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        let dropped = self.pending.len();
+        self.metrics.queue_depth.dec_by(dropped as i64);
+        self.pending.clear();
+        self.queue.clear();
+        if self.running.is_empty() {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = oneshot::channel();
+        self.drain_waiters.push(tx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        let ids: Vec<String> = (0..4000).map(|i| format!("{:064x}", i * 7919)).collect();
+        let mut counts = [0usize; 8];
+        for id in &ids {
+            let s = shard_for(id, 8);
+            assert_eq!(s, shard_for(id, 8));
+            counts[s] += 1;
+        }
+        for c in counts {
+            assert!(c > 300, "uneven spread: {counts:?}");
+        }
+        assert_eq!(shard_for("abc", 1), 0);
+    }
+}

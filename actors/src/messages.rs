@@ -1,0 +1,132 @@
+//! Every typed message between actors. Actors share no mutable state: they talk only through these.
+
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use crate::backend::BackendError;
+use crate::engine::ContainerAction;
+use crate::secret::{SecretData, SecretRef};
+
+/// Why an injection job exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A Docker event.
+    Event(ContainerAction),
+    /// The reconciler found the container.
+    Reconcile,
+    /// Someone asked (admin API, CLI).
+    Manual,
+}
+
+impl Trigger {
+    /// Label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Event(a) => a.as_str(),
+            Trigger::Reconcile => "reconcile",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// EventWatcher/Reconciler → Injector shard: do something about one container.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ContainerJob {
+    /// Container id.
+    pub id: String,
+    /// Why.
+    pub trigger: Trigger,
+    /// When the agent learnt of it (start of `dso_injection_duration_seconds`).
+    pub received: Instant,
+}
+
+/// Supervisor → Injector: finish what is in flight, accept nothing new, then answer.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// Injector → Cache: the data stored at one provider path.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<SecretData, FetchError>")]
+pub struct GetSecret {
+    /// Provider and path (the key part is applied by the caller).
+    pub source: SecretRef,
+}
+
+/// Cache → ProviderConnection: fetch one path from the backend.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<SecretData, BackendError>")]
+pub struct Fetch {
+    /// Path inside the backend.
+    pub path: String,
+}
+
+/// Anyone → ProviderConnection / EventWatcher: are you healthy?
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct IsUp;
+
+/// Anyone → Reconciler: list running containers and send the ones that need secrets to injection.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Reconcile {
+    /// Why (for logs).
+    pub reason: &'static str,
+}
+
+/// Signal handler → Supervisor: drain and stop.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// EventWatcher → Supervisor: the engine stayed unreachable; exit with this code.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Fatal {
+    /// What happened.
+    pub reason: String,
+    /// Process exit code.
+    pub code: i32,
+}
+
+/// HTTP `/readyz` → Supervisor: Docker reachable and every provider up?
+#[derive(Debug, Message)]
+#[rtype(result = "Readiness")]
+pub struct GetReadiness;
+
+/// Answer to [`GetReadiness`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Docker event stream connected.
+    pub docker: bool,
+    /// Provider name → up.
+    pub providers: Vec<(String, bool)>,
+}
+
+impl Readiness {
+    /// Everything up.
+    pub fn ready(&self) -> bool {
+        self.docker && self.providers.iter().all(|(_, up)| *up)
+    }
+}
+
+/// Why the cache could not produce a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// No provider has that name.
+    #[error("unknown provider `{0}` (not in the config)")]
+    UnknownProvider(String),
+    /// The backend answered with an error.
+    #[error("provider `{provider}`: {source}")]
+    Backend {
+        /// Provider name.
+        provider: String,
+        /// The backend's error.
+        source: BackendError,
+    },
+    /// The provider actor was restarting or gone.
+    #[error("provider `{0}` is restarting; try again")]
+    ProviderGone(String),
+}

@@ -1,0 +1,189 @@
+//! Prometheus metrics (prometheus-client). Counters and gauges are atomics shared by `Arc`; they
+//! are the one thing actors share, and only ever add to. Secret names never become label values
+//! (they are unbounded); secret values never appear anywhere.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label set `{action}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    /// start / die / destroy.
+    pub action: String,
+}
+
+/// Label set `{result}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// Outcome name.
+    pub result: String,
+}
+
+/// Label set `{provider}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    /// Configured provider name (bounded by the config).
+    pub provider: String,
+}
+
+/// Label set `{provider,result}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderResultLabel {
+    /// Configured provider name.
+    pub provider: String,
+    /// ok / not_found / denied / unavailable / timeout / config.
+    pub result: String,
+}
+
+/// Label set `{version}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// Crate version.
+    pub version: String,
+}
+
+/// Label set `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `dso_events_received_total{action}`.
+    pub events_received: Family<ActionLabel, Counter>,
+    /// `dso_events_dropped_total{reason}`: work refused because a queue was full.
+    pub events_dropped: Family<ReasonLabel, Counter>,
+    /// `dso_injections_total{result}`.
+    pub injections: Family<ResultLabel, Counter>,
+    /// `dso_injection_duration_seconds`: event received → files in place.
+    pub injection_duration: Histogram,
+    /// `dso_provider_requests_total{provider,result}`.
+    pub provider_requests: Family<ProviderResultLabel, Counter>,
+    /// `dso_provider_request_duration_seconds{provider}`.
+    pub provider_request_duration: Family<ProviderLabel, Histogram, fn() -> Histogram>,
+    /// `dso_provider_restarts_total{provider}`.
+    pub provider_restarts: Family<ProviderLabel, Counter>,
+    /// `dso_provider_up{provider}`: 1 when the last request or probe reached the backend.
+    pub provider_up: Family<ProviderLabel, Gauge>,
+    /// `dso_cache_hits_total`.
+    pub cache_hits: Counter,
+    /// `dso_cache_misses_total`.
+    pub cache_misses: Counter,
+    /// `dso_cache_coalesced_total`: misses that joined a fetch already in flight.
+    pub cache_coalesced: Counter,
+    /// `dso_cache_entries`.
+    pub cache_entries: Gauge,
+    /// `dso_managed_containers`: running containers whose secrets are in place.
+    pub managed_containers: Gauge,
+    /// `dso_queue_depth`: jobs waiting in injector shards.
+    pub queue_depth: Gauge,
+    /// `dso_reconcile_runs_total`.
+    pub reconcile_runs: Counter,
+    /// `dso_reconcile_repairs_total`: containers the reconciler had to (re)inject.
+    pub reconcile_repairs: Counter,
+    /// `dso_docker_reconnects_total`.
+    pub docker_reconnects: Counter,
+    /// `dso_build_info{version}`.
+    pub build_info: Family<VersionLabel, Gauge>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in a fresh registry (prefix `dso`).
+    pub fn new(version: &str) -> (Arc<Metrics>, Registry) {
+        let m = Metrics {
+            events_received: Family::default(),
+            events_dropped: Family::default(),
+            injections: Family::default(),
+            injection_duration: latency_histogram(),
+            provider_requests: Family::default(),
+            provider_request_duration: Family::new_with_constructor(latency_histogram),
+            provider_restarts: Family::default(),
+            provider_up: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_coalesced: Counter::default(),
+            cache_entries: Gauge::default(),
+            managed_containers: Gauge::default(),
+            queue_depth: Gauge::default(),
+            reconcile_runs: Counter::default(),
+            reconcile_repairs: Counter::default(),
+            docker_reconnects: Counter::default(),
+            build_info: Family::default(),
+        };
+        m.build_info
+            .get_or_create(&VersionLabel {
+                version: version.to_string(),
+            })
+            .set(1);
+        m.dropped_init();
+        let mut r = Registry::with_prefix("dso");
+        r.register("events_received", "Docker container events received, by action", m.events_received.clone());
+        r.register("events_dropped", "Work refused because a queue was full (a reconcile is scheduled)", m.events_dropped.clone());
+        r.register("injections", "Container injections, by result", m.injections.clone());
+        r.register("injection_duration_seconds", "Event received to secret files in place", m.injection_duration.clone());
+        r.register("provider_requests", "Backend requests, by provider and result", m.provider_requests.clone());
+        r.register("provider_request_duration_seconds", "Backend request latency, by provider", m.provider_request_duration.clone());
+        r.register("provider_restarts", "ProviderConnection restarts after consecutive failures", m.provider_restarts.clone());
+        r.register("provider_up", "1 when the provider's backend answered its last request or probe", m.provider_up.clone());
+        r.register("cache_hits", "Secret lookups served from the cache", m.cache_hits.clone());
+        r.register("cache_misses", "Secret lookups that needed a backend fetch", m.cache_misses.clone());
+        r.register("cache_coalesced", "Cache misses that joined a fetch already in flight", m.cache_coalesced.clone());
+        r.register("cache_entries", "Secrets held in the cache", m.cache_entries.clone());
+        r.register("managed_containers", "Running containers whose secrets are in place", m.managed_containers.clone());
+        r.register("queue_depth", "Injection jobs waiting in the injector shards", m.queue_depth.clone());
+        r.register("reconcile_runs", "Reconciliation passes", m.reconcile_runs.clone());
+        r.register("reconcile_repairs", "Containers a reconciliation pass sent for injection", m.reconcile_repairs.clone());
+        r.register("docker_reconnects", "Reconnections to the Docker event stream", m.docker_reconnects.clone());
+        r.register("build_info", "Build information", m.build_info.clone());
+        (Arc::new(m), r)
+    }
+
+    /// Counts one injection outcome.
+    pub fn injection(&self, result: &str) {
+        self.injections
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    fn dropped_init(&self) {
+        for reason in ["queue_full", "mailbox_full"] {
+            let _ = self.events_dropped.get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// Counts dropped work.
+    pub fn dropped(&self, reason: &str) {
+        self.events_dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Renders the registry in the OpenMetrics text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}

@@ -1,0 +1,495 @@
+//! Which secrets a container gets: parsing `dso.*` labels and config rules into a [`ContainerSpec`].
+//!
+//! Labels (the Docker-native way):
+//! - `dso.secret.<NAME>=<provider>/<path>[#<key>]` → file `<dir>/<NAME>`
+//! - `dso.secret.<NAME>.mode` (octal, default `0400`), `.uid`, `.gid`
+//! - `dso.dir` (default `/run/secrets/dso`)
+//!
+//! A spec with any error is refused whole: nothing is written for that container.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::engine::ContainerInfo;
+use crate::secret::{RefParseError, SecretRef};
+
+/// Default directory for secret files inside a container.
+pub const DEFAULT_DIR: &str = "/run/secrets/dso";
+/// Label prefix of a secret.
+pub const SECRET_PREFIX: &str = "dso.secret.";
+/// Label that overrides the directory.
+pub const DIR_LABEL: &str = "dso.dir";
+/// Most secrets one container may ask for.
+pub const MAX_SECRETS: usize = 256;
+/// Longest file name.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest label value we look at (longer ones are refused, not parsed).
+pub const MAX_LABEL_VALUE: usize = 4096;
+/// Name of the marker file written last.
+pub const READY_MARKER: &str = ".ready";
+
+/// One file to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    /// File name inside the directory (validated: `[A-Za-z0-9._-]`, not `.`/`..`).
+    pub name: String,
+    /// Where its content comes from.
+    pub source: SecretRef,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+}
+
+/// Everything DSO must write into one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// Absolute directory inside the container; must be (inside) a tmpfs mount.
+    pub dir: String,
+    /// Files, sorted by name.
+    pub files: Vec<SecretFile>,
+}
+
+/// One `[[secrets]]` entry of the config: a file for containers matched by name or label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRule {
+    /// File name.
+    pub name: String,
+    /// Source reference.
+    pub source: SecretRef,
+    /// Mode (None: default 0400).
+    pub mode: Option<u32>,
+    /// Owner uid (None: container default).
+    pub uid: Option<u32>,
+    /// Owner gid (None: container default).
+    pub gid: Option<u32>,
+    /// Matching containers.
+    pub targets: Vec<Target>,
+}
+
+/// A container selector of a [`SecretRule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Container name (without leading `/`), exact.
+    Name(String),
+    /// A label key, optionally with a required value.
+    Label(String, Option<String>),
+}
+
+impl Target {
+    /// Parses `name` or `label:key[=value]`.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        if let Some(rest) = s.strip_prefix("label:") {
+            if rest.is_empty() {
+                return Err(format!("`{s}`: `label:` needs a key, as in `label:app=shop`"));
+            }
+            Ok(match rest.split_once('=') {
+                Some((k, v)) => Target::Label(k.to_string(), Some(v.to_string())),
+                None => Target::Label(rest.to_string(), None),
+            })
+        } else if s.is_empty() {
+            Err("empty target: give a container name or `label:key[=value]`".to_string())
+        } else {
+            Ok(Target::Name(s.trim_start_matches('/').to_string()))
+        }
+    }
+
+    /// True if the container matches.
+    pub fn matches(&self, name: &str, labels: &HashMap<String, String>) -> bool {
+        match self {
+            Target::Name(n) => n == name,
+            Target::Label(k, v) => match (labels.get(k), v) {
+                (Some(_), None) => true,
+                (Some(have), Some(want)) => have == want,
+                (None, _) => false,
+            },
+        }
+    }
+}
+
+/// Why a container's secret declaration was refused. Each names the label (or rule) at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The file name is not a plain file name.
+    #[error("label `{label}`: secret name `{name}` is not a plain file name ([A-Za-z0-9._-], 1-255 chars, not `.` or `..`)")]
+    BadName {
+        /// The offending label key (truncated if huge).
+        label: String,
+        /// The name (truncated if huge).
+        name: String,
+    },
+    /// The reference does not parse.
+    #[error("label `{label}`: {source}")]
+    BadRef {
+        /// The offending label key.
+        label: String,
+        /// Why.
+        source: RefParseError,
+    },
+    /// `.mode` is not an octal permission.
+    #[error("label `{label}`: mode `{value}` is not an octal permission such as 0400")]
+    BadMode {
+        /// The offending label key.
+        label: String,
+        /// Its value (truncated).
+        value: String,
+    },
+    /// `.uid`/`.gid` is not a number.
+    #[error("label `{label}`: `{value}` is not a numeric id")]
+    BadId {
+        /// The offending label key.
+        label: String,
+        /// Its value (truncated).
+        value: String,
+    },
+    /// An option label without its secret label.
+    #[error("label `{label}` has no matching `dso.secret.{name}` label")]
+    Orphan {
+        /// The option label.
+        label: String,
+        /// The secret name it refers to.
+        name: String,
+    },
+    /// `dso.dir` is not a clean absolute path.
+    #[error("label `dso.dir`: `{0}` is not a clean absolute path (no `..`, `.`, `//` or special characters)")]
+    BadDir(String),
+    /// A label value over the size limit.
+    #[error("label `{label}`: value is {len} bytes; the limit is {MAX_LABEL_VALUE}")]
+    TooLarge {
+        /// The offending label key.
+        label: String,
+        /// Its length.
+        len: usize,
+    },
+    /// More secrets than [`MAX_SECRETS`].
+    #[error("{0} secrets requested; the limit is {MAX_SECRETS} per container")]
+    TooMany(usize),
+}
+
+fn trunc(s: &str) -> String {
+    if s.len() <= 64 {
+        s.to_string()
+    } else {
+        let mut end = 64;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    }
+}
+
+/// True for a plain file name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && name != READY_MARKER
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// True for a clean absolute directory path.
+pub fn valid_dir(dir: &str) -> bool {
+    dir.starts_with('/')
+        && dir.len() > 1
+        && dir.len() <= 1024
+        && !dir.ends_with('/')
+        && dir[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        })
+}
+
+/// Parses an octal mode such as `0400` or `440`.
+pub fn parse_mode(s: &str) -> Option<u32> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 5 {
+        return None;
+    }
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+/// Default owner from the container's `User`: numeric `U` or `U:G`, else root.
+pub fn default_owner(user: &str) -> (u32, u32) {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    match u.parse::<u32>() {
+        Ok(uid) => {
+            let gid = g.and_then(|g| g.parse::<u32>().ok()).unwrap_or(uid);
+            (uid, gid)
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+#[derive(Default)]
+struct Partial {
+    source: Option<SecretRef>,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    option_labels: Vec<String>,
+}
+
+/// Builds the spec of one container from its labels and the config rules.
+///
+/// Returns `Ok(None)` when the container asks for nothing, `Err` with every problem when any label
+/// is wrong. Labels win over config rules for the same file name.
+pub fn build_spec(
+    info: &ContainerInfo,
+    rules: &[SecretRule],
+) -> Result<Option<ContainerSpec>, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut partial: BTreeMap<String, Partial> = BTreeMap::new();
+    let mut dir = DEFAULT_DIR.to_string();
+
+    for (label, value) in &info.labels {
+        if label == DIR_LABEL {
+            if valid_dir(value) {
+                dir = value.clone();
+            } else {
+                errors.push(SpecError::BadDir(trunc(value)));
+            }
+            continue;
+        }
+        let Some(rest) = label.strip_prefix(SECRET_PREFIX) else {
+            continue;
+        };
+        if value.len() > MAX_LABEL_VALUE {
+            errors.push(SpecError::TooLarge {
+                label: trunc(label),
+                len: value.len(),
+            });
+            continue;
+        }
+        let (name, option) = match rest.rsplit_once('.') {
+            Some((n, opt @ ("mode" | "uid" | "gid"))) => (n, Some(opt)),
+            _ => (rest, None),
+        };
+        if !valid_name(name) {
+            errors.push(SpecError::BadName {
+                label: trunc(label),
+                name: trunc(name),
+            });
+            continue;
+        }
+        let entry = partial.entry(name.to_string()).or_default();
+        match option {
+            None => match value.parse::<SecretRef>() {
+                Ok(r) => entry.source = Some(r),
+                Err(source) => errors.push(SpecError::BadRef {
+                    label: trunc(label),
+                    source,
+                }),
+            },
+            Some(opt) => {
+                entry.option_labels.push(label.clone());
+                match opt {
+                    "mode" => match parse_mode(value) {
+                        Some(m) => entry.mode = Some(m),
+                        None => errors.push(SpecError::BadMode {
+                            label: trunc(label),
+                            value: trunc(value),
+                        }),
+                    },
+                    _ => match value.trim().parse::<u32>() {
+                        Ok(id) if opt == "uid" => entry.uid = Some(id),
+                        Ok(id) => entry.gid = Some(id),
+                        Err(_) => errors.push(SpecError::BadId {
+                            label: trunc(label),
+                            value: trunc(value),
+                        }),
+                    },
+                }
+            }
+        }
+    }
+
+    let (def_uid, def_gid) = default_owner(&info.user);
+    let mut files = Vec::new();
+    for (name, p) in &partial {
+        match &p.source {
+            Some(source) => files.push(SecretFile {
+                name: name.clone(),
+                source: source.clone(),
+                mode: p.mode.unwrap_or(0o400),
+                uid: p.uid.unwrap_or(def_uid),
+                gid: p.gid.unwrap_or(def_gid),
+            }),
+            None => {
+                // A bad reference already produced an error; an option without a secret is its own.
+                let label_has_error = errors
+                    .iter()
+                    .any(|e| matches!(e, SpecError::BadRef { label, .. } if label == &trunc(&format!("{SECRET_PREFIX}{name}"))));
+                if !label_has_error {
+                    if let Some(label) = p.option_labels.first() {
+                        errors.push(SpecError::Orphan {
+                            label: label.clone(),
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    for rule in rules {
+        if files.iter().any(|f| f.name == rule.name) {
+            continue;
+        }
+        if rule
+            .targets
+            .iter()
+            .any(|t| t.matches(&info.name, &info.labels))
+        {
+            files.push(SecretFile {
+                name: rule.name.clone(),
+                source: rule.source.clone(),
+                mode: rule.mode.unwrap_or(0o400),
+                uid: rule.uid.unwrap_or(def_uid),
+                gid: rule.gid.unwrap_or(def_gid),
+            });
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+
+    if files.len() > MAX_SECRETS {
+        errors.push(SpecError::TooMany(files.len()));
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.to_string());
+        return Err(errors);
+    }
+    if files.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(ContainerSpec { dir, files }))
+}
+
+/// True if `dir` is one of `mounts` or lies beneath one (path components, not string prefixes).
+pub fn dir_on_tmpfs(dir: &str, mounts: &[String]) -> bool {
+    mounts.iter().any(|m| {
+        let m = m.trim_end_matches('/');
+        dir == m || (dir.starts_with(m) && dir.as_bytes().get(m.len()) == Some(&b'/'))
+    })
+}
+
+/// Quick check used by the reconciler: does this container carry any `dso.` label or match a rule?
+pub fn wants_secrets(name: &str, labels: &HashMap<String, String>, rules: &[SecretRule]) -> bool {
+    labels.keys().any(|k| k.starts_with(SECRET_PREFIX))
+        || rules
+            .iter()
+            .any(|r| r.targets.iter().any(|t| t.matches(name, labels)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(labels: &[(&str, &str)], user: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: "c1".into(),
+            name: "web".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            user: user.into(),
+            running: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn labels_to_files_with_defaults_and_options() {
+        let i = info(
+            &[
+                ("dso.secret.db_password", "vault/app/db#password"),
+                ("dso.secret.db_password.mode", "0440"),
+                ("dso.secret.api.key", "local/api"),
+                ("dso.secret.api.key.uid", "7"),
+                ("other", "x"),
+            ],
+            "1000:2000",
+        );
+        let spec = build_spec(&i, &[]).unwrap().unwrap();
+        assert_eq!(spec.dir, DEFAULT_DIR);
+        assert_eq!(spec.files.len(), 2);
+        assert_eq!(spec.files[0].name, "api.key");
+        assert_eq!((spec.files[0].mode, spec.files[0].uid, spec.files[0].gid), (0o400, 7, 2000));
+        assert_eq!(spec.files[1].name, "db_password");
+        assert_eq!((spec.files[1].mode, spec.files[1].uid, spec.files[1].gid), (0o440, 1000, 2000));
+        assert_eq!(spec.files[1].source.key.as_deref(), Some("password"));
+    }
+
+    #[test]
+    fn no_labels_means_nothing() {
+        assert_eq!(build_spec(&info(&[("a", "b")], ""), &[]), Ok(None));
+    }
+
+    #[test]
+    fn bad_input_is_refused_whole_and_named() {
+        let big = "x".repeat(1 << 20);
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (vec![("dso.secret.../etc/passwd", "local/a")], "not a plain file name"),
+            (vec![("dso.secret.a/b", "local/a")], "not a plain file name"),
+            (vec![("dso.secret..", "local/a")], "not a plain file name"),
+            (vec![("dso.secret..ready", "local/a")], "not a plain file name"),
+            (vec![("dso.secret.ok", "nope")], "missing `/`"),
+            (vec![("dso.secret.ok", "local/../../x")], "invalid path"),
+            (vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.mode", "999")], "octal"),
+            (vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.uid", "root")], "numeric id"),
+            (vec![("dso.secret.ok.mode", "0400")], "no matching"),
+            (vec![("dso.secret.ok", "local/a"), ("dso.dir", "/run/../etc")], "clean absolute"),
+            (vec![("dso.secret.ok", big.as_str())], "the limit is 4096"),
+        ];
+        for (labels, want) in cases {
+            let errs = build_spec(&info(&labels, ""), &[]).unwrap_err();
+            let text = errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+            assert!(text.contains(want), "labels {:?}: got `{text}`, want `{want}`", labels.iter().map(|l| &l.0[..l.0.len().min(40)]).collect::<Vec<_>>());
+            assert!(text.len() < 600, "error text must stay short: {}", text.len());
+        }
+    }
+
+    #[test]
+    fn rules_match_by_name_and_label_and_labels_win() {
+        let rule = |name: &str, t: &str| SecretRule {
+            name: name.into(),
+            source: "local/from-rule".parse().unwrap(),
+            mode: None,
+            uid: None,
+            gid: None,
+            targets: vec![Target::parse(t).unwrap()],
+        };
+        let rules = vec![rule("a", "web"), rule("b", "label:tier=db"), rule("c", "label:tier=front"), rule("d", "other")];
+        let i = info(&[("tier", "db"), ("dso.secret.a", "local/from-label")], "app");
+        let spec = build_spec(&i, &rules).unwrap().unwrap();
+        let names: Vec<_> = spec.files.iter().map(|f| (f.name.as_str(), f.source.path.as_str(), f.uid)).collect();
+        assert_eq!(names, vec![("a", "from-label", 0), ("b", "from-rule", 0)]);
+        assert!(wants_secrets("web", &HashMap::new(), &rules));
+        assert!(!wants_secrets("zzz", &HashMap::new(), &rules));
+    }
+
+    #[test]
+    fn tmpfs_containment_is_by_component() {
+        let m = vec!["/run/secrets".to_string()];
+        assert!(dir_on_tmpfs("/run/secrets", &m));
+        assert!(dir_on_tmpfs("/run/secrets/dso", &m));
+        assert!(!dir_on_tmpfs("/run/secretsX", &m));
+        assert!(!dir_on_tmpfs("/run", &m));
+    }
+
+    #[test]
+    fn owners() {
+        assert_eq!(default_owner(""), (0, 0));
+        assert_eq!(default_owner("1000"), (1000, 1000));
+        assert_eq!(default_owner("1000:50"), (1000, 50));
+        assert_eq!(default_owner("app"), (0, 0));
+    }
+}

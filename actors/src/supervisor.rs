@@ -1,0 +1,260 @@
+//! Supervisor: builds the actor tree, restarts what stops, and runs the shutdown drain.
+//!
+//! ```text
+//! Supervisor
+//! ├── EventWatcher            (actix::Supervisor: restarted if it stops)
+//! ├── Injector × shards       (container id → shard by a stable hash)
+//! ├── ProviderConnection × N  (actix::Supervisor: restarted after 5 consecutive failures)
+//! ├── Cache
+//! └── Reconciler
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+
+use crate::cache::{Cache, CacheSettings};
+use crate::engine::ContainerEngine;
+use crate::injector::{Injector, InjectorSettings, ShardRouter};
+use crate::messages::{Drain, Fatal, GetReadiness, IsUp, Readiness, Reconcile, Shutdown};
+use crate::metrics::Metrics;
+use crate::provider::{BackendFactory, ProviderConnection};
+use crate::reconciler::Reconciler;
+use crate::spec::{SecretRule, Target};
+use crate::watcher::{EventWatcher, StopWatching};
+
+/// One configured backend.
+pub struct ProviderSpec {
+    /// Provider name (the `<provider>` of references).
+    pub name: String,
+    /// Builds its connection (called again on every restart).
+    pub factory: BackendFactory,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// Settings of the whole tree.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Number of injector shards (4–32).
+    pub shards: usize,
+    /// Mailbox and queue capacity of each actor.
+    pub queue_capacity: usize,
+    /// Containers injected at once by one shard.
+    pub shard_concurrency: usize,
+    /// Cache TTL.
+    pub cache_ttl: Duration,
+    /// Most cache entries.
+    pub cache_max_entries: usize,
+    /// `[[secrets]]` rules.
+    pub rules: Arc<Vec<SecretRule>>,
+    /// Manage only matching containers.
+    pub scope: Option<Target>,
+    /// Failed Docker reconnects in a row before exiting.
+    pub docker_max_reconnects: u32,
+    /// Periodic reconcile (None: off).
+    pub reconcile_interval: Option<Duration>,
+    /// Longest wait for in-flight injections on shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// The root actor.
+pub struct Supervisor {
+    engine: Arc<dyn ContainerEngine>,
+    providers: Vec<ProviderSpec>,
+    settings: AgentSettings,
+    metrics: Arc<Metrics>,
+    tree: Option<Tree>,
+}
+
+struct Tree {
+    watcher: Addr<EventWatcher>,
+    router: ShardRouter,
+    providers: Vec<(String, Addr<ProviderConnection>)>,
+    reconciler: Addr<Reconciler>,
+    #[allow(dead_code)]
+    cache: Addr<Cache>,
+}
+
+/// Addresses the binary's edges (HTTP, signals) use.
+#[derive(Clone)]
+pub struct Handles {
+    /// The supervisor.
+    pub supervisor: Addr<Supervisor>,
+}
+
+impl Supervisor {
+    /// A supervisor for this engine and these providers.
+    pub fn new(
+        engine: Arc<dyn ContainerEngine>,
+        providers: Vec<ProviderSpec>,
+        settings: AgentSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            engine,
+            providers,
+            settings,
+            metrics,
+            tree: None,
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let cap = self.settings.queue_capacity;
+        let mut provider_addrs = Vec::new();
+        let mut by_name = HashMap::new();
+        for p in self.providers.drain(..) {
+            let metrics = self.metrics.clone();
+            let (name, factory, timeout) = (p.name.clone(), p.factory.clone(), p.timeout);
+            let addr = actix::Supervisor::start(move |_| {
+                ProviderConnection::new(name, factory, timeout, metrics, cap)
+            });
+            by_name.insert(p.name.clone(), addr.clone());
+            provider_addrs.push((p.name, addr));
+        }
+        let cache = Cache::new(
+            CacheSettings {
+                ttl: self.settings.cache_ttl,
+                max_entries: self.settings.cache_max_entries,
+                mailbox: cap,
+            },
+            by_name,
+            self.metrics.clone(),
+        )
+        .start();
+
+        // The reconciler and the shards refer to each other: take the reconciler's address first.
+        let rctx: Context<Reconciler> = Context::new();
+        let reconciler_addr = rctx.address();
+        let injector_settings = InjectorSettings {
+            concurrency: self.settings.shard_concurrency,
+            queue_capacity: cap,
+            rules: self.settings.rules.clone(),
+            scope: self.settings.scope.clone(),
+        };
+        let shards: Vec<Addr<Injector>> = (0..self.settings.shards)
+            .map(|i| {
+                Injector::new(
+                    i,
+                    self.engine.clone(),
+                    cache.clone(),
+                    Some(reconciler_addr.clone().recipient()),
+                    injector_settings.clone(),
+                    self.metrics.clone(),
+                    cap,
+                )
+                .start()
+            })
+            .collect();
+        let router = ShardRouter::new(shards);
+        let reconciler = rctx.run(Reconciler::new(
+            self.engine.clone(),
+            router.clone(),
+            self.settings.rules.clone(),
+            self.settings.scope.clone(),
+            self.metrics.clone(),
+            self.settings.reconcile_interval,
+        ));
+
+        let (engine, r, rec, fatal, metrics, max) = (
+            self.engine.clone(),
+            router.clone(),
+            reconciler.clone().recipient(),
+            ctx.address().recipient(),
+            self.metrics.clone(),
+            self.settings.docker_max_reconnects,
+        );
+        let watcher = actix::Supervisor::start(move |_| {
+            EventWatcher::new(engine, r, rec, fatal, metrics, max)
+        });
+        tracing::info!(
+            shards = self.settings.shards,
+            providers = provider_addrs.len(),
+            "actor system started"
+        );
+        self.tree = Some(Tree {
+            watcher,
+            router,
+            providers: provider_addrs,
+            reconciler,
+            cache,
+        });
+    }
+}
+
+impl Handler<GetReadiness> for Supervisor {
+    type Result = ResponseFuture<Readiness>;
+
+    fn handle(&mut self, _msg: GetReadiness, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(tree) = &self.tree else {
+            return Box::pin(async { Readiness::default() });
+        };
+        let watcher = tree.watcher.clone();
+        let providers = tree.providers.clone();
+        Box::pin(async move {
+            let docker = watcher.send(IsUp).await.unwrap_or(false);
+            let ups = join_all(providers.iter().map(|(_, a)| a.send(IsUp))).await;
+            Readiness {
+                docker,
+                providers: providers
+                    .iter()
+                    .zip(ups)
+                    .map(|((n, _), up)| (n.clone(), up.unwrap_or(false)))
+                    .collect(),
+            }
+        })
+    }
+}
+
+impl Handler<Reconcile> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconcile, _ctx: &mut Self::Context) {
+        if let Some(t) = &self.tree {
+            t.reconciler.do_send(msg);
+        }
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        let tree = self.tree.as_ref().map(|t| (t.watcher.clone(), t.router.clone()));
+        let timeout = self.settings.drain_timeout;
+        Box::pin(
+            async move {
+                let Some((watcher, router)) = tree else {
+                    return;
+                };
+                let _ = watcher.send(StopWatching).await;
+                let drains = join_all(router.all().iter().map(|s| s.send(Drain)));
+                if tokio::time::timeout(timeout, drains).await.is_err() {
+                    tracing::warn!(?timeout, "shutdown: in-flight injections did not finish in time");
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, _| {
+                tracing::info!("shutdown complete");
+                System::current().stop_with_code(0);
+            }),
+        )
+    }
+}
+
+impl Handler<Fatal> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Fatal, _ctx: &mut Self::Context) {
+        tracing::error!(code = msg.code, "fatal: {}", msg.reason);
+        System::current().stop_with_code(msg.code);
+    }
+}

@@ -1,0 +1,372 @@
+//! Unit tests of the actor system against the recording fakes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::backend::{BackendError, SecretBackend};
+use crate::cache::{Cache, CacheSettings};
+use crate::engine::{ContainerAction, ContainerEngine, ContainerInfo, EngineEvent};
+use crate::fake::{EngineCall, FakeBackend, FakeEngine};
+use crate::injector::{Injector, InjectorSettings};
+use crate::messages::{ContainerJob, Fetch, GetReadiness, GetSecret, Trigger};
+use crate::metrics::{render, Metrics};
+use crate::provider::{BackendFactory, ProviderConnection};
+use crate::secret::{SecretData, SecretValue};
+use crate::supervisor::{AgentSettings, ProviderSpec, Supervisor};
+
+fn map(pairs: &[(&str, &str)]) -> SecretData {
+    SecretData::Map(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), SecretValue::from_str_copy(v)))
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+fn container(id: &str, labels: &[(&str, &str)], tmpfs: &[&str]) -> ContainerInfo {
+    ContainerInfo {
+        id: id.into(),
+        name: format!("name-{id}"),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        user: String::new(),
+        running: true,
+        tmpfs_mounts: tmpfs.iter().map(|s| s.to_string()).collect(),
+        upper_dir: None,
+        started_at: Some("2026-11-29T00:00:00Z".into()),
+    }
+}
+
+fn factory(b: Arc<FakeBackend>) -> BackendFactory {
+    Arc::new(move || Ok(b.clone() as Arc<dyn SecretBackend>))
+}
+
+struct Rig {
+    engine: Arc<FakeEngine>,
+    backend: Arc<FakeBackend>,
+    metrics: Arc<Metrics>,
+    registry: prometheus_client::registry::Registry,
+    cache: Addr<Cache>,
+}
+
+fn rig() -> Rig {
+    let engine = FakeEngine::new();
+    let backend = FakeBackend::new();
+    let (metrics, registry) = Metrics::new("test");
+    let b = backend.clone();
+    let m = metrics.clone();
+    let provider = actix::Supervisor::start(move |_| {
+        ProviderConnection::new("p".into(), factory(b), Duration::from_secs(5), m, 100)
+    });
+    let mut providers = HashMap::new();
+    providers.insert("p".to_string(), provider);
+    let cache = Cache::new(
+        CacheSettings {
+            ttl: Duration::from_secs(60),
+            max_entries: 100,
+            mailbox: 100,
+        },
+        providers,
+        metrics.clone(),
+    )
+    .start();
+    Rig {
+        engine,
+        backend,
+        metrics,
+        registry,
+        cache,
+    }
+}
+
+fn injector(r: &Rig, concurrency: usize, queue: usize) -> Addr<Injector> {
+    Injector::new(
+        0,
+        r.engine.clone() as Arc<dyn ContainerEngine>,
+        r.cache.clone(),
+        None,
+        InjectorSettings {
+            concurrency,
+            queue_capacity: queue,
+            rules: Arc::new(vec![]),
+            scope: None,
+        },
+        r.metrics.clone(),
+        1000,
+    )
+    .start()
+}
+
+fn job(id: &str, trigger: Trigger) -> ContainerJob {
+    ContainerJob {
+        id: id.into(),
+        trigger,
+        received: Instant::now(),
+    }
+}
+
+async fn settle(cond: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn metric_line(r: &Rig, prefix: &str) -> String {
+    render(&r.registry)
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[actix_rt::test]
+async fn concurrent_misses_cause_one_backend_fetch() {
+    let r = rig();
+    r.backend.put("app/db", map(&[("password", "pw")]));
+    *r.backend.delay.lock().unwrap() = Duration::from_millis(50);
+    let futs: Vec<_> = (0..50)
+        .map(|_| {
+            r.cache.send(GetSecret {
+                source: "p/app/db#password".parse().unwrap(),
+            })
+        })
+        .collect();
+    for res in futures_util::future::join_all(futs).await {
+        assert_eq!(res.unwrap().unwrap().select(Some("password")).unwrap().expose(), b"pw");
+    }
+    assert_eq!(r.backend.fetch_count(), 1);
+    // And a later lookup is a hit.
+    let _ = r.cache.send(GetSecret { source: "p/app/db".parse().unwrap() }).await;
+    assert_eq!(r.backend.fetch_count(), 1);
+    assert!(metric_line(&r, "dso_cache_hits_total").ends_with(" 1"), "{}", render(&r.registry));
+}
+
+#[actix_rt::test]
+async fn unknown_provider_is_a_clear_error() {
+    let r = rig();
+    let e = r
+        .cache
+        .send(GetSecret { source: "nope/x".parse().unwrap() })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.to_string(), "unknown provider `nope` (not in the config)");
+}
+
+#[actix_rt::test]
+async fn provider_restarts_after_five_consecutive_failures() {
+    let backend = FakeBackend::new();
+    *backend.fail_with.lock().unwrap() = Some(BackendError::Unavailable("down".into()));
+    let (metrics, registry) = Metrics::new("test");
+    let builds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (b, n) = (backend.clone(), builds.clone());
+    let f: BackendFactory = Arc::new(move || {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(b.clone() as Arc<dyn SecretBackend>)
+    });
+    let m = metrics.clone();
+    let addr = actix::Supervisor::start(move |_| {
+        ProviderConnection::new("p".into(), f, Duration::from_secs(1), m, 100)
+    });
+    for _ in 0..5 {
+        let res = addr.send(Fetch { path: "x".into() }).await;
+        assert!(matches!(res, Ok(Err(BackendError::Unavailable(_)))), "{res:?}");
+    }
+    settle(|| builds.load(std::sync::atomic::Ordering::SeqCst) == 2).await;
+    assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2, "connection rebuilt once");
+    let text = render(&registry);
+    assert!(text.contains("dso_provider_restarts_total{provider=\"p\"} 1"), "{text}");
+    // "Not found" answers do not count toward a restart.
+    *backend.fail_with.lock().unwrap() = None;
+    for _ in 0..10 {
+        let _ = addr.send(Fetch { path: "missing".into() }).await;
+    }
+    assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[actix_rt::test]
+async fn provider_timeout_applies() {
+    let backend = FakeBackend::new();
+    *backend.delay.lock().unwrap() = Duration::from_secs(5);
+    let (metrics, _r) = Metrics::new("test");
+    let addr = ProviderConnection::new(
+        "p".into(),
+        factory(backend),
+        Duration::from_millis(50),
+        metrics,
+        10,
+    )
+    .start();
+    let res = addr.send(Fetch { path: "x".into() }).await.unwrap();
+    assert_eq!(res, Err(BackendError::Timeout(Duration::from_millis(50))));
+}
+
+#[actix_rt::test]
+async fn one_exec_with_one_tar_for_all_secrets() {
+    let r = rig();
+    r.backend.put("app/db", map(&[("password", "pw1"), ("user", "u1")]));
+    r.backend.put("app/api", SecretData::Value(SecretValue::from_str_copy("tok")));
+    r.engine.add(container(
+        "c1",
+        &[
+            ("dso.secret.db_password", "p/app/db#password"),
+            ("dso.secret.db_user", "p/app/db#user"),
+            ("dso.secret.api", "p/app/api"),
+            ("dso.secret.api.mode", "0440"),
+        ],
+        &["/run/secrets/dso"],
+    ));
+    let inj = injector(&r, 4, 100);
+    inj.send(job("c1", Trigger::Event(ContainerAction::Start))).await.unwrap();
+    settle(|| !r.engine.execs().is_empty()).await;
+    let execs = r.engine.execs();
+    assert_eq!(execs.len(), 1, "one exec");
+    let (_, cmd, tar_bytes) = &execs[0];
+    assert_eq!(
+        &cmd[4..],
+        &["/run/secrets/dso", "api", "440", "0", "0", "db_password", "400", "0", "0", "db_user", "400", "0", "0"]
+    );
+    let mut ar = tar::Archive::new(&tar_bytes[..]);
+    let mut got = vec![];
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+        got.push((e.path().unwrap().to_string_lossy().into_owned(), s));
+    }
+    assert_eq!(
+        got,
+        vec![("api".into(), "tok".into()), ("db_password".into(), "pw1".into()), ("db_user".into(), "u1".into())]
+    );
+    assert_eq!(r.backend.fetch_count(), 2, "one fetch per distinct path");
+    settle(|| metric_line(&r, "dso_injections_total").contains("success")).await;
+    assert!(metric_line(&r, "dso_injections_total").contains("result=\"success\"} 1"));
+}
+
+#[actix_rt::test]
+async fn refusals_write_nothing() {
+    let r = rig();
+    r.backend.put("a", map(&[("k", "v")]));
+    r.engine.add(container("notmpfs", &[("dso.secret.x", "p/a#k")], &[]));
+    r.engine.add(container("badname", &[("dso.secret.../x", "p/a#k")], &["/run/secrets/dso"]));
+    r.engine.add(container("missingkey", &[("dso.secret.x", "p/a#nokey")], &["/run/secrets/dso"]));
+    r.engine.add(container("missingpath", &[("dso.secret.x", "p/nothere")], &["/run/secrets/dso"]));
+    r.engine.add(container("unknownprov", &[("dso.secret.x", "q/a")], &["/run/secrets/dso"]));
+    let inj = injector(&r, 4, 100);
+    for id in ["notmpfs", "badname", "missingkey", "missingpath", "unknownprov"] {
+        inj.send(job(id, Trigger::Event(ContainerAction::Start))).await.unwrap();
+    }
+    settle(|| {
+        let t = metric_line(&r, "dso_injections_total");
+        t.contains("not_tmpfs") && t.contains("invalid_spec") && t.contains("provider_error\"} 3")
+    })
+    .await;
+    let t = metric_line(&r, "dso_injections_total");
+    assert!(t.contains("result=\"not_tmpfs\"} 1"), "{t}");
+    assert!(t.contains("result=\"invalid_spec\"} 1"), "{t}");
+    assert!(t.contains("result=\"provider_error\"} 3"), "{t}");
+    assert!(r.engine.execs().is_empty(), "nothing may be executed for refused containers");
+}
+
+#[actix_rt::test]
+async fn a_burst_for_one_container_collapses() {
+    let r = rig();
+    r.backend.put("a", map(&[("k", "v")]));
+    r.engine.add(container("c", &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+    *r.engine.exec_delay.lock().unwrap() = Duration::from_millis(100);
+    let inj = injector(&r, 4, 100);
+    for _ in 0..1000 {
+        inj.send(job("c", Trigger::Event(ContainerAction::Start))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(r.engine.execs().len(), 1, "1000 identical start events → one injection");
+    let t = metric_line(&r, "dso_injections_total");
+    assert!(t.contains("result=\"duplicate\"} 1"), "{t}");
+}
+
+#[actix_rt::test]
+async fn a_full_queue_drops_counts_and_keeps_working() {
+    let r = rig();
+    r.backend.put("a", map(&[("k", "v")]));
+    for i in 0..10 {
+        r.engine.add(container(&format!("c{i}"), &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+    }
+    *r.engine.exec_delay.lock().unwrap() = Duration::from_millis(100);
+    // One at a time, two may wait.
+    let inj = injector(&r, 1, 2);
+    for i in 0..10 {
+        inj.send(job(&format!("c{i}"), Trigger::Event(ContainerAction::Start))).await.unwrap();
+    }
+    settle(|| r.engine.execs().len() == 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.engine.execs().len(), 3, "1 running + 2 queued; the rest dropped");
+    let t = metric_line(&r, "dso_events_dropped_total");
+    assert!(t.contains("reason=\"queue_full\"} 7"), "{t}");
+}
+
+#[actix_rt::test]
+async fn die_then_start_orders_per_container() {
+    let r = rig();
+    r.backend.put("a", map(&[("k", "v")]));
+    r.engine.add(container("c", &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+    let inj = injector(&r, 4, 100);
+    inj.send(job("c", Trigger::Event(ContainerAction::Start))).await.unwrap();
+    settle(|| r.engine.execs().len() == 1).await;
+    inj.send(job("c", Trigger::Event(ContainerAction::Die))).await.unwrap();
+    // Restarted: a new StartedAt.
+    r.engine.containers.lock().unwrap().get_mut("c").unwrap().started_at = Some("later".into());
+    inj.send(job("c", Trigger::Event(ContainerAction::Start))).await.unwrap();
+    settle(|| r.engine.execs().len() == 2).await;
+    assert_eq!(r.engine.execs().len(), 2, "a restart is injected again");
+}
+
+#[actix_rt::test]
+async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
+    let engine = FakeEngine::new();
+    let backend = FakeBackend::new();
+    backend.put("a", map(&[("k", "v")]));
+    // Running before the agent: the start-up reconcile must find it.
+    engine.add(container("early", &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+    let (metrics, _registry) = Metrics::new("test");
+    let sup = Supervisor::new(
+        engine.clone() as Arc<dyn ContainerEngine>,
+        vec![ProviderSpec {
+            name: "p".into(),
+            factory: factory(backend.clone()),
+            timeout: Duration::from_secs(5),
+        }],
+        AgentSettings {
+            shards: 4,
+            queue_capacity: 100,
+            shard_concurrency: 2,
+            cache_ttl: Duration::from_secs(60),
+            cache_max_entries: 100,
+            rules: Arc::new(vec![]),
+            scope: None,
+            docker_max_reconnects: 3,
+            reconcile_interval: None,
+            drain_timeout: Duration::from_secs(1),
+        },
+        metrics,
+    )
+    .start();
+    settle(|| engine.execs().len() == 1).await;
+    assert_eq!(engine.execs()[0].0, "early");
+    engine.add(container("late", &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+    assert!(engine.emit(EngineEvent {
+        id: "late".into(),
+        action: ContainerAction::Start,
+        time_nanos: 1,
+    }));
+    settle(|| engine.execs().len() == 2).await;
+    assert_eq!(engine.execs()[1].0, "late");
+    assert_eq!(backend.fetch_count(), 1, "second container served from cache");
+    let ready = sup.send(GetReadiness).await.unwrap();
+    assert!(ready.docker, "{ready:?}");
+    assert!(engine.calls().iter().filter(|c| **c == EngineCall::Events).count() == 1);
+}

@@ -1,0 +1,109 @@
+//! The admin HTTP surface on `agent.listen`: `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//!
+//! The listener and the shutdown future are injected (as in mini-redis), so tests can bind port 0
+//! and stop the server deterministically.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use actix::Addr;
+use bytes::Bytes;
+use dso_actors::messages::GetReadiness;
+use dso_actors::supervisor::Supervisor;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Metrics registry.
+    pub registry: Arc<Registry>,
+    /// Asked for readiness.
+    pub supervisor: Addr<Supervisor>,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: AdminState,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            dso_actors::metrics::render(&state.registry),
+        ),
+        "/healthz" | "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" | "/ready" => {
+            let r = state.supervisor.send(GetReadiness).await.unwrap_or_default();
+            let body = serde_json::json!({
+                "ready": r.ready(),
+                "docker": r.docker,
+                "providers": r.providers.iter().map(|(n, up)| (n.clone(), *up)).collect::<std::collections::BTreeMap<_, _>>(),
+            });
+            let status = if r.ready() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(status, "application/json", format!("{body}\n"))
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics, /healthz or /readyz\n".into(),
+        ),
+    })
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin listener accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                actix_rt::spawn(async move {
+                    let svc = service_fn(move |req| handle(req, state.clone()));
+                    if let Err(e) = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "admin connection error");
+                    }
+                });
+            }
+        }
+    }
+}
