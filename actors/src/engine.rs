@@ -107,7 +107,8 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Running containers.
     async fn list_running(&self) -> Result<Vec<ContainerSummary>, EngineError>;
     /// Runs `cmd` as root inside the container with `stdin` streamed to it; waits for it to end.
-    async fn exec(&self, id: &str, cmd: &[String], stdin: &[u8]) -> Result<ExecOutput, EngineError>;
+    async fn exec(&self, id: &str, cmd: &[String], stdin: &[u8])
+        -> Result<ExecOutput, EngineError>;
     /// Container events (start/die/destroy) since `since` (None: from now).
     async fn events(&self, since: Option<SystemTime>) -> Result<EventStream, EngineError>;
     /// A cheap reachability check (`/_ping`).

@@ -110,7 +110,11 @@ impl ContainerEngine for FakeEngine {
 
     async fn list_running(&self) -> Result<Vec<ContainerSummary>, EngineError> {
         self.record(EngineCall::List);
-        let c = self.containers.lock().map(|c| c.clone()).unwrap_or_default();
+        let c = self
+            .containers
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
         let mut v: Vec<_> = c
             .values()
             .filter(|i| i.running)
@@ -123,7 +127,12 @@ impl ContainerEngine for FakeEngine {
         Ok(v)
     }
 
-    async fn exec(&self, id: &str, cmd: &[String], stdin: &[u8]) -> Result<ExecOutput, EngineError> {
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        stdin: &[u8],
+    ) -> Result<ExecOutput, EngineError> {
         self.record(EngineCall::Exec {
             id: id.to_string(),
             cmd: cmd.to_vec(),
@@ -148,9 +157,10 @@ impl ContainerEngine for FakeEngine {
         if let Ok(mut slot) = self.events_tx.lock() {
             *slot = Some(tx);
         }
-        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })))
+        Ok(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        )))
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

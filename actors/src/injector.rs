@@ -20,7 +20,9 @@ use crate::messages::{ContainerJob, Drain, FetchError, GetSecret, Reconcile, Tri
 use crate::metrics::Metrics;
 use crate::secret::{SecretData, SecretValue};
 use crate::spec::{build_spec, dir_on_tmpfs, SecretRule, SpecError, Target};
-use crate::tarball::{build_tar, inject_command, EXIT_NOT_TMPFS, EXIT_NO_TAR};
+use crate::tarball::{
+    build_b64_lines, build_tar, inject_command, Transport, EXIT_NOT_TMPFS, EXIT_NO_TAR,
+};
 
 /// The shard of a container id: stable for the life of the process and across runs.
 pub fn shard_for(id: &str, shards: usize) -> usize {
@@ -253,7 +255,7 @@ impl Injector {
                     trigger = job.trigger.as_str(),
                     files = names.len(),
                     names = %names.join(","),
-                    ms = job.received.elapsed().as_millis() as u64,
+                    duration_us = job.received.elapsed().as_micros() as u64,
                     "secrets injected"
                 );
             }
@@ -331,7 +333,10 @@ async fn run_job(
                 format!(
                     "container `{}`: {}; nothing written",
                     info.name,
-                    errs.iter().map(SpecError::to_string).collect::<Vec<_>>().join("; ")
+                    errs.iter()
+                        .map(SpecError::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
             )
         }
@@ -409,11 +414,29 @@ async fn run_job(
         Err(e) => return refused("tar_error", e.to_string()),
     };
     drop(pairs);
-    drop(values);
     let files: Vec<_> = spec.files.iter().collect();
-    let cmd = inject_command(&spec.dir, &files);
     let names: Vec<String> = spec.files.iter().map(|f| f.name.clone()).collect();
-    match engine.exec(&job.id, &cmd, &tar).await {
+    let mut result = engine
+        .exec(
+            &job.id,
+            &inject_command(&spec.dir, &files, Transport::Tar),
+            &tar,
+        )
+        .await;
+    drop(tar);
+    if matches!(&result, Ok(out) if out.exit_code == Some(EXIT_NO_TAR)) {
+        // No tar in the image: the same files as base64 lines, still one exec, still atomic.
+        let payload = build_b64_lines(&values.iter().collect::<Vec<_>>());
+        result = engine
+            .exec(
+                &job.id,
+                &inject_command(&spec.dir, &files, Transport::Base64Lines),
+                &payload,
+            )
+            .await;
+    }
+    drop(values);
+    match result {
         Ok(out) if out.exit_code == Some(0) => Outcome::Injected {
             started_at: info.started_at,
             names,
@@ -425,16 +448,16 @@ async fn run_job(
         Ok(out) if out.exit_code == Some(EXIT_NO_TAR) => refused(
             "no_tar",
             format!(
-                "container `{}` has no `tar` (DSO streams one tar into the container); nothing written",
+                "container `{}` has neither `tar` nor `base64` (DSO streams the files into the container through `sh`); nothing written",
                 info.name
             ),
         ),
         Ok(out) => refused(
             "exec_failed",
             format!(
-                "container `{}`: injection command exited with {:?}: {}",
+                "container `{}`: injection command exited with {}: {}",
                 info.name,
-                out.exit_code,
+                out.exit_code.map_or("no code".to_string(), |c| c.to_string()),
                 out.output.trim()
             ),
         ),

@@ -14,6 +14,6 @@ pub mod secret;
 pub mod spec;
 pub mod supervisor;
 pub mod tarball;
-pub mod watcher;
 #[cfg(test)]
 mod tests;
+pub mod watcher;

@@ -131,23 +131,91 @@ impl Metrics {
             .set(1);
         m.dropped_init();
         let mut r = Registry::with_prefix("dso");
-        r.register("events_received", "Docker container events received, by action", m.events_received.clone());
-        r.register("events_dropped", "Work refused because a queue was full (a reconcile is scheduled)", m.events_dropped.clone());
-        r.register("injections", "Container injections, by result", m.injections.clone());
-        r.register("injection_duration_seconds", "Event received to secret files in place", m.injection_duration.clone());
-        r.register("provider_requests", "Backend requests, by provider and result", m.provider_requests.clone());
-        r.register("provider_request_duration_seconds", "Backend request latency, by provider", m.provider_request_duration.clone());
-        r.register("provider_restarts", "ProviderConnection restarts after consecutive failures", m.provider_restarts.clone());
-        r.register("provider_up", "1 when the provider's backend answered its last request or probe", m.provider_up.clone());
-        r.register("cache_hits", "Secret lookups served from the cache", m.cache_hits.clone());
-        r.register("cache_misses", "Secret lookups that needed a backend fetch", m.cache_misses.clone());
-        r.register("cache_coalesced", "Cache misses that joined a fetch already in flight", m.cache_coalesced.clone());
-        r.register("cache_entries", "Secrets held in the cache", m.cache_entries.clone());
-        r.register("managed_containers", "Running containers whose secrets are in place", m.managed_containers.clone());
-        r.register("queue_depth", "Injection jobs waiting in the injector shards", m.queue_depth.clone());
-        r.register("reconcile_runs", "Reconciliation passes", m.reconcile_runs.clone());
-        r.register("reconcile_repairs", "Containers a reconciliation pass sent for injection", m.reconcile_repairs.clone());
-        r.register("docker_reconnects", "Reconnections to the Docker event stream", m.docker_reconnects.clone());
+        r.register(
+            "events_received",
+            "Docker container events received, by action",
+            m.events_received.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Work refused because a queue was full (a reconcile is scheduled)",
+            m.events_dropped.clone(),
+        );
+        r.register(
+            "injections",
+            "Container injections, by result",
+            m.injections.clone(),
+        );
+        r.register(
+            "injection_duration_seconds",
+            "Event received to secret files in place",
+            m.injection_duration.clone(),
+        );
+        r.register(
+            "provider_requests",
+            "Backend requests, by provider and result",
+            m.provider_requests.clone(),
+        );
+        r.register(
+            "provider_request_duration_seconds",
+            "Backend request latency, by provider",
+            m.provider_request_duration.clone(),
+        );
+        r.register(
+            "provider_restarts",
+            "ProviderConnection restarts after consecutive failures",
+            m.provider_restarts.clone(),
+        );
+        r.register(
+            "provider_up",
+            "1 when the provider's backend answered its last request or probe",
+            m.provider_up.clone(),
+        );
+        r.register(
+            "cache_hits",
+            "Secret lookups served from the cache",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Secret lookups that needed a backend fetch",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "cache_coalesced",
+            "Cache misses that joined a fetch already in flight",
+            m.cache_coalesced.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Secrets held in the cache",
+            m.cache_entries.clone(),
+        );
+        r.register(
+            "managed_containers",
+            "Running containers whose secrets are in place",
+            m.managed_containers.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Injection jobs waiting in the injector shards",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "reconcile_runs",
+            "Reconciliation passes",
+            m.reconcile_runs.clone(),
+        );
+        r.register(
+            "reconcile_repairs",
+            "Containers a reconciliation pass sent for injection",
+            m.reconcile_repairs.clone(),
+        );
+        r.register(
+            "docker_reconnects",
+            "Reconnections to the Docker event stream",
+            m.docker_reconnects.clone(),
+        );
         r.register("build_info", "Build information", m.build_info.clone());
         (Arc::new(m), r)
     }

@@ -151,7 +151,10 @@ impl Actor for ProviderConnection {
 
 impl actix::Supervised for ProviderConnection {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        self.metrics.provider_restarts.get_or_create(&self.label()).inc();
+        self.metrics
+            .provider_restarts
+            .get_or_create(&self.label())
+            .inc();
         tracing::info!(provider = %self.name, "provider connection restarting");
         self.backend = None;
     }

@@ -90,9 +90,11 @@ impl Handler<Reconcile> for Reconciler {
             for c in list {
                 // Names are only known after inspect; rules by name are checked by the injector.
                 let by_label = wants_secrets("", &c.labels, &rules);
-                let by_name = rules
-                    .iter()
-                    .any(|r| r.targets.iter().any(|t| matches!(t, crate::spec::Target::Name(_))));
+                let by_name = rules.iter().any(|r| {
+                    r.targets
+                        .iter()
+                        .any(|t| matches!(t, crate::spec::Target::Name(_)))
+                });
                 if !(by_label || by_name) {
                     continue;
                 }

@@ -8,7 +8,6 @@ use std::fmt;
 
 use zeroize::{Zeroize, Zeroizing};
 
-
 /// Secret bytes. `Debug` prints `[redacted]`; the buffer is zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretValue(Zeroizing<Vec<u8>>);
@@ -93,14 +92,16 @@ impl SecretData {
         match (self, key) {
             (SecretData::Value(v), None) => Ok(v.clone()),
             (SecretData::Map(m), None) => Ok(map_to_json(m)),
-            (SecretData::Map(m), Some(k)) => m.get(k).cloned().ok_or_else(|| SelectError::KeyNotFound {
-                key: k.to_string(),
-                available: m.keys().cloned().collect::<Vec<_>>().join(", "),
-            }),
+            (SecretData::Map(m), Some(k)) => {
+                m.get(k).cloned().ok_or_else(|| SelectError::KeyNotFound {
+                    key: k.to_string(),
+                    available: m.keys().cloned().collect::<Vec<_>>().join(", "),
+                })
+            }
             (SecretData::Value(v), Some(k)) => {
-                let Ok(mut obj) =
-                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(v.expose())
-                else {
+                let Ok(mut obj) = serde_json::from_slice::<
+                    serde_json::Map<String, serde_json::Value>,
+                >(v.expose()) else {
                     return Err(SelectError::NotAMap { key: k.to_string() });
                 };
                 let out = match obj.get(k) {
@@ -249,7 +250,10 @@ mod tests {
         assert_eq!(j.select(Some("user")).unwrap().expose(), b"u");
         assert_eq!(j.select(Some("port")).unwrap().expose(), b"5432");
         let raw = SecretData::Value(SecretValue::from_str_copy("plain"));
-        assert!(matches!(raw.select(Some("x")), Err(SelectError::NotAMap { .. })));
+        assert!(matches!(
+            raw.select(Some("x")),
+            Err(SelectError::NotAMap { .. })
+        ));
         assert_eq!(raw.select(None).unwrap().expose(), b"plain");
     }
 
@@ -262,7 +266,16 @@ mod tests {
         assert_eq!(r.to_string(), "vault/app/db#password");
         let r: SecretRef = "local/token".parse().unwrap();
         assert_eq!(r.key, None);
-        for bad in ["vault", "/x", "vault/", "vault/a#", "vault/../etc", "vault/a//b", "vault/a b", "v/./a"] {
+        for bad in [
+            "vault",
+            "/x",
+            "vault/",
+            "vault/a#",
+            "vault/../etc",
+            "vault/a//b",
+            "vault/a b",
+            "v/./a",
+        ] {
             assert!(bad.parse::<SecretRef>().is_err(), "{bad} should be refused");
         }
     }

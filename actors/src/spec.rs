@@ -82,7 +82,9 @@ impl Target {
     pub fn parse(s: &str) -> Result<Target, String> {
         if let Some(rest) = s.strip_prefix("label:") {
             if rest.is_empty() {
-                return Err(format!("`{s}`: `label:` needs a key, as in `label:app=shop`"));
+                return Err(format!(
+                    "`{s}`: `label:` needs a key, as in `label:app=shop`"
+                ));
             }
             Ok(match rest.split_once('=') {
                 Some((k, v)) => Target::Label(k.to_string(), Some(v.to_string())),
@@ -399,7 +401,10 @@ mod tests {
         ContainerInfo {
             id: "c1".into(),
             name: "web".into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             user: user.into(),
             running: true,
             ..Default::default()
@@ -422,9 +427,15 @@ mod tests {
         assert_eq!(spec.dir, DEFAULT_DIR);
         assert_eq!(spec.files.len(), 2);
         assert_eq!(spec.files[0].name, "api.key");
-        assert_eq!((spec.files[0].mode, spec.files[0].uid, spec.files[0].gid), (0o400, 7, 2000));
+        assert_eq!(
+            (spec.files[0].mode, spec.files[0].uid, spec.files[0].gid),
+            (0o400, 7, 2000)
+        );
         assert_eq!(spec.files[1].name, "db_password");
-        assert_eq!((spec.files[1].mode, spec.files[1].uid, spec.files[1].gid), (0o440, 1000, 2000));
+        assert_eq!(
+            (spec.files[1].mode, spec.files[1].uid, spec.files[1].gid),
+            (0o440, 1000, 2000)
+        );
         assert_eq!(spec.files[1].source.key.as_deref(), Some("password"));
     }
 
@@ -437,23 +448,53 @@ mod tests {
     fn bad_input_is_refused_whole_and_named() {
         let big = "x".repeat(1 << 20);
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-            (vec![("dso.secret.../etc/passwd", "local/a")], "not a plain file name"),
+            (
+                vec![("dso.secret.../etc/passwd", "local/a")],
+                "not a plain file name",
+            ),
             (vec![("dso.secret.a/b", "local/a")], "not a plain file name"),
             (vec![("dso.secret..", "local/a")], "not a plain file name"),
-            (vec![("dso.secret..ready", "local/a")], "not a plain file name"),
+            (
+                vec![("dso.secret..ready", "local/a")],
+                "not a plain file name",
+            ),
             (vec![("dso.secret.ok", "nope")], "missing `/`"),
             (vec![("dso.secret.ok", "local/../../x")], "invalid path"),
-            (vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.mode", "999")], "octal"),
-            (vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.uid", "root")], "numeric id"),
+            (
+                vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.mode", "999")],
+                "octal",
+            ),
+            (
+                vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.uid", "root")],
+                "numeric id",
+            ),
             (vec![("dso.secret.ok.mode", "0400")], "no matching"),
-            (vec![("dso.secret.ok", "local/a"), ("dso.dir", "/run/../etc")], "clean absolute"),
+            (
+                vec![("dso.secret.ok", "local/a"), ("dso.dir", "/run/../etc")],
+                "clean absolute",
+            ),
             (vec![("dso.secret.ok", big.as_str())], "the limit is 4096"),
         ];
         for (labels, want) in cases {
             let errs = build_spec(&info(&labels, ""), &[]).unwrap_err();
-            let text = errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
-            assert!(text.contains(want), "labels {:?}: got `{text}`, want `{want}`", labels.iter().map(|l| &l.0[..l.0.len().min(40)]).collect::<Vec<_>>());
-            assert!(text.len() < 600, "error text must stay short: {}", text.len());
+            let text = errs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            assert!(
+                text.contains(want),
+                "labels {:?}: got `{text}`, want `{want}`",
+                labels
+                    .iter()
+                    .map(|l| &l.0[..l.0.len().min(40)])
+                    .collect::<Vec<_>>()
+            );
+            assert!(
+                text.len() < 600,
+                "error text must stay short: {}",
+                text.len()
+            );
         }
     }
 
@@ -467,10 +508,22 @@ mod tests {
             gid: None,
             targets: vec![Target::parse(t).unwrap()],
         };
-        let rules = vec![rule("a", "web"), rule("b", "label:tier=db"), rule("c", "label:tier=front"), rule("d", "other")];
-        let i = info(&[("tier", "db"), ("dso.secret.a", "local/from-label")], "app");
+        let rules = vec![
+            rule("a", "web"),
+            rule("b", "label:tier=db"),
+            rule("c", "label:tier=front"),
+            rule("d", "other"),
+        ];
+        let i = info(
+            &[("tier", "db"), ("dso.secret.a", "local/from-label")],
+            "app",
+        );
         let spec = build_spec(&i, &rules).unwrap().unwrap();
-        let names: Vec<_> = spec.files.iter().map(|f| (f.name.as_str(), f.source.path.as_str(), f.uid)).collect();
+        let names: Vec<_> = spec
+            .files
+            .iter()
+            .map(|f| (f.name.as_str(), f.source.path.as_str(), f.uid))
+            .collect();
         assert_eq!(names, vec![("a", "from-label", 0), ("b", "from-rule", 0)]);
         assert!(wants_secrets("web", &HashMap::new(), &rules));
         assert!(!wants_secrets("zzz", &HashMap::new(), &rules));

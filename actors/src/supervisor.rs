@@ -219,7 +219,7 @@ impl Handler<Reconcile> for Supervisor {
 
     fn handle(&mut self, msg: Reconcile, _ctx: &mut Self::Context) {
         if let Some(t) = &self.tree {
-            t.reconciler.do_send(msg);
+            let _ = t.reconciler.try_send(msg);
         }
     }
 }
@@ -228,7 +228,10 @@ impl Handler<Shutdown> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
-        let tree = self.tree.as_ref().map(|t| (t.watcher.clone(), t.router.clone()));
+        let tree = self
+            .tree
+            .as_ref()
+            .map(|t| (t.watcher.clone(), t.router.clone()));
         let timeout = self.settings.drain_timeout;
         Box::pin(
             async move {
@@ -238,7 +241,10 @@ impl Handler<Shutdown> for Supervisor {
                 let _ = watcher.send(StopWatching).await;
                 let drains = join_all(router.all().iter().map(|s| s.send(Drain)));
                 if tokio::time::timeout(timeout, drains).await.is_err() {
-                    tracing::warn!(?timeout, "shutdown: in-flight injections did not finish in time");
+                    tracing::warn!(
+                        ?timeout,
+                        "shutdown: in-flight injections did not finish in time"
+                    );
                 }
             }
             .into_actor(self)

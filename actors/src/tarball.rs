@@ -30,7 +30,10 @@ pub enum TarError {
 
 /// The exact size of the tar for these contents.
 fn tar_size(lens: &[usize]) -> usize {
-    lens.iter().map(|l| 512 + l.div_ceil(512) * 512).sum::<usize>() + 1024
+    lens.iter()
+        .map(|l| 512 + l.div_ceil(512) * 512)
+        .sum::<usize>()
+        + 1024
 }
 
 /// Builds one tar holding each file with its mode/owner. Files keep the order given.
@@ -51,12 +54,10 @@ pub fn build_tar(files: &[(&SecretFile, &SecretValue)]) -> Result<Zeroizing<Vec<
         header.set_uid(u64::from(file.uid));
         header.set_gid(u64::from(file.gid));
         header.set_mtime(mtime);
-        header
-            .set_path(&file.name)
-            .map_err(|e| TarError::Entry {
-                name: file.name.clone(),
-                reason: e.to_string(),
-            })?;
+        header.set_path(&file.name).map_err(|e| TarError::Entry {
+            name: file.name.clone(),
+            reason: e.to_string(),
+        })?;
         header.set_cksum();
         builder
             .append(&header, value.expose())
@@ -73,23 +74,19 @@ pub fn build_tar(files: &[(&SecretFile, &SecretValue)]) -> Result<Zeroizing<Vec<
     Ok(buf)
 }
 
-/// The script run with `sh -c SCRIPT dso-inject DIR [NAME MODE UID GID]...`.
-///
-/// Positional parameters carry the (already validated) names, so nothing is interpolated into the
-/// script text.
-pub const INJECT_SCRIPT: &str = r#"set -e
+/// The part of the in-container script before extraction: argument parsing, the tmpfs check
+/// (of the nearest existing ancestor, before anything is created), the staging directory.
+const SCRIPT_HEAD: &str = r#"set -e
 umask 077
 d="$1"; shift
-command -v tar >/dev/null 2>&1 || { echo "dso: no tar in this container" >&2; exit 65; }
-mkdir -p "$d"
-fs=$(stat -f -c %T "$d" 2>/dev/null || echo unknown)
+p="$d"
+while [ ! -d "$p" ]; do p=$(dirname "$p"); done
+fs=$(stat -f -c %T "$p" 2>/dev/null || echo unknown)
 case "$fs" in tmpfs|unknown) ;; *) echo "dso: $d is on $fs, not tmpfs" >&2; exit 64;; esac
-t="$d/.dso-staging.$$"
-rm -rf "$t"
-mkdir "$t"
-trap 'rm -rf "$t"' EXIT
-tar -x -f - -C "$t"
-while [ $# -ge 4 ]; do
+"#;
+
+/// After the files are in the staging dir: owner, mode, atomic rename, `.ready` last.
+const SCRIPT_TAIL: &str = r#"while [ $# -ge 4 ]; do
   chown "$3:$4" "$t/$1"
   chmod "$2" "$t/$1"
   mv -f "$t/$1" "$d/$1"
@@ -100,12 +97,87 @@ trap - EXIT
 if [ ! -e "$d/.ready" ]; then : > "$d/.ready.tmp.$$"; chmod 0444 "$d/.ready.tmp.$$"; mv -f "$d/.ready.tmp.$$" "$d/.ready"; fi
 "#;
 
+/// Extraction with `tar` (the normal path).
+const EXTRACT_TAR: &str = r#"command -v tar >/dev/null 2>&1 || { echo "dso: no tar in this container" >&2; exit 65; }
+mkdir -p "$d"
+t="$d/.dso-staging.$$"
+rm -rf "$t"
+mkdir "$t"
+trap 'rm -rf "$t"' EXIT
+tar -x -f - -C "$t"
+"#;
+
+/// Extraction without `tar`: one base64 line per file on stdin, in argument order. `printf` is a
+/// shell builtin, so values never appear in a process's argv.
+const EXTRACT_B64: &str = r#"command -v base64 >/dev/null 2>&1 || { echo "dso: neither tar nor base64 in this container" >&2; exit 65; }
+mkdir -p "$d"
+t="$d/.dso-staging.$$"
+rm -rf "$t"
+mkdir "$t"
+trap 'rm -rf "$t"' EXIT
+i=1
+for n in "$@"; do
+  if [ $(( (i - 1) % 4 )) -eq 0 ]; then IFS= read -r line; printf '%s' "$line" | base64 -d > "$t/$n"; fi
+  i=$((i + 1))
+done
+line=
+"#;
+
+/// How the files travel on stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One tar (needs `tar` in the container).
+    Tar,
+    /// One base64 line per file (needs `sh` and `base64`); the fallback when `tar` is missing.
+    Base64Lines,
+}
+
+/// The full in-container script for a transport.
+pub fn script(transport: Transport) -> String {
+    let extract = match transport {
+        Transport::Tar => EXTRACT_TAR,
+        Transport::Base64Lines => EXTRACT_B64,
+    };
+    format!("{SCRIPT_HEAD}{extract}{SCRIPT_TAIL}")
+}
+
+/// The stdin payload of [`Transport::Base64Lines`]: one base64 line per file, zeroed on drop.
+pub fn build_b64_lines(values: &[&SecretValue]) -> Zeroizing<Vec<u8>> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let size: usize = values.iter().map(|v| v.len().div_ceil(3) * 4 + 1).sum();
+    let mut out = Zeroizing::new(Vec::with_capacity(size));
+    for v in values {
+        for chunk in v.expose().chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            out.push(ALPHABET[(n >> 18) as usize & 63]);
+            out.push(ALPHABET[(n >> 12) as usize & 63]);
+            out.push(if chunk.len() > 1 {
+                ALPHABET[(n >> 6) as usize & 63]
+            } else {
+                b'='
+            });
+            out.push(if chunk.len() > 2 {
+                ALPHABET[n as usize & 63]
+            } else {
+                b'='
+            });
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
 /// The argv of the exec that installs `files` into `dir`.
-pub fn inject_command(dir: &str, files: &[&SecretFile]) -> Vec<String> {
+pub fn inject_command(dir: &str, files: &[&SecretFile], transport: Transport) -> Vec<String> {
     let mut cmd = vec![
         "sh".to_string(),
         "-c".to_string(),
-        INJECT_SCRIPT.to_string(),
+        script(transport),
         "dso-inject".to_string(),
         dir.to_string(),
     ];
@@ -145,7 +217,11 @@ mod tests {
         let vb = SecretValue::new(vec![7u8; 1500]);
         let tar_bytes = build_tar(&[(&a, &va), (&b, &vb)]).unwrap();
         assert_eq!(tar_bytes.len(), tar_size(&[5, 1500]));
-        assert_eq!(tar_bytes.capacity(), tar_bytes.len(), "buffer must never grow");
+        assert_eq!(
+            tar_bytes.capacity(),
+            tar_bytes.len(),
+            "buffer must never grow"
+        );
         let mut ar = tar::Archive::new(&tar_bytes[..]);
         let mut seen = vec![];
         for e in ar.entries().unwrap() {
@@ -163,16 +239,46 @@ mod tests {
         }
         assert_eq!(
             seen,
-            vec![("a".into(), 0o400, 1000, 1001, 5), ("b.txt".into(), 0o640, 1000, 1001, 1500)]
+            vec![
+                ("a".into(), 0o400, 1000, 1001, 5),
+                ("b.txt".into(), 0o640, 1000, 1001, 1500)
+            ]
         );
     }
 
     #[test]
     fn command_passes_names_as_arguments() {
         let a = file("db_password", 0o440);
-        let cmd = inject_command("/run/secrets/dso", &[&a]);
+        let cmd = inject_command("/run/secrets/dso", &[&a], Transport::Tar);
         assert_eq!(&cmd[..2], &["sh", "-c"]);
-        assert_eq!(&cmd[3..], &["dso-inject", "/run/secrets/dso", "db_password", "440", "1000", "1001"]);
+        assert_eq!(
+            &cmd[3..],
+            &[
+                "dso-inject",
+                "/run/secrets/dso",
+                "db_password",
+                "440",
+                "1000",
+                "1001"
+            ]
+        );
         assert!(!cmd[2].contains("db_password"));
+    }
+
+    #[test]
+    fn base64_lines_match_the_standard_encoding() {
+        let vals = [
+            SecretValue::from_str_copy("a"),
+            SecretValue::from_str_copy("ab"),
+            SecretValue::from_str_copy("abc"),
+            SecretValue::new(vec![0xff, 0x00, 0x10, 0x80]),
+        ];
+        let refs: Vec<_> = vals.iter().collect();
+        let out = build_b64_lines(&refs);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "YQ==\nYWI=\nYWJj\n/wAQgA==\n"
+        );
+        assert_eq!(out.capacity(), out.len());
     }
 }

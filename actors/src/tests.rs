@@ -30,7 +30,10 @@ fn container(id: &str, labels: &[(&str, &str)], tmpfs: &[&str]) -> ContainerInfo
     ContainerInfo {
         id: id.into(),
         name: format!("name-{id}"),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         user: String::new(),
         running: true,
         tmpfs_mounts: tmpfs.iter().map(|s| s.to_string()).collect(),
@@ -137,13 +140,29 @@ async fn concurrent_misses_cause_one_backend_fetch() {
         })
         .collect();
     for res in futures_util::future::join_all(futs).await {
-        assert_eq!(res.unwrap().unwrap().select(Some("password")).unwrap().expose(), b"pw");
+        assert_eq!(
+            res.unwrap()
+                .unwrap()
+                .select(Some("password"))
+                .unwrap()
+                .expose(),
+            b"pw"
+        );
     }
     assert_eq!(r.backend.fetch_count(), 1);
     // And a later lookup is a hit.
-    let _ = r.cache.send(GetSecret { source: "p/app/db".parse().unwrap() }).await;
+    let _ = r
+        .cache
+        .send(GetSecret {
+            source: "p/app/db".parse().unwrap(),
+        })
+        .await;
     assert_eq!(r.backend.fetch_count(), 1);
-    assert!(metric_line(&r, "dso_cache_hits_total").ends_with(" 1"), "{}", render(&r.registry));
+    assert!(
+        metric_line(&r, "dso_cache_hits_total").ends_with(" 1"),
+        "{}",
+        render(&r.registry)
+    );
 }
 
 #[actix_rt::test]
@@ -151,7 +170,9 @@ async fn unknown_provider_is_a_clear_error() {
     let r = rig();
     let e = r
         .cache
-        .send(GetSecret { source: "nope/x".parse().unwrap() })
+        .send(GetSecret {
+            source: "nope/x".parse().unwrap(),
+        })
         .await
         .unwrap()
         .unwrap_err();
@@ -175,16 +196,30 @@ async fn provider_restarts_after_five_consecutive_failures() {
     });
     for _ in 0..5 {
         let res = addr.send(Fetch { path: "x".into() }).await;
-        assert!(matches!(res, Ok(Err(BackendError::Unavailable(_)))), "{res:?}");
+        assert!(
+            matches!(res, Ok(Err(BackendError::Unavailable(_)))),
+            "{res:?}"
+        );
     }
     settle(|| builds.load(std::sync::atomic::Ordering::SeqCst) == 2).await;
-    assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2, "connection rebuilt once");
+    assert_eq!(
+        builds.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "connection rebuilt once"
+    );
     let text = render(&registry);
-    assert!(text.contains("dso_provider_restarts_total{provider=\"p\"} 1"), "{text}");
+    assert!(
+        text.contains("dso_provider_restarts_total{provider=\"p\"} 1"),
+        "{text}"
+    );
     // "Not found" answers do not count toward a restart.
     *backend.fail_with.lock().unwrap() = None;
     for _ in 0..10 {
-        let _ = addr.send(Fetch { path: "missing".into() }).await;
+        let _ = addr
+            .send(Fetch {
+                path: "missing".into(),
+            })
+            .await;
     }
     assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
@@ -209,8 +244,12 @@ async fn provider_timeout_applies() {
 #[actix_rt::test]
 async fn one_exec_with_one_tar_for_all_secrets() {
     let r = rig();
-    r.backend.put("app/db", map(&[("password", "pw1"), ("user", "u1")]));
-    r.backend.put("app/api", SecretData::Value(SecretValue::from_str_copy("tok")));
+    r.backend
+        .put("app/db", map(&[("password", "pw1"), ("user", "u1")]));
+    r.backend.put(
+        "app/api",
+        SecretData::Value(SecretValue::from_str_copy("tok")),
+    );
     r.engine.add(container(
         "c1",
         &[
@@ -222,14 +261,30 @@ async fn one_exec_with_one_tar_for_all_secrets() {
         &["/run/secrets/dso"],
     ));
     let inj = injector(&r, 4, 100);
-    inj.send(job("c1", Trigger::Event(ContainerAction::Start))).await.unwrap();
+    inj.send(job("c1", Trigger::Event(ContainerAction::Start)))
+        .await
+        .unwrap();
     settle(|| !r.engine.execs().is_empty()).await;
     let execs = r.engine.execs();
     assert_eq!(execs.len(), 1, "one exec");
     let (_, cmd, tar_bytes) = &execs[0];
     assert_eq!(
         &cmd[4..],
-        &["/run/secrets/dso", "api", "440", "0", "0", "db_password", "400", "0", "0", "db_user", "400", "0", "0"]
+        &[
+            "/run/secrets/dso",
+            "api",
+            "440",
+            "0",
+            "0",
+            "db_password",
+            "400",
+            "0",
+            "0",
+            "db_user",
+            "400",
+            "0",
+            "0"
+        ]
     );
     let mut ar = tar::Archive::new(&tar_bytes[..]);
     let mut got = vec![];
@@ -241,7 +296,11 @@ async fn one_exec_with_one_tar_for_all_secrets() {
     }
     assert_eq!(
         got,
-        vec![("api".into(), "tok".into()), ("db_password".into(), "pw1".into()), ("db_user".into(), "u1".into())]
+        vec![
+            ("api".into(), "tok".into()),
+            ("db_password".into(), "pw1".into()),
+            ("db_user".into(), "u1".into())
+        ]
     );
     assert_eq!(r.backend.fetch_count(), 2, "one fetch per distinct path");
     settle(|| metric_line(&r, "dso_injections_total").contains("success")).await;
@@ -252,14 +311,39 @@ async fn one_exec_with_one_tar_for_all_secrets() {
 async fn refusals_write_nothing() {
     let r = rig();
     r.backend.put("a", map(&[("k", "v")]));
-    r.engine.add(container("notmpfs", &[("dso.secret.x", "p/a#k")], &[]));
-    r.engine.add(container("badname", &[("dso.secret.../x", "p/a#k")], &["/run/secrets/dso"]));
-    r.engine.add(container("missingkey", &[("dso.secret.x", "p/a#nokey")], &["/run/secrets/dso"]));
-    r.engine.add(container("missingpath", &[("dso.secret.x", "p/nothere")], &["/run/secrets/dso"]));
-    r.engine.add(container("unknownprov", &[("dso.secret.x", "q/a")], &["/run/secrets/dso"]));
+    r.engine
+        .add(container("notmpfs", &[("dso.secret.x", "p/a#k")], &[]));
+    r.engine.add(container(
+        "badname",
+        &[("dso.secret.../x", "p/a#k")],
+        &["/run/secrets/dso"],
+    ));
+    r.engine.add(container(
+        "missingkey",
+        &[("dso.secret.x", "p/a#nokey")],
+        &["/run/secrets/dso"],
+    ));
+    r.engine.add(container(
+        "missingpath",
+        &[("dso.secret.x", "p/nothere")],
+        &["/run/secrets/dso"],
+    ));
+    r.engine.add(container(
+        "unknownprov",
+        &[("dso.secret.x", "q/a")],
+        &["/run/secrets/dso"],
+    ));
     let inj = injector(&r, 4, 100);
-    for id in ["notmpfs", "badname", "missingkey", "missingpath", "unknownprov"] {
-        inj.send(job(id, Trigger::Event(ContainerAction::Start))).await.unwrap();
+    for id in [
+        "notmpfs",
+        "badname",
+        "missingkey",
+        "missingpath",
+        "unknownprov",
+    ] {
+        inj.send(job(id, Trigger::Event(ContainerAction::Start)))
+            .await
+            .unwrap();
     }
     settle(|| {
         let t = metric_line(&r, "dso_injections_total");
@@ -270,21 +354,34 @@ async fn refusals_write_nothing() {
     assert!(t.contains("result=\"not_tmpfs\"} 1"), "{t}");
     assert!(t.contains("result=\"invalid_spec\"} 1"), "{t}");
     assert!(t.contains("result=\"provider_error\"} 3"), "{t}");
-    assert!(r.engine.execs().is_empty(), "nothing may be executed for refused containers");
+    assert!(
+        r.engine.execs().is_empty(),
+        "nothing may be executed for refused containers"
+    );
 }
 
 #[actix_rt::test]
 async fn a_burst_for_one_container_collapses() {
     let r = rig();
     r.backend.put("a", map(&[("k", "v")]));
-    r.engine.add(container("c", &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+    r.engine.add(container(
+        "c",
+        &[("dso.secret.x", "p/a#k")],
+        &["/run/secrets/dso"],
+    ));
     *r.engine.exec_delay.lock().unwrap() = Duration::from_millis(100);
     let inj = injector(&r, 4, 100);
     for _ in 0..1000 {
-        inj.send(job("c", Trigger::Event(ContainerAction::Start))).await.unwrap();
+        inj.send(job("c", Trigger::Event(ContainerAction::Start)))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(r.engine.execs().len(), 1, "1000 identical start events → one injection");
+    assert_eq!(
+        r.engine.execs().len(),
+        1,
+        "1000 identical start events → one injection"
+    );
     let t = metric_line(&r, "dso_injections_total");
     assert!(t.contains("result=\"duplicate\"} 1"), "{t}");
 }
@@ -294,17 +391,30 @@ async fn a_full_queue_drops_counts_and_keeps_working() {
     let r = rig();
     r.backend.put("a", map(&[("k", "v")]));
     for i in 0..10 {
-        r.engine.add(container(&format!("c{i}"), &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+        r.engine.add(container(
+            &format!("c{i}"),
+            &[("dso.secret.x", "p/a#k")],
+            &["/run/secrets/dso"],
+        ));
     }
     *r.engine.exec_delay.lock().unwrap() = Duration::from_millis(100);
     // One at a time, two may wait.
     let inj = injector(&r, 1, 2);
     for i in 0..10 {
-        inj.send(job(&format!("c{i}"), Trigger::Event(ContainerAction::Start))).await.unwrap();
+        inj.send(job(
+            &format!("c{i}"),
+            Trigger::Event(ContainerAction::Start),
+        ))
+        .await
+        .unwrap();
     }
     settle(|| r.engine.execs().len() == 3).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(r.engine.execs().len(), 3, "1 running + 2 queued; the rest dropped");
+    assert_eq!(
+        r.engine.execs().len(),
+        3,
+        "1 running + 2 queued; the rest dropped"
+    );
     let t = metric_line(&r, "dso_events_dropped_total");
     assert!(t.contains("reason=\"queue_full\"} 7"), "{t}");
 }
@@ -313,14 +423,30 @@ async fn a_full_queue_drops_counts_and_keeps_working() {
 async fn die_then_start_orders_per_container() {
     let r = rig();
     r.backend.put("a", map(&[("k", "v")]));
-    r.engine.add(container("c", &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+    r.engine.add(container(
+        "c",
+        &[("dso.secret.x", "p/a#k")],
+        &["/run/secrets/dso"],
+    ));
     let inj = injector(&r, 4, 100);
-    inj.send(job("c", Trigger::Event(ContainerAction::Start))).await.unwrap();
+    inj.send(job("c", Trigger::Event(ContainerAction::Start)))
+        .await
+        .unwrap();
     settle(|| r.engine.execs().len() == 1).await;
-    inj.send(job("c", Trigger::Event(ContainerAction::Die))).await.unwrap();
+    inj.send(job("c", Trigger::Event(ContainerAction::Die)))
+        .await
+        .unwrap();
     // Restarted: a new StartedAt.
-    r.engine.containers.lock().unwrap().get_mut("c").unwrap().started_at = Some("later".into());
-    inj.send(job("c", Trigger::Event(ContainerAction::Start))).await.unwrap();
+    r.engine
+        .containers
+        .lock()
+        .unwrap()
+        .get_mut("c")
+        .unwrap()
+        .started_at = Some("later".into());
+    inj.send(job("c", Trigger::Event(ContainerAction::Start)))
+        .await
+        .unwrap();
     settle(|| r.engine.execs().len() == 2).await;
     assert_eq!(r.engine.execs().len(), 2, "a restart is injected again");
 }
@@ -331,7 +457,11 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
     let backend = FakeBackend::new();
     backend.put("a", map(&[("k", "v")]));
     // Running before the agent: the start-up reconcile must find it.
-    engine.add(container("early", &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+    engine.add(container(
+        "early",
+        &[("dso.secret.x", "p/a#k")],
+        &["/run/secrets/dso"],
+    ));
     let (metrics, _registry) = Metrics::new("test");
     let sup = Supervisor::new(
         engine.clone() as Arc<dyn ContainerEngine>,
@@ -357,7 +487,11 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
     .start();
     settle(|| engine.execs().len() == 1).await;
     assert_eq!(engine.execs()[0].0, "early");
-    engine.add(container("late", &[("dso.secret.x", "p/a#k")], &["/run/secrets/dso"]));
+    engine.add(container(
+        "late",
+        &[("dso.secret.x", "p/a#k")],
+        &["/run/secrets/dso"],
+    ));
     assert!(engine.emit(EngineEvent {
         id: "late".into(),
         action: ContainerAction::Start,
@@ -365,8 +499,19 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
     }));
     settle(|| engine.execs().len() == 2).await;
     assert_eq!(engine.execs()[1].0, "late");
-    assert_eq!(backend.fetch_count(), 1, "second container served from cache");
+    assert_eq!(
+        backend.fetch_count(),
+        1,
+        "second container served from cache"
+    );
     let ready = sup.send(GetReadiness).await.unwrap();
     assert!(ready.docker, "{ready:?}");
-    assert!(engine.calls().iter().filter(|c| **c == EngineCall::Events).count() == 1);
+    assert!(
+        engine
+            .calls()
+            .iter()
+            .filter(|c| **c == EngineCall::Events)
+            .count()
+            == 1
+    );
 }

@@ -85,7 +85,10 @@ impl EventWatcher {
         .map(|res, act, ctx| match res {
             Ok(stream) => {
                 let reason = if act.ever_connected {
-                    tracing::info!(after_failures = act.failures, "docker event stream reconnected");
+                    tracing::info!(
+                        after_failures = act.failures,
+                        "docker event stream reconnected"
+                    );
                     "docker reconnect"
                 } else {
                     tracing::info!("docker event stream connected");
@@ -130,7 +133,9 @@ impl EventWatcher {
 
 /// Exponential backoff, 100 ms doubling to 5 s, with ±25 % jitter.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1u64 << attempt.min(7).saturating_sub(1)).min(5_000);
+    let base = 100u64
+        .saturating_mul(1u64 << attempt.min(7).saturating_sub(1))
+        .min(5_000);
     let jitter = rand::thread_rng().gen_range(0.75..1.25);
     Duration::from_millis((base as f64 * jitter) as u64)
 }
@@ -225,7 +230,10 @@ mod tests {
         assert!(backoff(3) >= Duration::from_millis(300));
         for n in [7, 50, 100, 1000] {
             let d = backoff(n);
-            assert!(d <= Duration::from_millis(6250) && d >= Duration::from_millis(3750), "{n}: {d:?}");
+            assert!(
+                d <= Duration::from_millis(6250) && d >= Duration::from_millis(3750),
+                "{n}: {d:?}"
+            );
         }
     }
 }

@@ -1,0 +1,106 @@
+//! The CLI: `dso check`, `dso secret`, `--help`.
+
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+fn dso(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(dso_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dso");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_a_good_config_and_names_every_problem_of_a_bad_one() {
+    let ws = Workspace::new();
+    let good = ws.write_config("");
+    let (code, out, err) = dso(&["check", "--config", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("valid"), "{out}");
+
+    let bad = ws.path("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"[agent]
+shards = 64
+[cache]
+ttl = "soon"
+[providers.v]
+type = "vault"
+address = "ftp://x"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = dso(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(4), "exit code 4 for an invalid config\n{out}{err}");
+    for want in ["cache.ttl: invalid duration `soon`"] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    // Type errors stop parsing of that table; fix them and the semantic problems all show.
+    std::fs::write(
+        &bad,
+        "[agent]\nshards = 64\n[providers.v]\ntype = \"vault\"\naddress = \"ftp://x\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = dso(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(4));
+    assert!(err.contains("agent.shards: 64 is out of range"), "{err}");
+    assert!(err.contains("providers.v.address"), "{err}");
+
+    let (code, _, err) = dso(&["check", "--config", "/nonexistent/dso.toml"]);
+    assert_eq!(code, Some(4));
+    assert!(err.contains("/nonexistent/dso.toml") && err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn secret_set_get_list_rm_round_trip_without_plaintext_on_disk() {
+    let ws = Workspace::new();
+    let cfg = ws.write_config("");
+    let cfg = cfg.to_str().unwrap();
+    let value = unique("cli-secret-value");
+    ws.set_secret("app/db#password", &value);
+    ws.set_secret("app/db#user", "svc");
+    ws.set_secret("app/token", "t0k");
+    let (code, out, err) = dso(&["--config", cfg, "secret", "get", "app/db#password"]);
+    assert_eq!((code, out.as_str()), (Some(0), value.as_str()), "{err}");
+    let (code, out, _) = dso(&["--config", cfg, "secret", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("app/db") && out.contains("password") && out.contains("app/token"), "{out}");
+    assert!(!out.contains(&value), "list must never print values");
+    let (_, out, _) = dso(&["--config", cfg, "secret", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
+    assert!(v.as_array().is_some_and(|a| a.len() == 2), "{out}");
+
+    let hits = grep_tree(ws.dir.path(), value.as_bytes());
+    assert!(hits.is_empty(), "plaintext found on disk: {hits:?}");
+    let key = ws.path("vault.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let (code, _, _) = dso(&["--config", cfg, "secret", "rm", "app/db#password"]);
+    assert_eq!(code, Some(0));
+    let (code, _, err) = dso(&["--config", cfg, "secret", "get", "app/db#password"]);
+    assert_eq!(code, Some(5), "missing secret → exit 5: {err}");
+    assert!(err.contains("password"), "{err}");
+    let (code, _, err) = dso(&["--config", cfg, "secret", "set", "app/x"]);
+    assert_ne!(code, Some(0), "an empty stdin is refused");
+    assert!(err.contains("stdin"), "{err}");
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [vec!["agent"], vec!["check"], vec!["secret", "set"], vec!["secret", "get"], vec!["secret", "list"], vec!["secret", "rm"], vec!["health"]] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let (code, out, err) = dso(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(out.contains("Example:"), "{args:?} --help has no example:\n{out}");
+    }
+}

@@ -1,0 +1,186 @@
+//! End to end: the real agent, the real Docker daemon, the local encrypted vault and OpenBao.
+
+use crate::support::*;
+
+const DIR: &str = "/run/secrets/dso";
+
+fn vault_provider_toml(mount_token_env: &str) -> String {
+    format!(
+        r#"[providers.bao]
+type = "vault"
+address = "{}"
+token_env = "{mount_token_env}"
+mount = "secret"
+timeout = "5s"
+"#,
+        env("DSO_TEST_VAULT_ADDR")
+    )
+}
+
+/// Writes a KV v2 secret into the test OpenBao with the bao CLI.
+fn bao_put(path: &str, kv: &[(&str, &str)]) {
+    let mut cmd = std::process::Command::new(env("DSO_TEST_BAO_BIN"));
+    cmd.args(["kv", "put", "-mount=secret", path])
+        .env("VAULT_ADDR", env("DSO_TEST_VAULT_ADDR"))
+        .env("VAULT_TOKEN", env("DSO_TEST_VAULT_TOKEN"))
+        .env("BAO_ADDR", env("DSO_TEST_VAULT_ADDR"))
+        .env("BAO_TOKEN", env("DSO_TEST_VAULT_TOKEN"));
+    for (k, v) in kv {
+        cmd.arg(format!("{k}={v}"));
+    }
+    let (ok, out, err) = run(&mut cmd);
+    assert!(ok, "bao kv put {path} failed:\n{out}\n{err}");
+}
+
+#[test]
+fn labelled_container_gets_its_files_from_the_local_vault_and_openbao() {
+    let ws = Workspace::new();
+    ws.write_config(&vault_provider_toml("DSO_IT_BAO_TOKEN"));
+    let local_pw = unique("local-pw-value");
+    let bao_pw = unique("bao-pw-value");
+    let bao_path = unique("app/db");
+    ws.set_secret("app/db#password", &local_pw);
+    ws.set_secret("app/token", "tok-123");
+    bao_put(&bao_path, &[("password", &bao_pw), ("user", "svc")]);
+    let token = env("DSO_TEST_VAULT_TOKEN");
+    let agent = Agent::start_with_env(&ws.config(), &[("DSO_IT_BAO_TOKEN", &token), ("DSO_LOG", "debug")]);
+
+    let bao_ref = format!("bao/{bao_path}#password");
+    let c = ws.container(&[
+        "--tmpfs", DIR,
+        "--user", "1000:1000",
+        "--label", "dso.secret.db_password=local/app/db#password",
+        "--label", "dso.secret.api_token=local/app/token",
+        "--label", "dso.secret.api_token.mode=0440",
+        "--label", "dso.secret.api_token.gid=50",
+        "--label", &format!("dso.secret.bao_pw={bao_ref}"),
+        "--label", &format!("dso.secret.bao_user=bao/{bao_path}#user"),
+        "--label", "dso.secret.bao_user.uid=0",
+    ]);
+    c.wait_for(&format!("{DIR}/.ready"), &agent);
+    let ctx = || format!("container {}\n--- agent logs ---\n{}", c.name, agent.logs());
+    assert_eq!(c.read(&format!("{DIR}/db_password")).as_deref(), Some(local_pw.as_str()), "{}", ctx());
+    assert_eq!(c.read(&format!("{DIR}/api_token")).as_deref(), Some("tok-123"), "{}", ctx());
+    assert_eq!(c.read(&format!("{DIR}/bao_pw")).as_deref(), Some(bao_pw.as_str()), "{}", ctx());
+    assert_eq!(c.read(&format!("{DIR}/bao_user")).as_deref(), Some("svc"), "{}", ctx());
+    assert_eq!(c.stat(&format!("{DIR}/db_password")), "400 1000 1000", "{}", ctx());
+    assert_eq!(c.stat(&format!("{DIR}/api_token")), "440 1000 50", "{}", ctx());
+    assert_eq!(c.stat(&format!("{DIR}/bao_user")), "400 0 1000", "{}", ctx());
+    assert_eq!(
+        c.ls(DIR).split_whitespace().collect::<Vec<_>>(),
+        vec![".ready", "api_token", "bao_pw", "bao_user", "db_password"],
+        "no staging leftovers; {}",
+        ctx()
+    );
+    // The user the container runs as can read its own secret.
+    let (ok, out, err) = docker_try(&["exec", "-u", "1000", &c.id, "cat", &format!("{DIR}/db_password")]);
+    assert!(ok && out == local_pw, "uid 1000 cannot read its secret: {out} {err}");
+
+    // Never on disk, never in the logs (debug level included).
+    for v in [&local_pw, &bao_pw] {
+        c.assert_not_on_disk(v);
+        assert!(!agent.logs().contains(v.as_str()), "secret value in agent logs:\n{}", agent.logs());
+    }
+    let hits = grep_tree(ws.dir.path(), local_pw.as_bytes());
+    assert!(hits.is_empty(), "plaintext on the host disk: {hits:?}");
+    let logs = agent.logs();
+    assert!(logs.contains("secrets injected"), "{logs}");
+    assert_eq!(agent.metric("dso_injections_total{result=\"success\"}"), Some(1.0), "{}", agent.get("/metrics").1);
+}
+
+#[test]
+fn container_started_before_the_agent_is_served_at_startup() {
+    let ws = Workspace::new();
+    ws.write_config("");
+    ws.set_secret("early#k", "early-value");
+    let c = ws.container(&["--tmpfs", DIR, "--label", "dso.secret.e=local/early#k"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(c.ls(DIR), "", "nothing before the agent runs");
+    let agent = Agent::start(&ws.config());
+    c.wait_for(&format!("{DIR}/e"), &agent);
+    assert_eq!(c.read(&format!("{DIR}/e")).as_deref(), Some("early-value"));
+    c.assert_not_on_disk("early-value");
+}
+
+#[test]
+fn custom_dir_under_a_tmpfs_mount_with_mount_syntax() {
+    let ws = Workspace::new();
+    ws.write_config("");
+    ws.set_secret("x#k", "custom-dir-value");
+    let agent = Agent::start(&ws.config());
+    let c = ws.container(&[
+        "--mount", "type=tmpfs,dst=/secrets",
+        "--label", "dso.dir=/secrets/app",
+        "--label", "dso.secret.k=local/x#k",
+    ]);
+    c.wait_for("/secrets/app/.ready", &agent);
+    assert_eq!(c.read("/secrets/app/k").as_deref(), Some("custom-dir-value"));
+    c.assert_not_on_disk("custom-dir-value");
+}
+
+/// Each refusal: a clear error in the logs naming the problem, a metric, nothing written.
+#[test]
+fn refusals_are_clear_counted_and_write_nothing() {
+    let ws = Workspace::new();
+    ws.write_config(
+        r#"[providers.deadbao]
+type = "vault"
+address = "http://127.0.0.1:9"
+token_env = "DSO_IT_DEAD_TOKEN"
+timeout = "2s"
+"#,
+    );
+    ws.set_secret("ok#k", "refusal-value");
+    let agent = Agent::start_with_env(&ws.config(), &[("DSO_IT_DEAD_TOKEN", "t")]);
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (vec!["--tmpfs", DIR, "--label", "dso.secret.bad name=local/ok#k"], "invalid_spec", "is not a plain file name"),
+        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=local/../../etc/shadow"], "invalid_spec", "invalid path"),
+        (vec!["--label", "dso.secret.x=local/ok#k"], "not_tmpfs", "is not on a tmpfs mount"),
+        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=nosuch/ok#k"], "provider_error", "unknown provider `nosuch`"),
+        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=local/ok#nokey"], "provider_error", "key `nokey` not found"),
+        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=local/missing"], "provider_error", "secret `missing` not found"),
+        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=deadbao/app#k"], "provider_error", "backend unavailable"),
+    ];
+    let mut containers = Vec::new();
+    for (args, result, message) in &cases {
+        let c = ws.container(args);
+        let logs = agent.wait_log(message);
+        let line = logs
+            .lines()
+            .find(|l| l.contains(message))
+            .unwrap_or_default()
+            .to_string();
+        assert!(line.contains(&c.name), "error must name the container {}: {line}", c.name);
+        assert!(line.contains(result), "error must carry result={result}: {line}");
+        assert!(line.contains("nothing written"), "{line}");
+        containers.push(c);
+    }
+    for c in &containers {
+        assert_eq!(c.ls(DIR), "", "nothing may be written into {}", c.name);
+        c.assert_not_on_disk("refusal-value");
+        assert!(
+            c.upper_dir().join("run/secrets/dso").read_dir().map(|mut d| d.next().is_none()).unwrap_or(true),
+            "the writable layer of {} must not hold a secrets dir with content",
+            c.name
+        );
+    }
+    let metrics = agent.get("/metrics").1;
+    for (series, n) in [
+        ("dso_injections_total{result=\"invalid_spec\"}", 2.0),
+        ("dso_injections_total{result=\"not_tmpfs\"}", 1.0),
+        ("dso_injections_total{result=\"provider_error\"}", 4.0),
+    ] {
+        assert_eq!(agent.metric(series), Some(n), "{series}\n{metrics}");
+    }
+    assert!(!agent.logs().contains("refusal-value"));
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let ws = Workspace::new();
+    ws.write_config("");
+    let agent = Agent::start(&ws.config());
+    let (code, logs) = agent.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("shutdown complete"), "{logs}");
+}

@@ -1,0 +1,420 @@
+//! Test support: the real agent binary, the real Docker daemon (through the `docker` CLI), and
+//! the services `scripts/test` starts. Failure messages dump full context (agent logs, command
+//! output) so a red run explains itself.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the built `dso` binary.
+pub fn dso_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dso")
+}
+
+/// An env var that `scripts/test` exports; a missing one fails the test with instructions.
+pub fn env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: run the tests with `scripts/test` (it installs and starts Docker, \
+             OpenBao and the test image, then runs cargo test)"
+        ),
+    }
+}
+
+/// The busybox test image.
+pub fn image() -> String {
+    env("DSO_TEST_IMAGE")
+}
+
+/// A unique token for names and scopes.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        Instant::now().elapsed().subsec_nanos() % 100_000
+    )
+}
+
+/// Runs a command and returns (status ok, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `docker ARGS`, panicking with full output on failure.
+pub fn docker(args: &[&str]) -> String {
+    let (ok, out, err) = run(Command::new("docker").args(args));
+    assert!(ok, "docker {args:?} failed:\nstdout: {out}\nstderr: {err}");
+    out.trim().to_string()
+}
+
+/// `docker ARGS` that may fail.
+pub fn docker_try(args: &[&str]) -> (bool, String, String) {
+    run(Command::new("docker").args(args))
+}
+
+/// A temp dir with a config for one agent.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub scope: String,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            scope: unique("scope"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `dso.toml`: admin on an ephemeral port, scoped to this test's containers, a local
+    /// file vault in the temp dir, plus `extra` TOML.
+    pub fn write_config(&self, extra: &str) -> PathBuf {
+        let cfg = format!(
+            r#"[agent]
+listen = "127.0.0.1:0"
+scope = "dso.test={scope}"
+shards = 4
+reconcile_interval = "0s"
+
+[cache]
+ttl = "10m"
+
+[providers.local]
+type = "file"
+path = "{vault}"
+key_file = "{key}"
+
+{extra}
+"#,
+            scope = self.scope,
+            vault = self.path("vault.enc").display(),
+            key = self.path("vault.key").display(),
+        );
+        let p = self.path("dso.toml");
+        std::fs::write(&p, cfg).expect("write config");
+        p
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("dso.toml")
+    }
+
+    /// `dso secret set REF` with the value on stdin.
+    pub fn set_secret(&self, reference: &str, value: &str) {
+        let mut child = Command::new(dso_bin())
+            .args(["--config"])
+            .arg(self.config())
+            .args(["secret", "set", reference])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dso secret set");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(value.as_bytes()).expect("write value");
+        }
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "dso secret set {reference} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs a labelled container (scope label added) with `args` before the image.
+    pub fn container(&self, args: &[&str]) -> Container {
+        let name = unique("c");
+        let scope_label = format!("dso.test={}", self.scope);
+        let mut full: Vec<&str> = vec!["run", "-d", "--name", &name, "--label", &scope_label];
+        full.extend_from_slice(args);
+        let img = image();
+        full.push(&img);
+        full.extend_from_slice(&["/bin/sleep", "600"]);
+        let id = docker(&full);
+        Container { id, name }
+    }
+}
+
+/// A container removed on drop.
+pub struct Container {
+    pub id: String,
+    pub name: String,
+}
+
+impl Container {
+    /// `cat` a file inside; None if it does not exist.
+    pub fn read(&self, path: &str) -> Option<String> {
+        let (ok, out, _) = docker_try(&["exec", &self.id, "cat", path]);
+        ok.then_some(out)
+    }
+
+    /// `stat -c '%a %u %g'`.
+    pub fn stat(&self, path: &str) -> String {
+        docker(&["exec", &self.id, "stat", "-c", "%a %u %g", path])
+    }
+
+    /// `ls -A dir` (empty string if missing).
+    pub fn ls(&self, dir: &str) -> String {
+        docker_try(&["exec", &self.id, "ls", "-A", dir]).1.trim().to_string()
+    }
+
+    /// Waits until `path` exists.
+    pub fn wait_for(&self, path: &str, agent: &Agent) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if docker_try(&["exec", &self.id, "test", "-e", path]).0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{path} never appeared in container {} ({})\n--- agent logs ---\n{}",
+            self.name,
+            self.id,
+            agent.logs()
+        );
+    }
+
+    /// The writable layer on the host.
+    pub fn upper_dir(&self) -> PathBuf {
+        PathBuf::from(docker(&[
+            "inspect",
+            "-f",
+            "{{.GraphDriver.Data.UpperDir}}",
+            &self.id,
+        ]))
+    }
+
+    /// Panics if `needle` appears in any file under the container's writable layer.
+    pub fn assert_not_on_disk(&self, needle: &str) {
+        let upper = self.upper_dir();
+        assert!(upper.is_dir(), "UpperDir {upper:?} is not a directory");
+        let hits = grep_tree(&upper, needle.as_bytes());
+        assert!(
+            hits.is_empty(),
+            "secret value found on disk in the writable layer of {}: {hits:?}",
+            self.name
+        );
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker_try(&["rm", "-f", &self.id]);
+    }
+}
+
+/// Files under `root` whose content contains `needle`.
+pub fn grep_tree(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if meta.is_file() {
+            if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// A running `dso agent`, killed on drop. Its stderr (logs) is collected.
+pub struct Agent {
+    child: Child,
+    logs: Arc<Mutex<String>>,
+    pub admin: String,
+}
+
+impl Agent {
+    /// Starts the agent on `config` and waits until it follows Docker events.
+    pub fn start(config: &Path) -> Agent {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &Path, envs: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(dso_bin());
+        cmd.arg("--config")
+            .arg(config)
+            .args(["agent", "--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn dso agent");
+        let logs = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = logs.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let mut agent = Agent {
+            child,
+            logs,
+            admin: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = agent.logs();
+            if agent.admin.is_empty() {
+                if let Some(addr) = logs
+                    .lines()
+                    .filter(|l| l.contains("admin endpoint listening"))
+                    .find_map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .ok()?
+                            .get("addr")?
+                            .as_str()
+                            .map(str::to_string)
+                    })
+                {
+                    agent.admin = addr;
+                }
+            }
+            if !agent.admin.is_empty() && logs.contains("docker event stream connected") {
+                return agent;
+            }
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("agent exited early with {status}\n--- logs ---\n{logs}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready within 30s\n--- logs ---\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the logs contain `needle`; returns them.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log line containing `{needle}` never came\n--- logs ---\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// GET a path on the admin listener: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.admin, path)
+    }
+
+    /// The value of one metric sample line (exact series text before the value).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(mut self) -> (Option<i32>, String) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                return (st.code(), self.logs());
+            }
+            assert!(Instant::now() < deadline, "agent ignored SIGTERM\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP/1.0 GET.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// Polls `f` until it returns Some, or panics with `what` and the agent's logs.
+pub fn eventually<T>(agent: &Agent, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}\n--- agent logs ---\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
