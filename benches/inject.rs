@@ -61,7 +61,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let image = std::env::var("DSO_TEST_IMAGE").unwrap_or_else(|_| "dso-test/busybox:latest".into());
+    let image =
+        std::env::var("DSO_TEST_IMAGE").unwrap_or_else(|_| "dso-test/busybox:latest".into());
     let dir = tempfile::tempdir().expect("tempdir");
     let scope = format!("bench{}", std::process::id());
     let cfg = dir.path().join("dso.toml");
@@ -78,7 +79,12 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_dso");
     for i in 0..SECRETS {
         let mut c = Command::new(bin)
-            .args(["--config", cfg.to_str().unwrap_or_default(), "secret", "set"])
+            .args([
+                "--config",
+                cfg.to_str().unwrap_or_default(),
+                "secret",
+                "set",
+            ])
             .arg(format!("bench/s{i}#v"))
             .stdin(Stdio::piped())
             .stderr(Stdio::null())
@@ -92,7 +98,13 @@ fn main() {
 
     // The agent, release build, JSON logs collected.
     let mut agent = Command::new(bin)
-        .args(["--config", cfg.to_str().unwrap_or_default(), "agent", "--log-format", "json"])
+        .args([
+            "--config",
+            cfg.to_str().unwrap_or_default(),
+            "agent",
+            "--log-format",
+            "json",
+        ])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -117,11 +129,22 @@ fn main() {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        panic!("agent did not get there; logs:\n{}", lines.lock().map(|l| l.join("\n")).unwrap_or_default());
+        panic!(
+            "agent did not get there; logs:\n{}",
+            lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+        );
     };
-    wait_lines(&|l| l.iter().any(|x| x.contains("docker event stream connected")));
+    wait_lines(&|l| {
+        l.iter()
+            .any(|x| x.contains("docker event stream connected"))
+    });
 
-    let mut labels = vec!["--label".to_string(), format!("dso.bench={scope}"), "--tmpfs".into(), DIR.into()];
+    let mut labels = vec![
+        "--label".to_string(),
+        format!("dso.bench={scope}"),
+        "--tmpfs".into(),
+        DIR.into(),
+    ];
     for i in 0..SECRETS {
         labels.push("--label".into());
         labels.push(format!("dso.secret.s{i}=local/bench/s{i}#v"));
@@ -140,7 +163,7 @@ fn main() {
     let warm_base = 1;
     for k in 0..n {
         start_one(&mut ids);
-        wait_lines(&|l| injected(l) >= warm_base + k + 1);
+        wait_lines(&|l| injected(l) > warm_base + k);
     }
     let durations: Vec<f64> = lines
         .lock()
@@ -182,7 +205,10 @@ fn main() {
         let mut noop = Vec::new();
         for _ in 0..n.max(20) {
             let t = Instant::now();
-            let out = engine.exec(&target, &["true".to_string()], b"").await.expect("exec");
+            let out = engine
+                .exec(&target, &["true".to_string()], b"")
+                .await
+                .expect("exec");
             assert_eq!(out.exit_code, Some(0));
             noop.push(t.elapsed().as_secs_f64() * 1000.0);
         }
@@ -190,8 +216,15 @@ fn main() {
         for _ in 0..(n / 3).max(5) {
             let t = Instant::now();
             for i in 0..SECRETS {
-                let cmd = vec!["sh".to_string(), "-c".to_string(), format!("cat > {DIR}/base{i}")];
-                let out = engine.exec(&target, &cmd, format!("value-{i}").as_bytes()).await.expect("exec");
+                let cmd = vec![
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    format!("cat > {DIR}/base{i}"),
+                ];
+                let out = engine
+                    .exec(&target, &cmd, format!("value-{i}").as_bytes())
+                    .await
+                    .expect("exec");
                 assert_eq!(out.exit_code, Some(0));
             }
             per_secret.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -209,7 +242,10 @@ fn main() {
     let dso_med = summary("dso: event → 10 files in place (one exec)", durations);
     let noop_med = summary("no-op docker exec (floor)", noop);
     let base_med = summary("baseline: one docker exec per secret (×10)", per_secret);
-    println!("agent peak RSS (VmHWM)                       {:.1} MiB", rss_kb as f64 / 1024.0);
+    println!(
+        "agent peak RSS (VmHWM)                       {:.1} MiB",
+        rss_kb as f64 / 1024.0
+    );
     println!(
         "ratios (medians): dso / no-op exec = {:.2}   baseline / dso = {:.1}×",
         dso_med / noop_med,

@@ -21,3 +21,563 @@ pub mod duration {
         s.serialize_str(&humantime::format_duration(*v).to_string())
     }
 }
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dso_actors::secret::SecretRef;
+use dso_actors::spec::{parse_mode, valid_name, SecretRule, Target};
+use serde::{Deserialize, Serialize};
+
+use crate::providers::file::FileConfig;
+use crate::providers::vault::VaultConfig;
+
+/// Where the config is read from when neither `--config` nor `DSO_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.toml";
+/// Name of the embedded default provider.
+pub const DEFAULT_PROVIDER: &str = "local";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// `[agent]`.
+    pub agent: AgentConfig,
+    /// `[cache]`.
+    pub cache: CacheConfig,
+    /// `[providers.<name>]`: one backend each.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// `[[secrets]]`: files for containers matched by name or label.
+    pub secrets: Vec<SecretRuleConfig>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`. Default `127.0.0.1:9464`.
+    pub listen: SocketAddr,
+    /// Docker endpoint. Default: `DOCKER_HOST`, else `unix:///var/run/docker.sock`.
+    pub docker_host: Option<String>,
+    /// Injector shards, 4–32. Default 8.
+    pub shards: usize,
+    /// Capacity of every actor mailbox and shard queue. Default 2000.
+    pub queue_capacity: usize,
+    /// Containers one shard injects at once, 1–64. Default 4.
+    pub shard_concurrency: usize,
+    /// Failed Docker reconnects in a row before the agent exits non-zero. Default 100.
+    pub docker_max_reconnects: u32,
+    /// Period of the reconciliation pass; `"0s"` turns periodic passes off. Default `"60s"`.
+    #[serde(with = "duration")]
+    pub reconcile_interval: Duration,
+    /// Longest wait for in-flight injections on SIGTERM. Default `"10s"`.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+    /// Manage only containers carrying this label (`key` or `key=value`). Default: all containers.
+    pub scope: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            docker_host: None,
+            shards: 8,
+            queue_capacity: 2000,
+            shard_concurrency: 4,
+            docker_max_reconnects: 100,
+            reconcile_interval: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+            scope: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The Docker endpoint in effect.
+    pub fn docker_host(&self) -> String {
+        self.docker_host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+    }
+
+    /// The scope as a label target.
+    pub fn scope_target(&self) -> Option<Target> {
+        self.scope.as_ref().map(|s| match s.split_once('=') {
+            Some((k, v)) => Target::Label(k.to_string(), Some(v.to_string())),
+            None => Target::Label(s.clone(), None),
+        })
+    }
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// How long a fetched secret is served before the backend is asked again. Default `"10m"`.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// Most secrets held in memory. Default 10000.
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(600),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// One `[providers.<name>]` table; `type` selects the variant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    /// `type = "vault"`: HashiCorp Vault / OpenBao KV.
+    Vault(VaultConfig),
+    /// `type = "file"`: the local encrypted vault.
+    File(FileConfig),
+}
+
+impl ProviderConfig {
+    /// Per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            ProviderConfig::Vault(v) => v.timeout,
+            ProviderConfig::File(f) => f.timeout,
+        }
+    }
+}
+
+/// One `[[secrets]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRuleConfig {
+    /// File name inside the container's secrets directory.
+    pub name: String,
+    /// `<provider>/<path>[#<key>]`.
+    pub from: String,
+    /// Containers: a name, or `label:key[=value]`.
+    pub targets: Vec<String>,
+    /// Octal mode, default `"0400"`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Owner uid (default: the container's numeric user, else 0).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Owner gid (default: the container's numeric group, else 0).
+    #[serde(default)]
+    pub gid: Option<u32>,
+}
+
+/// Everything wrong with a config, each line `path: problem`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration {source_name}:\n  {}", .problems.join("\n  "))]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub source_name: String,
+    /// One entry per problem.
+    pub problems: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    #[serde(default)]
+    agent: AgentConfig,
+    #[serde(default)]
+    cache: CacheConfig,
+    #[serde(default)]
+    secrets: Vec<SecretRuleConfig>,
+}
+
+fn de_at<T: for<'de> Deserialize<'de>>(value: toml::Value, prefix: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (prefix.is_empty(), inner == ".") {
+            (true, _) => inner,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{inner}"),
+        };
+        let msg = e.inner().to_string();
+        // toml appends "in `table`"; the path already says where.
+        let msg = msg.lines().next().unwrap_or_default().trim().to_string();
+        format!("{path}: {msg}")
+    })
+}
+
+impl Config {
+    /// The configuration used when there is no config file: one `file` provider named `local`.
+    pub fn embedded_default() -> Self {
+        let mut providers = BTreeMap::new();
+        providers.insert(
+            DEFAULT_PROVIDER.to_string(),
+            ProviderConfig::File(FileConfig::default()),
+        );
+        Config {
+            agent: AgentConfig::default(),
+            cache: CacheConfig::default(),
+            providers,
+            secrets: Vec::new(),
+        }
+    }
+
+    /// Parses and validates TOML text; `source_name` is used in the error.
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            fail(vec![format!(
+                "TOML syntax: {}",
+                e.to_string().trim().replace('\n', " ")
+            )])
+        })?;
+        let mut problems = Vec::new();
+        let raw_providers = table.remove("providers");
+        let top: Option<RawTop> = match de_at(toml::Value::Table(table), "") {
+            Ok(t) => Some(t),
+            Err(p) => {
+                problems.push(p);
+                None
+            }
+        };
+        let mut providers = BTreeMap::new();
+        match raw_providers {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (name, value) in t {
+                    let prefix = format!("providers.{name}");
+                    let toml::Value::Table(mut pt) = value else {
+                        problems.push(format!("{prefix}: must be a table"));
+                        continue;
+                    };
+                    let ty = pt.remove("type");
+                    let parsed = match ty.as_ref().and_then(|t| t.as_str()) {
+                        Some("vault") => de_at::<VaultConfig>(toml::Value::Table(pt), &prefix)
+                            .map(ProviderConfig::Vault),
+                        Some("file") => de_at::<FileConfig>(toml::Value::Table(pt), &prefix)
+                            .map(ProviderConfig::File),
+                        Some(other) => Err(format!(
+                            "{prefix}.type: unknown provider type `{other}` (expected `vault` or `file`)"
+                        )),
+                        None => Err(format!(
+                            "{prefix}.type: missing; set `type = \"vault\"` or `type = \"file\"`"
+                        )),
+                    };
+                    match parsed {
+                        Ok(p) => {
+                            providers.insert(name, p);
+                        }
+                        Err(p) => problems.push(p),
+                    }
+                }
+            }
+            Some(_) => problems.push("providers: must be a table of `[providers.<name>]`".into()),
+        }
+        let Some(top) = top else {
+            return Err(fail(problems));
+        };
+        if providers.is_empty() && problems.is_empty() {
+            providers.insert(
+                DEFAULT_PROVIDER.to_string(),
+                ProviderConfig::File(FileConfig::default()),
+            );
+        }
+        let cfg = Config {
+            agent: top.agent,
+            cache: top.cache,
+            providers,
+            secrets: top.secrets,
+        };
+        problems.extend(cfg.validate());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Reads `path`; `None` means: `DEFAULT_CONFIG_PATH` if it exists, else the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<(Self, String), ConfigError> {
+        let (path, explicit): (PathBuf, bool) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let name = path.display().to_string();
+                Self::parse(&text, &name).map(|c| (c, name))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok((Self::embedded_default(), "<embedded default>".to_string()))
+            }
+            Err(e) => Err(ConfigError {
+                source_name: path.display().to_string(),
+                problems: vec![format!("cannot read the config file: {e}")],
+            }),
+        }
+    }
+
+    /// Every semantic problem (after the types parsed).
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let a = &self.agent;
+        if !(4..=32).contains(&a.shards) {
+            p.push(format!(
+                "agent.shards: {} is out of range; use 4 to 32",
+                a.shards
+            ));
+        }
+        if !(1..=1_000_000).contains(&a.queue_capacity) {
+            p.push(format!(
+                "agent.queue_capacity: {} is out of range; use 1 to 1000000",
+                a.queue_capacity
+            ));
+        }
+        if !(1..=64).contains(&a.shard_concurrency) {
+            p.push(format!(
+                "agent.shard_concurrency: {} is out of range; use 1 to 64",
+                a.shard_concurrency
+            ));
+        }
+        if a.docker_max_reconnects == 0 {
+            p.push("agent.docker_max_reconnects: must be at least 1".into());
+        }
+        if let Some(h) = &a.docker_host {
+            if !["unix://", "tcp://", "http://", "https://"]
+                .iter()
+                .any(|s| h.starts_with(s))
+            {
+                p.push(format!(
+                    "agent.docker_host: `{h}` must start with unix://, tcp://, http:// or https://"
+                ));
+            }
+        }
+        if let Some(s) = &a.scope {
+            if s.is_empty() || s.starts_with('=') {
+                p.push(format!("agent.scope: `{s}` must be `key` or `key=value`"));
+            }
+        }
+        if self.cache.ttl.is_zero() {
+            p.push("cache.ttl: must be more than 0s".into());
+        }
+        if self.cache.max_entries == 0 {
+            p.push("cache.max_entries: must be at least 1".into());
+        }
+        for (name, prov) in &self.providers {
+            let prefix = format!("providers.{name}");
+            if !valid_name(name) {
+                p.push(format!(
+                    "{prefix}: provider names use [A-Za-z0-9._-] (it appears in references as `{name}/path`)"
+                ));
+            }
+            match prov {
+                ProviderConfig::Vault(v) => p.extend(v.validate(&prefix)),
+                ProviderConfig::File(f) => p.extend(f.validate(&prefix)),
+            }
+        }
+        for (i, s) in self.secrets.iter().enumerate() {
+            let prefix = format!("secrets[{i}]");
+            if !valid_name(&s.name) {
+                p.push(format!(
+                    "{prefix}.name: `{}` is not a plain file name ([A-Za-z0-9._-], not `.` or `..`)",
+                    s.name
+                ));
+            }
+            match s.from.parse::<SecretRef>() {
+                Ok(r) if !self.providers.contains_key(&r.provider) => p.push(format!(
+                    "{prefix}.from: provider `{}` is not configured (have: {})",
+                    r.provider,
+                    self.providers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Ok(_) => {}
+                Err(e) => p.push(format!("{prefix}.from: {e}")),
+            }
+            if s.targets.is_empty() {
+                p.push(format!(
+                    "{prefix}.targets: empty; list container names or `label:key[=value]`"
+                ));
+            }
+            for (j, t) in s.targets.iter().enumerate() {
+                if let Err(e) = Target::parse(t) {
+                    p.push(format!("{prefix}.targets[{j}]: {e}"));
+                }
+            }
+            if let Some(m) = &s.mode {
+                if parse_mode(m).is_none() {
+                    p.push(format!(
+                        "{prefix}.mode: `{m}` is not an octal mode such as \"0400\""
+                    ));
+                }
+            }
+        }
+        p
+    }
+
+    /// The `[[secrets]]` rules in the form the actors use (call after validation).
+    pub fn rules(&self) -> Vec<SecretRule> {
+        self.secrets
+            .iter()
+            .filter_map(|s| {
+                Some(SecretRule {
+                    name: s.name.clone(),
+                    source: s.from.parse().ok()?,
+                    mode: s.mode.as_deref().and_then(parse_mode),
+                    uid: s.uid,
+                    gid: s.gid,
+                    targets: s
+                        .targets
+                        .iter()
+                        .filter_map(|t| Target::parse(t).ok())
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The first `file` provider (for `dso secret`), or the one named.
+    pub fn file_provider(&self, name: Option<&str>) -> Result<(String, FileConfig), String> {
+        match name {
+            Some(n) => match self.providers.get(n) {
+                Some(ProviderConfig::File(f)) => Ok((n.to_string(), f.clone())),
+                Some(_) => Err(format!("provider `{n}` is not a `file` provider")),
+                None => Err(format!("no provider named `{n}` in the config")),
+            },
+            None => self
+                .providers
+                .iter()
+                .find_map(|(n, p)| match p {
+                    ProviderConfig::File(f) => Some((n.clone(), f.clone())),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    "the config has no `file` provider; add `[providers.local] type = \"file\"`"
+                        .to_string()
+                }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = r#"
+[agent]
+listen = "127.0.0.1:9464"
+docker_host = "unix:///var/run/docker.sock"
+shards = 8
+queue_capacity = 2000
+
+[cache]
+ttl = "10m"
+
+[providers.vault]
+type = "vault"
+address = "http://127.0.0.1:8200"
+token_env = "VAULT_TOKEN"
+mount = "secret"
+timeout = "30s"
+
+[providers.local]
+type = "file"
+path = "/var/lib/dso/vault.enc"
+key_file = "/var/lib/dso/vault.key"
+
+[[secrets]]
+name = "db_password"
+from = "vault/app/db#password"
+targets = ["web", "label:tier=db"]
+mode = "0440"
+"#;
+        let c = Config::parse(text, "t.toml").unwrap();
+        assert_eq!(c.agent.shards, 8);
+        assert_eq!(c.cache.ttl, Duration::from_secs(600));
+        assert_eq!(c.providers.len(), 2);
+        assert!(matches!(c.providers["vault"], ProviderConfig::Vault(_)));
+        assert_eq!(c.rules()[0].mode, Some(0o440));
+    }
+
+    #[test]
+    fn empty_config_gets_the_local_provider() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert!(matches!(
+            c.providers[DEFAULT_PROVIDER],
+            ProviderConfig::File(_)
+        ));
+        assert_eq!(c, Config::embedded_default());
+    }
+
+    fn problems(text: &str) -> String {
+        Config::parse(text, "t.toml")
+            .unwrap_err()
+            .problems
+            .join("\n")
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_path() {
+        let cases = [
+            (
+                "[agent]\nshardz = 3",
+                "agent.shardz: unknown field `shardz`",
+            ),
+            ("[agent]\nshards = \"eight\"", "agent.shards: invalid type"),
+            ("[agent]\nshards = 2", "agent.shards: 2 is out of range"),
+            (
+                "[cache]\nttl = \"ten minutes\"",
+                "cache.ttl: invalid duration `ten minutes`",
+            ),
+            (
+                "[providers.v]\ntype = \"vault\"\naddress = \"http://x\"\nadress = 1",
+                "providers.v.adress: unknown field `adress`",
+            ),
+            (
+                "[providers.v]\ntype = \"vault\"\naddress = \"http://x\"\ntimeout = \"soon\"",
+                "providers.v.timeout: invalid duration",
+            ),
+            (
+                "[providers.v]\ntype = \"consul\"",
+                "providers.v.type: unknown provider type `consul`",
+            ),
+            (
+                "[providers.v]\naddress = \"x\"",
+                "providers.v.type: missing",
+            ),
+            (
+                "[[secrets]]\nname = \"../x\"\nfrom = \"nope/a\"\ntargets = []",
+                "secrets[0].name",
+            ),
+            (
+                "[[secrets]]\nname = \"x\"\nfrom = \"nope/a\"\ntargets = [\"web\"]",
+                "secrets[0].from: provider `nope` is not configured",
+            ),
+            ("agent = [", "TOML syntax"),
+            ("bogus = 1", "unknown field `bogus`"),
+        ];
+        for (text, want) in cases {
+            let got = problems(text);
+            assert!(
+                got.contains(want),
+                "config:\n{text}\n--- got:\n{got}\n--- want: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn several_problems_are_all_reported() {
+        let got = problems("[agent]\nshards = 99\nqueue_capacity = 0\n[cache]\nttl = \"0s\"");
+        assert_eq!(got.lines().count(), 3, "{got}");
+    }
+}

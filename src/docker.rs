@@ -98,9 +98,7 @@ impl ContainerEngine for BollardEngine {
                 }
             }
         }
-        let upper_dir = r
-            .graph_driver
-            .and_then(|g| g.data.get("UpperDir").cloned());
+        let upper_dir = r.graph_driver.and_then(|g| g.data.get("UpperDir").cloned());
         Ok(ContainerInfo {
             id: r.id.unwrap_or_else(|| id.to_string()),
             name: r
@@ -137,7 +135,12 @@ impl ContainerEngine for BollardEngine {
             .collect())
     }
 
-    async fn exec(&self, id: &str, cmd: &[String], stdin: &[u8]) -> Result<ExecOutput, EngineError> {
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        stdin: &[u8],
+    ) -> Result<ExecOutput, EngineError> {
         let exec = self
             .docker
             .create_exec(
@@ -166,7 +169,11 @@ impl ContainerEngine for BollardEngine {
             )
             .await
             .map_err(map_err)?;
-        let StartExecResults::Attached { mut output, mut input } = started else {
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
             return Err(EngineError::Engine("exec started detached".to_string()));
         };
         let write = async {
@@ -203,7 +210,11 @@ impl ContainerEngine for BollardEngine {
         filters.insert("type".to_string(), vec!["container".to_string()]);
         filters.insert(
             "event".to_string(),
-            vec!["start".to_string(), "die".to_string(), "destroy".to_string()],
+            vec![
+                "start".to_string(),
+                "die".to_string(),
+                "destroy".to_string(),
+            ],
         );
         let since = since.map(|t| {
             let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -57,7 +57,11 @@ async fn handle(
         ),
         "/healthz" | "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" | "/ready" => {
-            let r = state.supervisor.send(GetReadiness).await.unwrap_or_default();
+            let r = state
+                .supervisor
+                .send(GetReadiness)
+                .await
+                .unwrap_or_default();
             let body = serde_json::json!({
                 "ready": r.ready(),
                 "docker": r.docker,

@@ -1,1 +1,433 @@
-fn main(){}
+//! The `dso` binary: CLI edge. `anyhow` lives here and nowhere else.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use dso::config::{Config, ProviderConfig};
+use dso::docker::BollardEngine;
+use dso::http::{serve, AdminState};
+use dso::providers::file::FileVault;
+use dso::providers::vault::VaultBackend;
+use dso_actors::backend::{BackendError, SecretBackend};
+use dso_actors::engine::ContainerEngine;
+use dso_actors::messages::Shutdown;
+use dso_actors::metrics::Metrics;
+use dso_actors::provider::BackendFactory;
+use dso_actors::secret::SecretValue;
+use dso_actors::supervisor::{AgentSettings, ProviderSpec, Supervisor};
+use zeroize::Zeroizing;
+
+/// Exit codes (also in README).
+mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// A runtime failure (message on stderr).
+    pub const FAILURE: u8 = 1;
+    /// Bad command line (clap's own code).
+    #[allow(dead_code)]
+    pub const USAGE: u8 = 2;
+    /// Docker unreachable for `agent.docker_max_reconnects` attempts.
+    #[allow(dead_code)]
+    pub const DOCKER: u8 = 3;
+    /// The configuration is invalid.
+    pub const CONFIG: u8 = 4;
+    /// The secret asked for does not exist.
+    pub const NOT_FOUND: u8 = 5;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "dso",
+    version,
+    about = "Secret injection for Docker hosts: secrets as files in each container's tmpfs"
+)]
+struct Cli {
+    /// Config file (TOML). Default: /etc/dso/dso.toml if it exists, else the embedded default
+    /// (one local encrypted vault named `local`).
+    #[arg(long, global = true, env = "DSO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: watch Docker, inject secrets into containers that ask for them.
+    ///
+    /// Example: dso agent --config /etc/dso/dso.toml --log-format json
+    Agent {
+        /// Log format.
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+    },
+    /// Validate the config and print every problem with its path; exit 0 when valid, 4 when not.
+    ///
+    /// Example: dso check --config dso.toml
+    Check,
+    /// Manage secrets in the local encrypted vault (a `file` provider).
+    ///
+    /// Example: printf 's3cret' | dso secret set app/db#password
+    Secret {
+        /// Which `file` provider (default: the first one in the config).
+        #[arg(long)]
+        provider: Option<String>,
+        #[command(subcommand)]
+        action: SecretAction,
+    },
+    /// Exit 0 if the agent's /healthz answers (for Docker HEALTHCHECK).
+    ///
+    /// Example: dso health --addr 127.0.0.1:9464
+    Health {
+        /// Address of the agent's admin listener (default: agent.listen from the config).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretAction {
+    /// Store a value read from stdin (or typed at a prompt without echo). Never from argv.
+    ///
+    /// Example: printf 's3cret' | dso secret set app/db#password
+    Set {
+        /// `<path>[#<key>]`
+        reference: String,
+    },
+    /// Print a value to stdout.
+    ///
+    /// Example: dso secret get app/db#password
+    Get {
+        /// `<path>[#<key>]`
+        reference: String,
+    },
+    /// List paths and key names (never values).
+    ///
+    /// Example: dso secret list --json
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a path or one key.
+    ///
+    /// Example: dso secret rm app/db#password
+    Rm {
+        /// `<path>[#<key>]`
+        reference: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("dso: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), u8> {
+    Config::load(path).map_err(|e| {
+        eprintln!("dso: {e}");
+        exit::CONFIG
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Check => match Config::load(cli.config.as_deref()) {
+            Ok((cfg, name)) => {
+                println!(
+                    "{name}: valid ({} provider{}: {})",
+                    cfg.providers.len(),
+                    if cfg.providers.len() == 1 { "" } else { "s" },
+                    cfg.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+                Ok(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(exit::CONFIG)
+            }
+        },
+        Command::Agent { log_format } => {
+            let (cfg, name) = match load_config(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(log_format);
+            run_agent(cfg, name)
+        }
+        Command::Secret { provider, action } => {
+            let (cfg, _) = match load_config(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            secret_cmd(&cfg, provider.as_deref(), action)
+        }
+        Command::Health { addr } => {
+            let addr = match addr {
+                Some(a) => a,
+                None => match load_config(cli.config.as_deref()) {
+                    Ok((c, _)) => c.agent.listen.to_string(),
+                    Err(code) => return Ok(code),
+                },
+            };
+            health(&addr)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DSO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn split_ref(reference: &str) -> (&str, Option<&str>) {
+    match reference.split_once('#') {
+        Some((p, k)) => (p, Some(k)),
+        None => (reference, None),
+    }
+}
+
+fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> anyhow::Result<u8> {
+    let (name, fcfg) = match cfg.file_provider(provider) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("dso: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let vault = FileVault::open(&fcfg).with_context(|| format!("opening provider `{name}`"))?;
+    match action {
+        SecretAction::Set { reference } => {
+            let (path, key) = split_ref(&reference);
+            let value = read_value(&reference)?;
+            vault.set(path, key, value)?;
+            eprintln!("stored {reference} in provider `{name}`");
+            Ok(exit::OK)
+        }
+        SecretAction::Get { reference } => {
+            let (path, key) = split_ref(&reference);
+            let Some(data) = vault.get(path)? else {
+                eprintln!("dso: `{path}` not found in provider `{name}`");
+                return Ok(exit::NOT_FOUND);
+            };
+            let value = match data.select(key) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("dso: `{reference}`: {e}");
+                    return Ok(exit::NOT_FOUND);
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            out.write_all(value.expose())?;
+            if std::io::stdout().is_terminal() {
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(exit::OK)
+        }
+        SecretAction::List { json } => {
+            let list = vault.list()?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(p, keys)| serde_json::json!({"path": p, "keys": keys}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for (p, keys) in list {
+                    if keys.is_empty() {
+                        println!("{p}");
+                    } else {
+                        println!("{p}  [{}]", keys.join(", "));
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        SecretAction::Rm { reference } => {
+            let (path, key) = split_ref(&reference);
+            if vault.remove(path, key)? {
+                eprintln!("removed {reference} from provider `{name}`");
+                Ok(exit::OK)
+            } else {
+                eprintln!("dso: `{reference}` not found in provider `{name}`");
+                Ok(exit::NOT_FOUND)
+            }
+        }
+    }
+}
+
+/// Reads a secret from stdin, or prompts without echo on a terminal. One trailing newline from a
+/// prompt is not part of the value; piped input is taken byte for byte.
+fn read_value(reference: &str) -> anyhow::Result<SecretValue> {
+    if std::io::stdin().is_terminal() {
+        let typed = Zeroizing::new(
+            rpassword::prompt_password(format!("value for {reference}: "))
+                .context("reading the value from the terminal")?,
+        );
+        return Ok(SecretValue::new(typed.as_bytes().to_vec()));
+    }
+    let mut buf = Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("reading the value from stdin")?;
+    if buf.is_empty() {
+        anyhow::bail!("no value on stdin; pipe the value in, e.g. `printf %s \"$VALUE\" | dso secret set {reference}`");
+    }
+    Ok(SecretValue::new(std::mem::take(&mut *buf)))
+}
+
+fn health(addr: &str) -> anyhow::Result<u8> {
+    use std::net::TcpStream;
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: dso\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    if resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200") {
+        println!("ok");
+        Ok(exit::OK)
+    } else {
+        eprintln!(
+            "dso: unhealthy: {}",
+            resp.lines().next().unwrap_or("no answer")
+        );
+        Ok(exit::FAILURE)
+    }
+}
+
+fn factory(name: &str, p: &ProviderConfig) -> BackendFactory {
+    let _ = name;
+    match p.clone() {
+        ProviderConfig::Vault(v) => {
+            Arc::new(move || VaultBackend::new(&v).map(|b| Arc::new(b) as Arc<dyn SecretBackend>))
+        }
+        ProviderConfig::File(f) => Arc::new(move || {
+            FileVault::open(&f)
+                .map(|b| Arc::new(b) as Arc<dyn SecretBackend>)
+                .map_err(|e| BackendError::Config(e.to_string()))
+        }),
+    }
+}
+
+fn disable_core_dumps() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes this process's dumpable flag.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!("could not disable core dumps (prctl PR_SET_DUMPABLE)");
+    }
+}
+
+fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
+    disable_core_dumps();
+    let system = actix::System::new();
+    let host = cfg.agent.docker_host();
+    let setup: anyhow::Result<()> = system.block_on(async move {
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_name, docker = %host, "dso agent starting");
+        let engine = BollardEngine::connect(&host)?;
+        let engine = match tokio::time::timeout(Duration::from_secs(5), engine.clone().negotiate()).await {
+            Ok(Ok((e, v))) => {
+                tracing::info!(api_version = %v, "docker API version negotiated");
+                e
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "docker not reachable yet; will keep retrying");
+                engine
+            }
+            Err(_) => {
+                tracing::warn!("docker did not answer within 5s; will keep retrying");
+                engine
+            }
+        };
+        let engine: Arc<dyn ContainerEngine> = Arc::new(engine);
+        let (metrics, registry) = Metrics::new(env!("CARGO_PKG_VERSION"));
+        let providers = cfg
+            .providers
+            .iter()
+            .map(|(name, p)| ProviderSpec {
+                name: name.clone(),
+                factory: factory(name, p),
+                timeout: p.timeout(),
+            })
+            .collect();
+        let settings = AgentSettings {
+            shards: cfg.agent.shards,
+            queue_capacity: cfg.agent.queue_capacity,
+            shard_concurrency: cfg.agent.shard_concurrency,
+            cache_ttl: cfg.cache.ttl,
+            cache_max_entries: cfg.cache.max_entries,
+            rules: Arc::new(cfg.rules()),
+            scope: cfg.agent.scope_target(),
+            docker_max_reconnects: cfg.agent.docker_max_reconnects,
+            reconcile_interval: (!cfg.agent.reconcile_interval.is_zero())
+                .then_some(cfg.agent.reconcile_interval),
+            drain_timeout: cfg.agent.drain_timeout,
+        };
+        let listener = tokio::net::TcpListener::bind(cfg.agent.listen)
+            .await
+            .with_context(|| format!("agent.listen: cannot listen on {}", cfg.agent.listen))?;
+        let addr = listener.local_addr()?;
+        let supervisor = actix::Actor::start(Supervisor::new(engine, providers, settings, metrics));
+        let state = AdminState {
+            registry: Arc::new(registry),
+            supervisor: supervisor.clone(),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        actix_rt::spawn(serve(listener, state, async move {
+            let _ = stop_rx.await;
+        }));
+        tracing::info!(%addr, "admin endpoint listening (/metrics /healthz /readyz)");
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; draining");
+            let _ = stop_tx.send(());
+            let _ = supervisor.send(Shutdown).await;
+        });
+        Ok(())
+    });
+    setup?;
+    let code = system.run_with_code().context("actor system")?;
+    Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

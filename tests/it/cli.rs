@@ -39,7 +39,11 @@ address = "ftp://x"
     )
     .unwrap();
     let (code, out, err) = dso(&["check", "--config", bad.to_str().unwrap()]);
-    assert_eq!(code, Some(4), "exit code 4 for an invalid config\n{out}{err}");
+    assert_eq!(
+        code,
+        Some(4),
+        "exit code 4 for an invalid config\n{out}{err}"
+    );
     for want in ["cache.ttl: invalid duration `soon`"] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
@@ -56,7 +60,10 @@ address = "ftp://x"
 
     let (code, _, err) = dso(&["check", "--config", "/nonexistent/dso.toml"]);
     assert_eq!(code, Some(4));
-    assert!(err.contains("/nonexistent/dso.toml") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/dso.toml") && err.contains("cannot read"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -72,7 +79,10 @@ fn secret_set_get_list_rm_round_trip_without_plaintext_on_disk() {
     assert_eq!((code, out.as_str()), (Some(0), value.as_str()), "{err}");
     let (code, out, _) = dso(&["--config", cfg, "secret", "list"]);
     assert_eq!(code, Some(0));
-    assert!(out.contains("app/db") && out.contains("password") && out.contains("app/token"), "{out}");
+    assert!(
+        out.contains("app/db") && out.contains("password") && out.contains("app/token"),
+        "{out}"
+    );
     assert!(!out.contains(&value), "list must never print values");
     let (_, out, _) = dso(&["--config", cfg, "secret", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
@@ -82,7 +92,10 @@ fn secret_set_get_list_rm_round_trip_without_plaintext_on_disk() {
     assert!(hits.is_empty(), "plaintext found on disk: {hits:?}");
     let key = ws.path("vault.key");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     let (code, _, _) = dso(&["--config", cfg, "secret", "rm", "app/db#password"]);
     assert_eq!(code, Some(0));
@@ -96,11 +109,22 @@ fn secret_set_get_list_rm_round_trip_without_plaintext_on_disk() {
 
 #[test]
 fn every_command_has_help_with_an_example() {
-    for cmd in [vec!["agent"], vec!["check"], vec!["secret", "set"], vec!["secret", "get"], vec!["secret", "list"], vec!["secret", "rm"], vec!["health"]] {
+    for cmd in [
+        vec!["agent"],
+        vec!["check"],
+        vec!["secret", "set"],
+        vec!["secret", "get"],
+        vec!["secret", "list"],
+        vec!["secret", "rm"],
+        vec!["health"],
+    ] {
         let mut args = cmd.clone();
         args.push("--help");
         let (code, out, err) = dso(&args);
         assert_eq!(code, Some(0), "{args:?}: {err}");
-        assert!(out.contains("Example:"), "{args:?} --help has no example:\n{out}");
+        assert!(
+            out.contains("Example:"),
+            "{args:?} --help has no example:\n{out}"
+        );
     }
 }

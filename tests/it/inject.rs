@@ -43,29 +43,76 @@ fn labelled_container_gets_its_files_from_the_local_vault_and_openbao() {
     ws.set_secret("app/token", "tok-123");
     bao_put(&bao_path, &[("password", &bao_pw), ("user", "svc")]);
     let token = env("DSO_TEST_VAULT_TOKEN");
-    let agent = Agent::start_with_env(&ws.config(), &[("DSO_IT_BAO_TOKEN", &token), ("DSO_LOG", "debug")]);
+    let agent = Agent::start_with_env(
+        &ws.config(),
+        &[("DSO_IT_BAO_TOKEN", &token), ("DSO_LOG", "debug")],
+    );
 
     let bao_ref = format!("bao/{bao_path}#password");
     let c = ws.container(&[
-        "--tmpfs", DIR,
-        "--user", "1000:1000",
-        "--label", "dso.secret.db_password=local/app/db#password",
-        "--label", "dso.secret.api_token=local/app/token",
-        "--label", "dso.secret.api_token.mode=0440",
-        "--label", "dso.secret.api_token.gid=50",
-        "--label", &format!("dso.secret.bao_pw={bao_ref}"),
-        "--label", &format!("dso.secret.bao_user=bao/{bao_path}#user"),
-        "--label", "dso.secret.bao_user.uid=0",
+        "--tmpfs",
+        DIR,
+        "--user",
+        "1000:1000",
+        "--label",
+        "dso.secret.db_password=local/app/db#password",
+        "--label",
+        "dso.secret.api_token=local/app/token",
+        "--label",
+        "dso.secret.api_token.mode=0440",
+        "--label",
+        "dso.secret.api_token.gid=50",
+        "--label",
+        &format!("dso.secret.bao_pw={bao_ref}"),
+        "--label",
+        &format!("dso.secret.bao_user=bao/{bao_path}#user"),
+        "--label",
+        "dso.secret.bao_user.uid=0",
     ]);
     c.wait_for(&format!("{DIR}/.ready"), &agent);
     let ctx = || format!("container {}\n--- agent logs ---\n{}", c.name, agent.logs());
-    assert_eq!(c.read(&format!("{DIR}/db_password")).as_deref(), Some(local_pw.as_str()), "{}", ctx());
-    assert_eq!(c.read(&format!("{DIR}/api_token")).as_deref(), Some("tok-123"), "{}", ctx());
-    assert_eq!(c.read(&format!("{DIR}/bao_pw")).as_deref(), Some(bao_pw.as_str()), "{}", ctx());
-    assert_eq!(c.read(&format!("{DIR}/bao_user")).as_deref(), Some("svc"), "{}", ctx());
-    assert_eq!(c.stat(&format!("{DIR}/db_password")), "400 1000 1000", "{}", ctx());
-    assert_eq!(c.stat(&format!("{DIR}/api_token")), "440 1000 50", "{}", ctx());
-    assert_eq!(c.stat(&format!("{DIR}/bao_user")), "400 0 1000", "{}", ctx());
+    assert_eq!(
+        c.read(&format!("{DIR}/db_password")).as_deref(),
+        Some(local_pw.as_str()),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        c.read(&format!("{DIR}/api_token")).as_deref(),
+        Some("tok-123"),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        c.read(&format!("{DIR}/bao_pw")).as_deref(),
+        Some(bao_pw.as_str()),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        c.read(&format!("{DIR}/bao_user")).as_deref(),
+        Some("svc"),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        c.stat(&format!("{DIR}/db_password")),
+        "400 1000 1000",
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        c.stat(&format!("{DIR}/api_token")),
+        "440 1000 50",
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        c.stat(&format!("{DIR}/bao_user")),
+        "400 0 1000",
+        "{}",
+        ctx()
+    );
     assert_eq!(
         c.ls(DIR).split_whitespace().collect::<Vec<_>>(),
         vec![".ready", "api_token", "bao_pw", "bao_user", "db_password"],
@@ -73,19 +120,38 @@ fn labelled_container_gets_its_files_from_the_local_vault_and_openbao() {
         ctx()
     );
     // The user the container runs as can read its own secret.
-    let (ok, out, err) = docker_try(&["exec", "-u", "1000", &c.id, "cat", &format!("{DIR}/db_password")]);
-    assert!(ok && out == local_pw, "uid 1000 cannot read its secret: {out} {err}");
+    let (ok, out, err) = docker_try(&[
+        "exec",
+        "-u",
+        "1000",
+        &c.id,
+        "cat",
+        &format!("{DIR}/db_password"),
+    ]);
+    assert!(
+        ok && out == local_pw,
+        "uid 1000 cannot read its secret: {out} {err}"
+    );
 
     // Never on disk, never in the logs (debug level included).
     for v in [&local_pw, &bao_pw] {
         c.assert_not_on_disk(v);
-        assert!(!agent.logs().contains(v.as_str()), "secret value in agent logs:\n{}", agent.logs());
+        assert!(
+            !agent.logs().contains(v.as_str()),
+            "secret value in agent logs:\n{}",
+            agent.logs()
+        );
     }
     let hits = grep_tree(ws.dir.path(), local_pw.as_bytes());
     assert!(hits.is_empty(), "plaintext on the host disk: {hits:?}");
     let logs = agent.logs();
     assert!(logs.contains("secrets injected"), "{logs}");
-    assert_eq!(agent.metric("dso_injections_total{result=\"success\"}"), Some(1.0), "{}", agent.get("/metrics").1);
+    assert_eq!(
+        agent.metric("dso_injections_total{result=\"success\"}"),
+        Some(1.0),
+        "{}",
+        agent.get("/metrics").1
+    );
 }
 
 #[test]
@@ -109,12 +175,18 @@ fn custom_dir_under_a_tmpfs_mount_with_mount_syntax() {
     ws.set_secret("x#k", "custom-dir-value");
     let agent = Agent::start(&ws.config());
     let c = ws.container(&[
-        "--mount", "type=tmpfs,dst=/secrets",
-        "--label", "dso.dir=/secrets/app",
-        "--label", "dso.secret.k=local/x#k",
+        "--mount",
+        "type=tmpfs,dst=/secrets",
+        "--label",
+        "dso.dir=/secrets/app",
+        "--label",
+        "dso.secret.k=local/x#k",
     ]);
     c.wait_for("/secrets/app/.ready", &agent);
-    assert_eq!(c.read("/secrets/app/k").as_deref(), Some("custom-dir-value"));
+    assert_eq!(
+        c.read("/secrets/app/k").as_deref(),
+        Some("custom-dir-value")
+    );
     c.assert_not_on_disk("custom-dir-value");
 }
 
@@ -133,13 +205,46 @@ timeout = "2s"
     ws.set_secret("ok#k", "refusal-value");
     let agent = Agent::start_with_env(&ws.config(), &[("DSO_IT_DEAD_TOKEN", "t")]);
     let cases: Vec<(Vec<&str>, &str, &str)> = vec![
-        (vec!["--tmpfs", DIR, "--label", "dso.secret.bad name=local/ok#k"], "invalid_spec", "is not a plain file name"),
-        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=local/../../etc/shadow"], "invalid_spec", "invalid path"),
-        (vec!["--label", "dso.secret.x=local/ok#k"], "not_tmpfs", "is not on a tmpfs mount"),
-        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=nosuch/ok#k"], "provider_error", "unknown provider `nosuch`"),
-        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=local/ok#nokey"], "provider_error", "key `nokey` not found"),
-        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=local/missing"], "provider_error", "secret `missing` not found"),
-        (vec!["--tmpfs", DIR, "--label", "dso.secret.x=deadbao/app#k"], "provider_error", "backend unavailable"),
+        (
+            vec!["--tmpfs", DIR, "--label", "dso.secret.bad name=local/ok#k"],
+            "invalid_spec",
+            "is not a plain file name",
+        ),
+        (
+            vec![
+                "--tmpfs",
+                DIR,
+                "--label",
+                "dso.secret.x=local/../../etc/shadow",
+            ],
+            "invalid_spec",
+            "invalid path",
+        ),
+        (
+            vec!["--label", "dso.secret.x=local/ok#k"],
+            "not_tmpfs",
+            "is not on a tmpfs mount",
+        ),
+        (
+            vec!["--tmpfs", DIR, "--label", "dso.secret.x=nosuch/ok#k"],
+            "provider_error",
+            "unknown provider `nosuch`",
+        ),
+        (
+            vec!["--tmpfs", DIR, "--label", "dso.secret.x=local/ok#nokey"],
+            "provider_error",
+            "key `nokey` not found",
+        ),
+        (
+            vec!["--tmpfs", DIR, "--label", "dso.secret.x=local/missing"],
+            "provider_error",
+            "secret `missing` not found",
+        ),
+        (
+            vec!["--tmpfs", DIR, "--label", "dso.secret.x=deadbao/app#k"],
+            "provider_error",
+            "backend unavailable",
+        ),
     ];
     let mut containers = Vec::new();
     for (args, result, message) in &cases {
@@ -150,8 +255,15 @@ timeout = "2s"
             .find(|l| l.contains(message))
             .unwrap_or_default()
             .to_string();
-        assert!(line.contains(&c.name), "error must name the container {}: {line}", c.name);
-        assert!(line.contains(result), "error must carry result={result}: {line}");
+        assert!(
+            line.contains(&c.name),
+            "error must name the container {}: {line}",
+            c.name
+        );
+        assert!(
+            line.contains(result),
+            "error must carry result={result}: {line}"
+        );
         assert!(line.contains("nothing written"), "{line}");
         containers.push(c);
     }
@@ -159,7 +271,11 @@ timeout = "2s"
         assert_eq!(c.ls(DIR), "", "nothing may be written into {}", c.name);
         c.assert_not_on_disk("refusal-value");
         assert!(
-            c.upper_dir().join("run/secrets/dso").read_dir().map(|mut d| d.next().is_none()).unwrap_or(true),
+            c.upper_dir()
+                .join("run/secrets/dso")
+                .read_dir()
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true),
             "the writable layer of {} must not hold a secrets dir with content",
             c.name
         );

@@ -1,1 +1,10 @@
+//! One integration-test binary, topic modules (as ripgrep does). Everything here runs against real
+//! services that `scripts/test` installs and starts: Docker Engine, OpenBao, promtool.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod cli;
+mod inject;
+mod metrics;

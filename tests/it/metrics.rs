@@ -10,7 +10,12 @@ fn metrics_pass_promtool_and_name_every_documented_series() {
     ws.write_config("");
     ws.set_secret("m#k", "metrics-value");
     let agent = Agent::start(&ws.config());
-    let c = ws.container(&["--tmpfs", "/run/secrets/dso", "--label", "dso.secret.k=local/m#k"]);
+    let c = ws.container(&[
+        "--tmpfs",
+        "/run/secrets/dso",
+        "--label",
+        "dso.secret.k=local/m#k",
+    ]);
     c.wait_for("/run/secrets/dso/.ready", &agent);
     let (status, body) = agent.get("/metrics");
     assert_eq!(status, 200);
@@ -30,9 +35,7 @@ fn metrics_pass_promtool_and_name_every_documented_series() {
     ] {
         // Families with no samples yet still have HELP/TYPE lines.
         let base = name.split(['{', ' ']).next().unwrap_or(name);
-        let family = base
-            .trim_end_matches("_total")
-            .trim_end_matches("_bucket");
+        let family = base.trim_end_matches("_total").trim_end_matches("_bucket");
         assert!(
             body.contains(name) || body.contains(&format!("# TYPE {family} ")),
             "metric `{name}` missing:\n{body}"
@@ -48,7 +51,12 @@ fn metrics_pass_promtool_and_name_every_documented_series() {
         .expect("promtool");
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
     }
     let out = child.wait_with_output().unwrap();
     let text = format!(
@@ -56,7 +64,10 @@ fn metrics_pass_promtool_and_name_every_documented_series() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "promtool check metrics failed:\n{text}\n--- exposition ---\n{body}");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{text}\n--- exposition ---\n{body}"
+    );
 }
 
 #[test]

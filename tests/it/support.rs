@@ -176,7 +176,10 @@ impl Container {
 
     /// `ls -A dir` (empty string if missing).
     pub fn ls(&self, dir: &str) -> String {
-        docker_try(&["exec", &self.id, "ls", "-A", dir]).1.trim().to_string()
+        docker_try(&["exec", &self.id, "ls", "-A", dir])
+            .1
+            .trim()
+            .to_string()
     }
 
     /// Waits until `path` exists.
@@ -275,8 +278,14 @@ impl Agent {
         let mut child = cmd.spawn().expect("spawn dso agent");
         let logs = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -373,7 +382,11 @@ impl Agent {
                 std::thread::sleep(Duration::from_millis(50));
                 return (st.code(), self.logs());
             }
-            assert!(Instant::now() < deadline, "agent ignored SIGTERM\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "agent ignored SIGTERM\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -389,7 +402,8 @@ impl Drop for Agent {
 /// Minimal HTTP/1.0 GET.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
     let mut resp = String::new();
@@ -399,7 +413,11 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
     (status, body)
 }
 
