@@ -50,11 +50,27 @@ async fn handle(
         ));
     }
     Ok(match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            dso_actors::metrics::render(&state.registry),
-        ),
+        "/metrics" => {
+            let text = dso_actors::metrics::render(&state.registry);
+            let wants_openmetrics = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            if wants_openmetrics {
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                )
+            } else {
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    openmetrics_to_prometheus_text(&text),
+                )
+            }
+        }
         "/healthz" | "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" | "/ready" => {
             let r = state
@@ -80,6 +96,69 @@ async fn handle(
             "not found; try /metrics, /healthz or /readyz\n".into(),
         ),
     })
+}
+
+/// Converts OpenMetrics text to the Prometheus text format 0.0.4 (for scrapers and tools such as
+/// `promtool check metrics` that do not ask for OpenMetrics): counter families are named with
+/// their `_total` suffix, `# UNIT` and `# EOF` lines are dropped.
+pub fn openmetrics_to_prometheus_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pending_help: Option<&str> = None;
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some(h) = pending_help.take() {
+                out.push_str(h);
+                out.push('\n');
+            }
+            let _ = rest;
+            pending_help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.splitn(2, ' ');
+            let name = parts.next().unwrap_or_default();
+            let kind = parts.next().unwrap_or_default();
+            let name = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some(h) = pending_help.take() {
+                let help = h
+                    .strip_prefix("# HELP ")
+                    .and_then(|r| r.split_once(' '))
+                    .map(|(_, text)| text)
+                    .unwrap_or_default();
+                out.push_str(&format!("# HELP {name} {help}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if let Some(h) = pending_help.take() {
+            out.push_str(h);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_suffix_in_prometheus_text() {
+        let om = "# HELP dso_x Things.\n# TYPE dso_x counter\ndso_x_total 3\n# HELP dso_g A gauge.\n# TYPE dso_g gauge\ndso_g 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus_text(om),
+            "# HELP dso_x_total Things.\n# TYPE dso_x_total counter\ndso_x_total 3\n# HELP dso_g A gauge.\n# TYPE dso_g gauge\ndso_g 1\n"
+        );
+    }
 }
 
 /// Serves until `shutdown` completes.

@@ -137,6 +137,8 @@ impl Actor for ProviderConnection {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.mailbox);
+        // Every provider has its series from the start (a 0 is a fact; an absent series is not).
+        let _ = self.metrics.provider_restarts.get_or_create(&self.label());
         self.consecutive_failures = 0;
         self.connect();
         self.probe(ctx);

@@ -44,9 +44,8 @@ address = "ftp://x"
         Some(4),
         "exit code 4 for an invalid config\n{out}{err}"
     );
-    for want in ["cache.ttl: invalid duration `soon`"] {
-        assert!(err.contains(want), "missing `{want}` in:\n{err}");
-    }
+    let want = "cache.ttl: invalid duration `soon`";
+    assert!(err.contains(want), "missing `{want}` in:\n{err}");
     // Type errors stop parsing of that table; fix them and the semantic problems all show.
     std::fs::write(
         &bad,

@@ -206,7 +206,7 @@ timeout = "2s"
     let agent = Agent::start_with_env(&ws.config(), &[("DSO_IT_DEAD_TOKEN", "t")]);
     let cases: Vec<(Vec<&str>, &str, &str)> = vec![
         (
-            vec!["--tmpfs", DIR, "--label", "dso.secret.bad name=local/ok#k"],
+            vec!["--tmpfs", DIR, "--label", "dso.secret.bad:name=local/ok#k"],
             "invalid_spec",
             "is not a plain file name",
         ),
@@ -249,16 +249,17 @@ timeout = "2s"
     let mut containers = Vec::new();
     for (args, result, message) in &cases {
         let c = ws.container(args);
-        let logs = agent.wait_log(message);
-        let line = logs
-            .lines()
-            .find(|l| l.contains(message))
-            .unwrap_or_default()
-            .to_string();
-        assert!(
-            line.contains(&c.name),
-            "error must name the container {}: {line}",
-            c.name
+        // The error names the container and the problem.
+        let line = eventually(
+            &agent,
+            &format!("an error naming {} and `{message}`", c.name),
+            || {
+                agent
+                    .logs()
+                    .lines()
+                    .find(|l| l.contains(message) && l.contains(&c.name))
+                    .map(str::to_string)
+            },
         );
         assert!(
             line.contains(result),

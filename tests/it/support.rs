@@ -165,18 +165,18 @@ pub struct Container {
 impl Container {
     /// `cat` a file inside; None if it does not exist.
     pub fn read(&self, path: &str) -> Option<String> {
-        let (ok, out, _) = docker_try(&["exec", &self.id, "cat", path]);
+        let (ok, out, _) = docker_try(&["exec", "-u", "0", &self.id, "cat", path]);
         ok.then_some(out)
     }
 
     /// `stat -c '%a %u %g'`.
     pub fn stat(&self, path: &str) -> String {
-        docker(&["exec", &self.id, "stat", "-c", "%a %u %g", path])
+        docker(&["exec", "-u", "0", &self.id, "stat", "-c", "%a %u %g", path])
     }
 
     /// `ls -A dir` (empty string if missing).
     pub fn ls(&self, dir: &str) -> String {
-        docker_try(&["exec", &self.id, "ls", "-A", dir])
+        docker_try(&["exec", "-u", "0", &self.id, "ls", "-A", dir])
             .1
             .trim()
             .to_string()
