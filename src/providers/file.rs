@@ -706,3 +706,172 @@ impl SecretBackend for FileVault {
             .map_err(to_backend_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> FileConfig {
+        FileConfig {
+            path: dir.join("v.enc"),
+            key_file: Some(dir.join("v.key")),
+            passphrase_env: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn v(s: &str) -> SecretValue {
+        SecretValue::from_str_copy(s)
+    }
+
+    #[test]
+    fn round_trip_maps_values_list_remove_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = FileVault::open(&cfg(dir.path())).unwrap();
+        assert_eq!(vault.get("app/db").unwrap(), None);
+        vault
+            .set("app/db", Some("password"), v("pw-secret-1"))
+            .unwrap();
+        vault.set("app/db", Some("user"), v("svc")).unwrap();
+        vault.set("app/token", None, v("tok")).unwrap();
+        let db = vault.get("app/db").unwrap().unwrap();
+        assert_eq!(
+            db.select(Some("password")).unwrap().expose(),
+            b"pw-secret-1"
+        );
+        assert!(matches!(
+            vault.set("app/token", Some("k"), v("x")),
+            Err(FileVaultError::NotAMap(_))
+        ));
+        assert_eq!(
+            vault.list().unwrap(),
+            vec![
+                (
+                    "app/db".to_string(),
+                    vec!["password".to_string(), "user".to_string()]
+                ),
+                ("app/token".to_string(), vec![])
+            ]
+        );
+        // Reopen with the same key file.
+        let again = FileVault::open(&cfg(dir.path())).unwrap();
+        assert_eq!(
+            again
+                .get("app/token")
+                .unwrap()
+                .unwrap()
+                .select(None)
+                .unwrap()
+                .expose(),
+            b"tok"
+        );
+        assert!(again.remove("app/db", Some("password")).unwrap());
+        assert!(!again.remove("app/db", Some("password")).unwrap());
+        assert!(again.remove("app/db", Some("user")).unwrap());
+        assert_eq!(again.get("app/db").unwrap(), None, "empty map removed");
+        // Plaintext never on disk; key file is 0600.
+        let raw = fs::read(dir.path().join("v.enc")).unwrap();
+        assert!(!raw.windows(3).any(|w| w == b"tok"));
+        let mode = fs::metadata(dir.path().join("v.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!format!("{vault:?}").contains("pw-secret"));
+    }
+
+    #[test]
+    fn wrong_key_tampering_and_loose_permissions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = FileVault::open(&cfg(dir.path())).unwrap();
+        vault.set("a", None, v("value")).unwrap();
+        // Another key file → "does not match".
+        let mut other = cfg(dir.path());
+        other.key_file = Some(dir.path().join("other.key"));
+        let e = FileVault::open(&other).unwrap().get("a").unwrap_err();
+        assert!(matches!(e, FileVaultError::Decrypt(_)), "{e}");
+        assert!(e.to_string().contains("does not match"), "{e}");
+        // Flip one ciphertext byte.
+        let p = dir.path().join("v.enc");
+        let mut raw = fs::read(&p).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        fs::write(&p, &raw).unwrap();
+        assert!(matches!(vault.get("a"), Err(FileVaultError::Decrypt(_))));
+        // Loose key file.
+        let k = dir.path().join("v.key");
+        fs::set_permissions(&k, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = FileVault::open(&cfg(dir.path())).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        // Bad names.
+        fs::set_permissions(&k, fs::Permissions::from_mode(0o600)).unwrap();
+        let ok = FileVault::open(&cfg(dir.path())).unwrap();
+        for bad in ["../x", "a//b", "", "a b"] {
+            assert!(
+                matches!(ok.get(bad), Err(FileVaultError::BadName { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        FileVault::open(&c)
+            .unwrap()
+            .set("init", None, v("x"))
+            .unwrap();
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let vault = FileVault::open(&c).unwrap();
+                    for i in 0..10 {
+                        vault.set("p", Some(&format!("k{t}-{i}")), v("x")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let keys = &FileVault::open(&c).unwrap().list().unwrap()[1].1;
+        assert_eq!(keys.len(), 20, "{keys:?}");
+    }
+
+    #[tokio::test]
+    async fn backend_fetch_and_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = FileVault::open(&cfg(dir.path())).unwrap();
+        vault.set("x", Some("k"), v("1")).unwrap();
+        let b: &dyn SecretBackend = &vault;
+        assert!(b.fetch("x").await.is_ok());
+        assert_eq!(
+            b.fetch("nope").await.unwrap_err(),
+            BackendError::NotFound {
+                path: "nope".into()
+            }
+        );
+        // Picks up a change made by another writer.
+        FileVault::open(&cfg(dir.path()))
+            .unwrap()
+            .set("y", None, v("2"))
+            .unwrap();
+        assert!(b.fetch("y").await.is_ok());
+    }
+
+    #[test]
+    fn passphrase_variable_must_be_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileConfig {
+            path: dir.path().join("v.enc"),
+            key_file: None,
+            passphrase_env: Some("DSO_UNIT_PASSPHRASE_UNSET".into()),
+            timeout: Duration::from_secs(1),
+        };
+        let e = FileVault::open(&c).unwrap_err();
+        assert!(e.to_string().contains("DSO_UNIT_PASSPHRASE_UNSET"), "{e}");
+    }
+}
