@@ -301,3 +301,59 @@ fn sigterm_drains_and_exits_zero() {
     assert_eq!(code, Some(0), "{logs}");
     assert!(logs.contains("shutdown complete"), "{logs}");
 }
+
+#[test]
+fn image_without_tar_gets_its_files_through_the_base64_fallback() {
+    let ws = Workspace::new();
+    ws.write_config("");
+    let value = unique("notar-value");
+    ws.set_secret("nt#k", &value);
+    let agent = Agent::start(&ws.config());
+    let name = unique("c");
+    let scope = format!("dso.test={}", ws.scope);
+    let id = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        &scope,
+        "--tmpfs",
+        DIR,
+        "--label",
+        "dso.secret.k=local/nt#k",
+        "--label",
+        "dso.secret.k.mode=0444",
+        &env("DSO_TEST_IMAGE_NOTAR"),
+        "/bin/sleep",
+        "600",
+    ]);
+    let c = Container { id, name };
+    assert!(
+        !docker_try(&["exec", &c.id, "tar", "--help"]).0,
+        "test image must lack tar"
+    );
+    c.wait_for(&format!("{DIR}/.ready"), &agent);
+    assert_eq!(c.read(&format!("{DIR}/k")).as_deref(), Some(value.as_str()));
+    assert_eq!(c.stat(&format!("{DIR}/k")), "444 0 0");
+    c.assert_not_on_disk(&value);
+    assert!(!agent.logs().contains(&value));
+}
+
+#[test]
+fn config_rules_serve_containers_without_dso_labels() {
+    let ws = Workspace::new();
+    let ws_rule_label = format!("label:dso.test={}", ws.scope);
+    ws.write_config(&format!(
+        "[[secrets]]\nname = \"from_rule\"\nfrom = \"local/rule#k\"\ntargets = [\"{ws_rule_label}\"]\nmode = \"0440\"\n"
+    ));
+    ws.set_secret("rule#k", "rule-value");
+    let agent = Agent::start(&ws.config());
+    let c = ws.container(&["--tmpfs", DIR]);
+    c.wait_for(&format!("{DIR}/.ready"), &agent);
+    assert_eq!(
+        c.read(&format!("{DIR}/from_rule")).as_deref(),
+        Some("rule-value")
+    );
+    assert_eq!(c.stat(&format!("{DIR}/from_rule")), "440 0 0");
+}
