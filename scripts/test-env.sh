@@ -13,7 +13,7 @@ BAO_TOKEN_LOCAL="dso-test-root"
 IMAGE="dso-test/busybox:latest"
 IMAGE_NOTAR="dso-test/notar:latest"
 # Bump when the image recipe below changes: images with another version are rebuilt.
-IMAGE_VERSION=1
+IMAGE_VERSION=2
 IMAGE_LABEL="org.dso.test-image.version"
 export DEBIAN_FRONTEND=noninteractive
 # Debian 12's system Python is "externally managed"; these are root-only test tools.
@@ -68,7 +68,7 @@ bao_bin() {
 start_docker() {
   if docker info >/dev/null 2>&1; then return 0; fi
   log "starting dockerd (log: $STATE/dockerd.log)"
-  nohup dockerd >>"$STATE/dockerd.log" 2>&1 </dev/null &
+  nohup dockerd >>"$STATE/dockerd.log" 2>&1 </dev/null 9>&- &
   echo $! >"$STATE/dockerd.pid"
   local _
   for _ in $(seq 1 120); do
@@ -80,8 +80,23 @@ start_docker() {
   return 1
 }
 
-build_image() { # NAME [applet-to-leave-out]
-  local name="$1" skip="${2:-}"
+# Debian's busybox-static runs its applets from `sh` even without a /bin symlink (`command -v tar`
+# says "tar"), so leaving out the symlink is not enough for an image without tar: rename the applet
+# inside the binary ("tar" -> "taq", which keeps the applet table sorted) so busybox has no tar at all.
+busybox_without_tar() { # SRC DEST
+  perl -0777 -ne '
+    my $n = s/\0tail\0tar\0taskset\0/\0tail\0taq\0taskset\0/g;
+    die "test-env: the tar applet is not in $ARGV exactly once\n" unless $n == 1;
+    print;' "$1" >"$2"
+  chmod 0755 "$2"
+  if "$2" tar --help >/dev/null 2>&1; then
+    log "patched busybox still runs tar"
+    return 1
+  fi
+}
+
+build_image() { # NAME [notar]
+  local name="$1" variant="${2:-}"
   if [ "$(docker image inspect -f "{{ index .Config.Labels \"$IMAGE_LABEL\" }}" "$name" 2>/dev/null)" \
     = "$IMAGE_VERSION" ]; then
     return 0
@@ -91,17 +106,30 @@ build_image() { # NAME [applet-to-leave-out]
   rm -rf "$root"
   mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/run" "$root/root" "$root/home/app"
   chmod 1777 "$root/tmp"
-  cp /bin/busybox "$root/bin/busybox"
+  if [ "$variant" = notar ]; then
+    busybox_without_tar /bin/busybox "$root/bin/busybox"
+  else
+    cp /bin/busybox "$root/bin/busybox"
+  fi
   local a
-  for a in $(/bin/busybox --list); do
-    if [ "$a" = busybox ] || [ "$a" = "$skip" ]; then continue; fi
-    ln -s busybox "$root/bin/$a"
+  for a in $("$root/bin/busybox" --list); do
+    [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"
   done
+  rm -f "$root/bin/taq" # the renamed tar applet (notar only)
   printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n' >"$root/etc/passwd"
   printf 'root:x:0:\napp:x:1000:\n' >"$root/etc/group"
   chown 1000:1000 "$root/home/app"
   tar -C "$root" -c . | docker import --change "LABEL $IMAGE_LABEL=$IMAGE_VERSION" - "$name" >/dev/null
   rm -rf "$root"
+  local has_tar=yes
+  docker run --rm "$name" /bin/sh -c 'command -v tar' >/dev/null 2>&1 || has_tar=no
+  if [ "$variant" = notar ] && [ "$has_tar" = yes ]; then
+    log "$name still has tar"
+    return 1
+  elif [ "$variant" != notar ] && [ "$has_tar" = no ]; then
+    log "$name has no tar"
+    return 1
+  fi
 }
 
 bao_healthy() { curl -fsS -o /dev/null "$BAO_URL/v1/sys/health" 2>/dev/null; }
@@ -111,7 +139,7 @@ start_bao() {
   if ! bao_healthy; then
     log "starting bao server -dev on $BAO_LISTEN (log: $STATE/bao.log)"
     nohup "$bao" server -dev -dev-root-token-id="$BAO_TOKEN_LOCAL" -dev-listen-address="$BAO_LISTEN" \
-      >>"$STATE/bao.log" 2>&1 </dev/null &
+      >>"$STATE/bao.log" 2>&1 </dev/null 9>&- &
     echo $! >"$STATE/bao.pid"
     for _ in $(seq 1 120); do
       if bao_healthy; then break; fi
@@ -133,7 +161,7 @@ up() {
   install_missing
   start_docker
   build_image "$IMAGE"
-  build_image "$IMAGE_NOTAR" tar
+  build_image "$IMAGE_NOTAR" notar
   local bao promtool
   bao="$(bao_bin)"
   promtool="$(command -v promtool)"

@@ -75,52 +75,53 @@ pub fn build_tar(files: &[(&SecretFile, &SecretValue)]) -> Result<Zeroizing<Vec<
 }
 
 /// The part of the in-container script before extraction: argument parsing, the tmpfs check
-/// (of the nearest existing ancestor, before anything is created), the staging directory.
+/// (of the nearest existing ancestor, before anything is created), the staging directory on the
+/// same tmpfs. Only shell builtins except `stat` and `mkdir`: every process costs ~1 ms.
 const SCRIPT_HEAD: &str = r#"set -e
-umask 077
 d="$1"; shift
 p="$d"
-while [ ! -d "$p" ]; do p=$(dirname "$p"); done
+while [ ! -d "$p" ]; do p="${p%/*}"; [ -n "$p" ] || p=/; done
 fs=$(stat -f -c %T "$p" 2>/dev/null || echo unknown)
 case "$fs" in tmpfs|unknown) ;; *) echo "dso: $d is on $fs, not tmpfs" >&2; exit 64;; esac
-"#;
-
-/// After the files are in the staging dir: owner, mode, atomic rename, `.ready` last.
-const SCRIPT_TAIL: &str = r#"while [ $# -ge 4 ]; do
-  chown "$3:$4" "$t/$1"
-  chmod "$2" "$t/$1"
-  mv -f "$t/$1" "$d/$1"
-  shift 4
-done
-rmdir "$t"
-trap - EXIT
-if [ ! -e "$d/.ready" ]; then : > "$d/.ready.tmp.$$"; chmod 0444 "$d/.ready.tmp.$$"; mv -f "$d/.ready.tmp.$$" "$d/.ready"; fi
-"#;
-
-/// Extraction with `tar` (the normal path).
-const EXTRACT_TAR: &str = r#"command -v tar >/dev/null 2>&1 || { echo "dso: no tar in this container" >&2; exit 65; }
-mkdir -p "$d"
 t="$d/.dso-staging.$$"
-rm -rf "$t"
+[ ! -e "$t" ] || rm -rf "$t"
+umask 022
+mkdir -p "$d"
+umask 077
 mkdir "$t"
 trap 'rm -rf "$t"' EXIT
+"#;
+
+/// After the files are in the staging dir: one `mv` renames them all into place (each rename is
+/// atomic for readers), then `.ready` is created once, last. Names are validated
+/// (`[A-Za-z0-9._-]`), so the unquoted list cannot split or glob.
+const SCRIPT_TAIL: &str = r#"files=
+while [ $# -ge 4 ]; do files="$files $t/$1"; shift 4; done
+mv -f $files "$d/"
+rmdir "$t"
+trap - EXIT
+[ -e "$d/.ready" ] || { : > "$t.ready"; chmod 0444 "$t.ready"; mv -f "$t.ready" "$d/.ready"; }
+"#;
+
+/// Extraction with `tar` (the normal path). Run as root, tar restores each entry's owner and mode
+/// from the header (busybox and GNU tar alike), whatever the umask.
+const EXTRACT_TAR: &str = r#"command -v tar >/dev/null 2>&1 || { echo "dso: no tar in this container" >&2; exit 65; }
 tar -x -f - -C "$t"
 "#;
 
-/// Extraction without `tar`: one base64 line per file on stdin, in argument order. `printf` is a
-/// shell builtin, so values never appear in a process's argv.
+/// Extraction without `tar`: one base64 line per file on stdin, in argument order, then owner and
+/// mode set explicitly. `printf` is a shell builtin, so values never appear in a process's argv.
 const EXTRACT_B64: &str = r#"command -v base64 >/dev/null 2>&1 || { echo "dso: neither tar nor base64 in this container" >&2; exit 65; }
-mkdir -p "$d"
-t="$d/.dso-staging.$$"
-rm -rf "$t"
-mkdir "$t"
-trap 'rm -rf "$t"' EXIT
-i=1
-for n in "$@"; do
-  if [ $(( (i - 1) % 4 )) -eq 0 ]; then IFS= read -r line; printf '%s' "$line" | base64 -d > "$t/$n"; fi
+i=0
+for a in "$@"; do
+  case $((i % 4)) in
+    0) n="$a"; IFS= read -r line; printf '%s' "$line" | base64 -d > "$t/$n"; line= ;;
+    1) m="$a" ;;
+    2) u="$a" ;;
+    3) chown "$u:$a" "$t/$n"; chmod "$m" "$t/$n" ;;
+  esac
   i=$((i + 1))
 done
-line=
 "#;
 
 /// How the files travel on stdin.

@@ -154,7 +154,7 @@ fn parse_address(address: &str) -> Result<Url, String> {
             url.scheme()
         ));
     }
-    if url.host_str().is_none_or(str::is_empty) {
+    if matches!(url.host_str(), None | Some("")) {
         return Err(format!("`{address}` has no host: {hint}"));
     }
     if url.query().is_some() || url.fragment().is_some() {
@@ -372,12 +372,13 @@ impl VaultBackend {
         };
         match status {
             StatusCode::NOT_FOUND => {
-                if detail.contains("no handler for route") {
+                if detail.contains("no handler for route") || detail.contains("versioned K/V") {
                     tracing::warn!(
                         address = %self.address,
                         mount = %self.mount.join("/"),
-                        "Vault has no handler for this route: check the provider's `mount` and \
-                         `kv_version`"
+                        kv_version = self.kv_version,
+                        "Vault does not serve this path as expected: check that the provider's \
+                         `mount` exists and that `kv_version` matches its KV engine"
                     );
                 }
                 BackendError::NotFound {
@@ -485,15 +486,15 @@ impl SecretBackend for VaultBackend {
                 (1, d) => d,
                 // KV v2 wraps the key/values in data.data; null when the latest version is deleted.
                 (_, Some(serde_json::Value::Object(outer))) => outer.get_mut("data"),
-                (_, _) => None,
+                (_, d) => d,
             };
             match data {
                 Some(serde_json::Value::Object(map)) => Ok(SecretData::Map(take_values(map))),
-                None | Some(serde_json::Value::Null) => Err(BackendError::NotFound {
+                Some(serde_json::Value::Null) => Err(BackendError::NotFound {
                     path: path.to_string(),
                 }),
-                Some(_) => Err(BackendError::Unavailable(format!(
-                    "Vault at {} answered `{path}` with data that is not a key/value object",
+                _ => Err(BackendError::Unavailable(format!(
+                    "Vault at {} answered `{path}` without a key/value object in its data",
                     self.address
                 ))),
             }
@@ -522,7 +523,7 @@ impl TokenSource {
     fn describe(&self) -> String {
         match self {
             TokenSource::Env(var) => format!("environment variable {var}"),
-            TokenSource::File(path) => format!("file {}", path.display()),
+            TokenSource::File(path) => format!("token file {}", path.display()),
         }
     }
 }
@@ -538,26 +539,24 @@ fn read_token(source: &TokenSource) -> Result<Zeroizing<String>, BackendError> {
                      set token_env / token_file in the provider config"
                 )))
             }
-            Err(std::env::VarError::NotUnicode(mut raw)) => {
-                raw.zeroize_os();
+            Err(std::env::VarError::NotUnicode(raw)) => {
+                wipe_os(raw);
                 return Err(BackendError::Config(format!(
                     "environment variable {var} is not valid UTF-8: it must hold a Vault token"
                 )));
             }
         },
         TokenSource::File(path) => match std::fs::read(path) {
-            Ok(bytes) => {
-                let bytes = Zeroizing::new(bytes);
-                match std::str::from_utf8(&bytes) {
-                    Ok(s) => Zeroizing::new(s.to_string()),
-                    Err(_) => {
-                        return Err(BackendError::Config(format!(
-                            "token file {} is not valid UTF-8: it must hold a Vault token",
-                            path.display()
-                        )))
-                    }
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(s) => Zeroizing::new(s),
+                Err(e) => {
+                    e.into_bytes().zeroize();
+                    return Err(BackendError::Config(format!(
+                        "token file {} is not valid UTF-8: it must hold a Vault token",
+                        path.display()
+                    )));
                 }
-            }
+            },
             Err(e) => {
                 return Err(BackendError::Config(format!(
                     "cannot read token file {}: {e}",
@@ -571,7 +570,7 @@ fn read_token(source: &TokenSource) -> Result<Zeroizing<String>, BackendError> {
     if token.trim_start().is_empty() {
         return Err(BackendError::Config(format!(
             "{} is empty: it must hold a Vault token",
-            token_source_capitalized(source)
+            source.describe()
         )));
     }
     if HeaderValue::from_str(&token).is_err() {
@@ -583,36 +582,32 @@ fn read_token(source: &TokenSource) -> Result<Zeroizing<String>, BackendError> {
     Ok(token)
 }
 
-fn token_source_capitalized(source: &TokenSource) -> String {
-    match source {
-        TokenSource::Env(var) => format!("environment variable {var}"),
-        TokenSource::File(path) => format!("token file {}", path.display()),
+/// Best-effort wipe of a rejected (non-UTF-8) env value.
+fn wipe_os(raw: std::ffi::OsString) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        raw.into_vec().zeroize();
     }
+    #[cfg(not(unix))]
+    drop(raw);
 }
 
-/// Best-effort wipe of an `OsString` holding a rejected env value.
-trait ZeroizeOs {
-    fn zeroize_os(&mut self);
-}
-
-impl ZeroizeOs for std::ffi::OsString {
-    fn zeroize_os(&mut self) {
-        #[cfg(unix)]
-        {
-            use std::os::unix::ffi::OsStringExt;
-            let mut bytes = std::mem::take(self).into_vec();
-            bytes.zeroize();
-        }
-    }
-}
-
-/// Follows at most 5 redirects and never from https to http (the token travels along).
+/// Follows at most 5 redirects, only to the same host and never from https to http (the token
+/// header travels along with a redirect).
 fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https")
             && attempt.url().scheme() != "https";
+        let other_host = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.host_str() != attempt.url().host_str());
         if attempt.previous().len() > 5 {
             attempt.error("too many redirects")
+        } else if other_host {
+            attempt
+                .error("refusing to follow a redirect to another host (the token would go along)")
         } else if downgrade {
             attempt.error("refusing to follow a redirect from https to http")
         } else {
@@ -870,9 +865,17 @@ mod tests {
             (http("200 OK", "{not json"), "invalid JSON"),
             (
                 http("200 OK", r#"{"data":{"data":"a string"}}"#),
-                "not a key/value",
+                "key/value object",
             ),
-            (http("200 OK", r#"{"data":"secret-ish string"}"#), "line 1"),
+            (
+                http("200 OK", r#"{"data":"secret-ish string"}"#),
+                "key/value object",
+            ),
+            (http("200 OK", r#"{"dat":{}}"#), "key/value object"),
+            (
+                http("200 OK", r#"{"data":{"data":{"a":"x"}"#),
+                "truncated JSON",
+            ),
             (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 17000000\r\n\r\n".to_vec(),
                 "larger than 16 MiB",
