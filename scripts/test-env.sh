@@ -157,7 +157,46 @@ start_bao() {
   fi
 }
 
+# Several sessions may share one checkout's services (`scripts/test` in two terminals, or a manual
+# `up` while `scripts/test` runs): each `up` registers its owner in $USERS, and `down` only stops
+# services and removes test containers when no other live owner is left. `scripts/test` passes its
+# pid as DSO_TEST_ENV_OWNER; a plain `up`/`down` from a shell is the owner "manual".
+OWNER="${DSO_TEST_ENV_OWNER:-manual}"
+USERS="$STATE/users"
+
+start_time() { # PID -> the process start time (field 22 of /proc/PID/stat), empty when gone
+  local stat fields
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+  read -r -a fields <<<"${stat##*) }"
+  printf '%s\n' "${fields[19]}"
+}
+
+register() {
+  mkdir -p "$USERS"
+  case "$OWNER" in
+    manual) : >"$USERS/manual" ;;
+    *) start_time "$OWNER" >"$USERS/$OWNER" ;;
+  esac
+}
+
+# Unregisters OWNER and drops owners whose process is gone; prints the owners still registered.
+unregister() {
+  mkdir -p "$USERS"
+  rm -f "$USERS/$OWNER"
+  local f u
+  for f in "$USERS"/*; do
+    [ -e "$f" ] || continue
+    u="${f##*/}"
+    if [ "$u" != manual ] && [ "$(start_time "$u")" != "$(cat "$f")" ]; then
+      rm -f "$f"
+      continue
+    fi
+    printf '%s\n' "$u"
+  done
+}
+
 up() {
+  register
   install_missing
   start_docker
   build_image "$IMAGE"
@@ -196,6 +235,12 @@ stop_pid() { # PIDFILE NAME
 }
 
 down() {
+  local others
+  others="$(unregister | tr '\n' ' ')"
+  if [ -n "$others" ]; then
+    log "still in use (owners: ${others% }); leaving the services and test containers"
+    return 0
+  fi
   if docker info >/dev/null 2>&1; then
     docker ps -aq --filter label=dso.test | xargs -r docker rm -f >/dev/null 2>&1 || true
     docker ps -aq --filter label=dso.bench | xargs -r docker rm -f >/dev/null 2>&1 || true

@@ -259,16 +259,10 @@ impl Injector {
                     "secrets injected"
                 );
             }
-            Outcome::Gone | Outcome::NotManaged => {
-                if self.managed.remove(&id).is_some() {
-                    self.metrics.managed_containers.dec();
-                }
-            }
+            Outcome::Gone | Outcome::NotManaged => self.forget(&id),
             Outcome::AlreadyInjected => {}
             Outcome::Refused { result, message } => {
-                if self.managed.remove(&id).is_some() {
-                    self.metrics.managed_containers.dec();
-                }
+                self.forget(&id);
                 tracing::error!(
                     container = %short(&id),
                     trigger = job.trigger.as_str(),
@@ -285,6 +279,15 @@ impl Injector {
             for w in self.drain_waiters.drain(..) {
                 let _ = w.send(());
             }
+        }
+    }
+}
+
+impl Injector {
+    /// Drops a container from the managed set (and the gauge).
+    fn forget(&mut self, id: &str) {
+        if self.managed.remove(id).is_some() {
+            self.metrics.managed_containers.dec();
         }
     }
 }

@@ -122,7 +122,7 @@ impl SecretData {
 }
 
 /// Best-effort wipe of the strings in a parsed JSON value before it is dropped.
-fn zeroize_json(v: &mut serde_json::Value) {
+pub fn zeroize_json(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::String(s) => s.zeroize(),
         serde_json::Value::Array(a) => a.iter_mut().for_each(zeroize_json),

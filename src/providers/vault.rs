@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dso_actors::backend::{BackendError, SecretBackend};
+use dso_actors::secret::zeroize_json;
 use dso_actors::secret::{SecretData, SecretValue};
 use reqwest::header::HeaderValue;
 use reqwest::{StatusCode, Url};
@@ -500,7 +501,7 @@ impl SecretBackend for VaultBackend {
             }
         };
         if let Some(v) = env.data.as_mut() {
-            wipe_json(v);
+            zeroize_json(v);
         }
         result
     }
@@ -627,23 +628,13 @@ fn take_values(
                 serde_json::Value::String(s) => SecretValue::new(std::mem::take(s).into_bytes()),
                 other => {
                     let text = other.to_string();
-                    wipe_json(other);
+                    zeroize_json(other);
                     SecretValue::new(text.into_bytes())
                 }
             };
             (k.clone(), value)
         })
         .collect()
-}
-
-/// Best-effort wipe of the strings in a parsed JSON value before it is dropped.
-fn wipe_json(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::String(s) => s.zeroize(),
-        serde_json::Value::Array(a) => a.iter_mut().for_each(wipe_json),
-        serde_json::Value::Object(o) => o.iter_mut().for_each(|(_, v)| wipe_json(v)),
-        _ => {}
-    }
 }
 
 /// Wipes a received chunk when this is its only owner (hyper may share the allocation).
