@@ -69,8 +69,9 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nlisten = \"127.0.0.1:0\"\nscope = \"dso.bench={scope}\"\nreconcile_interval = \"0s\"\n\
+            "[agent]\nlisten = \"127.0.0.1:0\"\nscope = \"dso.bench={scope}\"\nreconcile_interval = \"0s\"\nstate_dir = \"{}\"\n\
              [providers.local]\ntype = \"file\"\npath = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path().join("state").display(),
             dir.path().join("v.enc").display(),
             dir.path().join("v.key").display()
         ),

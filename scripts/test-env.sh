@@ -140,9 +140,10 @@ start_bao() {
     log "starting bao server -dev on $BAO_LISTEN (log: $STATE/bao.log)"
     nohup "$bao" server -dev -dev-root-token-id="$BAO_TOKEN_LOCAL" -dev-listen-address="$BAO_LISTEN" \
       >>"$STATE/bao.log" 2>&1 </dev/null 9>&- &
-    echo $! >"$STATE/bao.pid"
+    local pid=$!
+    echo "$pid" >"$STATE/bao.pid"
     for _ in $(seq 1 120); do
-      if bao_healthy; then break; fi
+      if bao_healthy || ! kill -0 "$pid" 2>/dev/null; then break; fi
       sleep 0.25
     done
     bao_healthy || { log "bao did not become healthy; last log lines:"; tail -30 "$STATE/bao.log" >&2; return 1; }

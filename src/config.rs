@@ -76,6 +76,9 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// Manage only containers carrying this label (`key` or `key=value`). Default: all containers.
     pub scope: Option<String>,
+    /// Where the agent keeps its own small state (`digest.key`, the key of the content digests
+    /// written to `.ready`). Default `/var/lib/dso`.
+    pub state_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -90,6 +93,7 @@ impl Default for AgentConfig {
             reconcile_interval: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             scope: None,
+            state_dir: PathBuf::from("/var/lib/dso"),
         }
     }
 }

@@ -364,6 +364,9 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
             }
         };
         let engine: Arc<dyn ContainerEngine> = Arc::new(engine);
+        let digest_key_path = cfg.agent.state_dir.join("digest.key");
+        let digest_key = dso::providers::file::load_or_create_key_file(&digest_key_path)
+            .with_context(|| format!("agent.state_dir: {}", cfg.agent.state_dir.display()))?;
         let (metrics, registry) = Metrics::new(env!("CARGO_PKG_VERSION"));
         let providers = cfg
             .providers
@@ -386,6 +389,7 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
             reconcile_interval: (!cfg.agent.reconcile_interval.is_zero())
                 .then_some(cfg.agent.reconcile_interval),
             drain_timeout: cfg.agent.drain_timeout,
+            digest_key: Arc::new(digest_key),
         };
         let listener = tokio::net::TcpListener::bind(cfg.agent.listen)
             .await

@@ -21,7 +21,8 @@ use crate::metrics::Metrics;
 use crate::secret::{SecretData, SecretValue};
 use crate::spec::{build_spec, dir_on_tmpfs, SecretRule, SpecError, Target};
 use crate::tarball::{
-    build_b64_lines, build_tar, inject_command, Transport, EXIT_NOT_TMPFS, EXIT_NO_TAR,
+    build_b64_lines, build_tar, digest, inject_command, Transport, EXIT_NOT_TMPFS, EXIT_NO_TAR,
+    EXIT_UNCHANGED,
 };
 
 /// The shard of a container id: stable for the life of the process and across runs.
@@ -82,6 +83,8 @@ pub struct InjectorSettings {
     pub rules: Arc<Vec<SecretRule>>,
     /// Only containers matching this are managed (None: all).
     pub scope: Option<Target>,
+    /// Per-host key of the content digests written to `.ready`.
+    pub digest_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// How one job ended.
@@ -91,8 +94,12 @@ pub enum Outcome {
     Injected {
         /// `State.StartedAt` at injection time.
         started_at: Option<String>,
-        /// Names of the files written.
+        /// Names of the files.
         names: Vec<String>,
+        /// Digest of the content now in the container.
+        digest: String,
+        /// False when the container already held exactly this content (nothing was replaced).
+        changed: bool,
     },
     /// Same container start already injected; nothing to do.
     AlreadyInjected,
@@ -112,7 +119,8 @@ pub enum Outcome {
 impl Outcome {
     fn metric(&self) -> Option<&'static str> {
         match self {
-            Outcome::Injected { .. } => Some("success"),
+            Outcome::Injected { changed: true, .. } => Some("success"),
+            Outcome::Injected { changed: false, .. } => Some("unchanged"),
             Outcome::AlreadyInjected => Some("duplicate"),
             Outcome::NotManaged => None,
             Outcome::Gone => Some("container_gone"),
@@ -123,6 +131,7 @@ impl Outcome {
 
 struct Managed {
     started_at: Option<String>,
+    digest: String,
 }
 
 /// The actor.
@@ -211,10 +220,13 @@ impl Injector {
     }
 
     fn start(&mut self, job: ContainerJob, ctx: &mut Context<Self>) {
-        let prev_started = self.managed.get(&job.id).map(|m| m.started_at.clone());
+        let prev = self
+            .managed
+            .get(&job.id)
+            .map(|m| (m.started_at.clone(), m.digest.clone()));
         let work = run_job(
             job.clone(),
-            prev_started,
+            prev,
             self.engine.clone(),
             self.cache.clone(),
             self.settings.clone(),
@@ -231,30 +243,41 @@ impl Injector {
             self.metrics.injection(m);
         }
         match &outcome {
-            Outcome::Injected { started_at, names } => {
-                if job.trigger == Trigger::Reconcile {
-                    self.metrics.reconcile_repairs.inc();
-                }
-                self.metrics
-                    .injection_duration
-                    .observe(job.received.elapsed().as_secs_f64());
+            Outcome::Injected {
+                started_at,
+                names,
+                digest,
+                changed,
+            } => {
                 if self
                     .managed
                     .insert(
                         id.clone(),
                         Managed {
                             started_at: started_at.clone(),
+                            digest: digest.clone(),
                         },
                     )
                     .is_none()
                 {
                     self.metrics.managed_containers.inc();
                 }
+                if !changed {
+                    tracing::debug!(container = %short(&id), trigger = job.trigger.as_str(), "secrets already in place");
+                    return self.after(&id, ctx);
+                }
+                if job.trigger == Trigger::Reconcile {
+                    self.metrics.reconcile_repairs.inc();
+                }
+                self.metrics
+                    .injection_duration
+                    .observe(job.received.elapsed().as_secs_f64());
                 tracing::info!(
                     container = %short(&id),
                     trigger = job.trigger.as_str(),
                     files = names.len(),
                     names = %names.join(","),
+                    digest = %digest,
                     duration_us = job.received.elapsed().as_micros() as u64,
                     "secrets injected"
                 );
@@ -271,8 +294,13 @@ impl Injector {
                 );
             }
         }
-        if self.pending.contains_key(&id) {
-            self.queue.push_back(id);
+        self.after(&id, ctx);
+    }
+
+    /// After a job: start the queued one for this container, fill free slots, finish a drain.
+    fn after(&mut self, id: &str, ctx: &mut Context<Self>) {
+        if self.pending.contains_key(id) {
+            self.queue.push_back(id.to_string());
         }
         self.pump(ctx);
         if self.draining && self.running.is_empty() {
@@ -303,7 +331,7 @@ fn refused(result: &'static str, message: String) -> Outcome {
 /// One job, start to end. Pure async: reads actor state only through its arguments.
 async fn run_job(
     job: ContainerJob,
-    prev_started: Option<Option<String>>,
+    prev: Option<(Option<String>, String)>,
     engine: Arc<dyn ContainerEngine>,
     cache: Addr<Cache>,
     settings: InjectorSettings,
@@ -344,13 +372,6 @@ async fn run_job(
             )
         }
     };
-    if job.trigger != Trigger::Manual {
-        if let Some(prev) = prev_started {
-            if prev.is_some() && prev == info.started_at {
-                return Outcome::AlreadyInjected;
-            }
-        }
-    }
     if !dir_on_tmpfs(&spec.dir, &info.tmpfs_mounts) {
         return refused(
             "not_tmpfs",
@@ -412,6 +433,16 @@ async fn run_job(
     }
 
     let pairs: Vec<_> = spec.files.iter().zip(values.iter()).collect();
+    let digest = digest(&settings.digest_key, &pairs);
+    // This very start of the container already got this very content: nothing to do.
+    if job.trigger != Trigger::Manual {
+        if let Some((prev_started, prev_digest)) = &prev {
+            if prev_started.is_some() && *prev_started == info.started_at && *prev_digest == digest
+            {
+                return Outcome::AlreadyInjected;
+            }
+        }
+    }
     let tar = match build_tar(&pairs) {
         Ok(t) => t,
         Err(e) => return refused("tar_error", e.to_string()),
@@ -422,7 +453,7 @@ async fn run_job(
     let mut result = engine
         .exec(
             &job.id,
-            &inject_command(&spec.dir, &files, Transport::Tar),
+            &inject_command(&spec.dir, &digest, &files, Transport::Tar),
             &tar,
         )
         .await;
@@ -433,17 +464,21 @@ async fn run_job(
         result = engine
             .exec(
                 &job.id,
-                &inject_command(&spec.dir, &files, Transport::Base64Lines),
+                &inject_command(&spec.dir, &digest, &files, Transport::Base64Lines),
                 &payload,
             )
             .await;
     }
     drop(values);
     match result {
-        Ok(out) if out.exit_code == Some(0) => Outcome::Injected {
-            started_at: info.started_at,
-            names,
-        },
+        Ok(out) if out.exit_code == Some(0) || out.exit_code == Some(EXIT_UNCHANGED) => {
+            Outcome::Injected {
+                started_at: info.started_at,
+                names,
+                digest,
+                changed: out.exit_code == Some(0),
+            }
+        }
         Ok(out) if out.exit_code == Some(EXIT_NOT_TMPFS) => refused(
             "not_tmpfs",
             format!("container `{}`: {}; nothing written", info.name, out.output.trim()),

@@ -59,6 +59,8 @@ pub struct AgentSettings {
     pub reconcile_interval: Option<Duration>,
     /// Longest wait for in-flight injections on shutdown.
     pub drain_timeout: Duration,
+    /// Per-host key of the content digests written to `.ready`.
+    pub digest_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 /// The root actor.
@@ -139,6 +141,7 @@ impl Actor for Supervisor {
             queue_capacity: cap,
             rules: self.settings.rules.clone(),
             scope: self.settings.scope.clone(),
+            digest_key: self.settings.digest_key.clone(),
         };
         let shards: Vec<Addr<Injector>> = (0..self.settings.shards)
             .map(|i| {

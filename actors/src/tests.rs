@@ -95,6 +95,7 @@ fn injector(r: &Rig, concurrency: usize, queue: usize) -> Addr<Injector> {
             queue_capacity: queue,
             rules: Arc::new(vec![]),
             scope: None,
+            digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
         },
         r.metrics.clone(),
         1000,
@@ -269,9 +270,8 @@ async fn one_exec_with_one_tar_for_all_secrets() {
     assert_eq!(execs.len(), 1, "one exec");
     let (_, cmd, tar_bytes) = &execs[0];
     assert_eq!(
-        &cmd[4..],
+        &cmd[6..],
         &[
-            "/run/secrets/dso",
             "api",
             "440",
             "0",
@@ -481,6 +481,7 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
             docker_max_reconnects: 3,
             reconcile_interval: None,
             drain_timeout: Duration::from_secs(1),
+            digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
         },
         metrics,
     )

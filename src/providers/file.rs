@@ -591,7 +591,7 @@ fn create_key_file(path: &Path) -> Result<(), FileVaultError> {
     match linked {
         Ok(()) => {
             sync_dir(&parent_dir(path))?;
-            tracing::info!(key_file = %path.display(), "created a new random vault key file");
+            tracing::info!(key_file = %path.display(), "created a new random key file (mode 0600)");
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -599,7 +599,9 @@ fn create_key_file(path: &Path) -> Result<(), FileVaultError> {
     }
 }
 
-fn load_or_create_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, FileVaultError> {
+/// Reads a key file, creating it (32 random bytes, mode 0600, never replacing one that appears
+/// meanwhile) when missing. Refuses one that group or others can read or write.
+pub fn load_or_create_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, FileVaultError> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => create_key_file(path)?,
         Err(e) => return Err(io_err(path, "stat key file")(e)),

@@ -113,11 +113,42 @@ fn labelled_container_gets_its_files_from_the_local_vault_and_openbao() {
         "{}",
         ctx()
     );
+    let listing = c.ls(DIR);
+    let mut entries: Vec<&str> = listing
+        .split_whitespace()
+        .filter(|e| !e.starts_with("..data_"))
+        .collect();
+    entries.sort();
     assert_eq!(
-        c.ls(DIR).split_whitespace().collect::<Vec<_>>(),
-        vec![".ready", "api_token", "bao_pw", "bao_user", "db_password"],
-        "no staging leftovers; {}",
+        entries,
+        vec![
+            "..data",
+            ".ready",
+            "api_token",
+            "bao_pw",
+            "bao_user",
+            "db_password"
+        ],
+        "one generation, no staging leftovers; {}",
         ctx()
+    );
+    assert_eq!(
+        listing
+            .split_whitespace()
+            .filter(|e| e.starts_with("..data_"))
+            .count(),
+        1,
+        "exactly one data generation: {listing}"
+    );
+    let ready = c.read(&format!("{DIR}/.ready")).unwrap_or_default();
+    assert_eq!(
+        ready.trim().len(),
+        16,
+        ".ready holds the content digest: {ready:?}"
+    );
+    assert!(
+        listing.contains(&format!("..data_{}", ready.trim())),
+        "{listing}"
     );
     // The user the container runs as can read its own secret.
     let (ok, out, err) = docker_try(&[
@@ -356,4 +387,57 @@ fn config_rules_serve_containers_without_dso_labels() {
         Some("rule-value")
     );
     assert_eq!(c.stat(&format!("{DIR}/from_rule")), "440 0 0");
+}
+
+#[test]
+fn an_agent_restart_re_injects_nothing() {
+    let ws = Workspace::new();
+    ws.write_config("");
+    ws.set_secret("rs#k", "restart-value");
+    let agent = Agent::start(&ws.config());
+    let c = ws.container(&["--tmpfs", DIR, "--label", "dso.secret.k=local/rs#k"]);
+    c.wait_for(&format!("{DIR}/.ready"), &agent);
+    let before = c.ls(DIR);
+    let ready = c.read(&format!("{DIR}/.ready"));
+    drop(agent);
+    let agent = Agent::start(&ws.config());
+    let unchanged = eventually(
+        &agent,
+        "the restarted agent to find the container in place",
+        || {
+            agent
+                .metric("dso_injections_total{result=\"unchanged\"}")
+                .filter(|n| *n >= 1.0)
+        },
+    );
+    assert_eq!(unchanged, 1.0);
+    assert_eq!(
+        agent.metric("dso_injections_total{result=\"success\"}"),
+        None,
+        "{}",
+        agent.get("/metrics").1
+    );
+    assert_eq!(c.ls(DIR), before, "the same generation stays in place");
+    assert_eq!(c.read(&format!("{DIR}/.ready")), ready);
+
+    // A changed value is written as a new generation, atomically, on the next injection.
+    ws.set_secret("rs#k", "restart-value-2");
+    drop(agent);
+    let agent = Agent::start(&ws.config());
+    eventually(&agent, "the new value after restart", || {
+        (c.read(&format!("{DIR}/k")).as_deref() == Some("restart-value-2")).then_some(())
+    });
+    assert_ne!(
+        c.read(&format!("{DIR}/.ready")),
+        ready,
+        ".ready changes with the content"
+    );
+    assert_eq!(
+        c.ls(DIR)
+            .split_whitespace()
+            .filter(|e| e.starts_with("..data_"))
+            .count(),
+        1
+    );
+    c.assert_not_on_disk("restart-value");
 }

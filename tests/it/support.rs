@@ -94,6 +94,7 @@ listen = "127.0.0.1:0"
 scope = "dso.test={scope}"
 shards = 4
 reconcile_interval = "0s"
+state_dir = "{state}"
 
 [cache]
 ttl = "10m"
@@ -106,6 +107,7 @@ key_file = "{key}"
 {extra}
 "#,
             scope = self.scope,
+            state = self.path("state").display(),
             vault = self.path("vault.enc").display(),
             key = self.path("vault.key").display(),
         );
@@ -171,7 +173,9 @@ impl Container {
 
     /// `stat -c '%a %u %g'`.
     pub fn stat(&self, path: &str) -> String {
-        docker(&["exec", "-u", "0", &self.id, "stat", "-c", "%a %u %g", path])
+        docker(&[
+            "exec", "-u", "0", &self.id, "stat", "-L", "-c", "%a %u %g", path,
+        ])
     }
 
     /// `ls -A dir` (empty string if missing).
