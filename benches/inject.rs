@@ -6,7 +6,7 @@
 //! from the agent's JSON logs. Beside it, in the same run: one `docker exec` per secret (the
 //! reference implementation's mechanism) and a no-op `docker exec` (the floor of the exec path).
 //!
-//! Run: `scripts/bench` (or `cargo bench --bench inject` with Docker up and `DSO_TEST_IMAGE` set).
+//! Run: `scripts/test-env.sh up && . target/test-env/env && cargo bench --bench inject`.
 //! `DSO_BENCH_N` sets N (default 30).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
