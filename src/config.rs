@@ -34,6 +34,11 @@ use serde::{Deserialize, Serialize};
 use crate::providers::file::FileConfig;
 use crate::providers::vault::VaultConfig;
 
+/// Default `refresh_interval` of every provider.
+pub fn default_refresh_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
 /// Where the config is read from when neither `--config` nor `DSO_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.toml";
 /// Name of the embedded default provider.
@@ -79,6 +84,9 @@ pub struct AgentConfig {
     /// Where the agent keeps its own small state (`digest.key`, the key of the content digests
     /// written to `.ready`). Default `/var/lib/dso`.
     pub state_dir: PathBuf,
+    /// Secret changes arriving within this window are applied together. Default `"2s"`.
+    #[serde(with = "duration")]
+    pub rotation_debounce: Duration,
 }
 
 impl Default for AgentConfig {
@@ -94,6 +102,7 @@ impl Default for AgentConfig {
             drain_timeout: Duration::from_secs(10),
             scope: None,
             state_dir: PathBuf::from("/var/lib/dso"),
+            rotation_debounce: Duration::from_secs(2),
         }
     }
 }
@@ -153,6 +162,15 @@ impl ProviderConfig {
             ProviderConfig::Vault(v) => v.timeout,
             ProviderConfig::File(f) => f.timeout,
         }
+    }
+
+    /// How often secrets in use are re-checked (`"0s"`: never).
+    pub fn refresh_interval(&self) -> Option<Duration> {
+        let d = match self {
+            ProviderConfig::Vault(v) => v.refresh_interval,
+            ProviderConfig::File(f) => f.refresh_interval,
+        };
+        (!d.is_zero()).then_some(d)
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::MountType;
-use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::query_parameters::{
+    EventsOptions, KillContainerOptions, ListContainersOptions, RestartContainerOptions,
+};
 use bollard::Docker;
 use dso_actors::engine::{
     ContainerAction, ContainerEngine, ContainerInfo, ContainerSummary, EngineError, EngineEvent,
@@ -249,5 +251,24 @@ impl ContainerEngine for BollardEngine {
 
     async fn ping(&self) -> Result<(), EngineError> {
         self.docker.ping().await.map(|_| ()).map_err(map_err)
+    }
+
+    async fn signal(&self, id: &str, signal: &str) -> Result<(), EngineError> {
+        self.docker
+            .kill_container(
+                id,
+                Some(KillContainerOptions {
+                    signal: signal.to_string(),
+                }),
+            )
+            .await
+            .map_err(map_err)
+    }
+
+    async fn restart(&self, id: &str) -> Result<(), EngineError> {
+        self.docker
+            .restart_container(id, Some(RestartContainerOptions::default()))
+            .await
+            .map_err(map_err)
     }
 }

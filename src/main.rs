@@ -375,6 +375,7 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
                 name: name.clone(),
                 factory: factory(name, p),
                 timeout: p.timeout(),
+                refresh_interval: p.refresh_interval(),
             })
             .collect();
         let settings = AgentSettings {
@@ -390,6 +391,7 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
                 .then_some(cfg.agent.reconcile_interval),
             drain_timeout: cfg.agent.drain_timeout,
             digest_key: Arc::new(digest_key),
+            rotation_debounce: cfg.agent.rotation_debounce,
         };
         let listener = tokio::net::TcpListener::bind(cfg.agent.listen)
             .await

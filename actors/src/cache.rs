@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::messages::{Fetch, FetchError, GetSecret};
+use crate::messages::{Fetch, FetchError, GetSecret, SecretChanged, Subscribe, Unsubscribe};
 use crate::metrics::Metrics;
 use crate::provider::ProviderConnection;
 use crate::secret::SecretData;
@@ -21,6 +21,8 @@ type Waiter = oneshot::Sender<Result<SecretData, FetchError>>;
 struct Entry {
     data: SecretData,
     fetched: Instant,
+    /// When a subscribed entry is checked against the backend next (jittered).
+    next_check: Instant,
 }
 
 /// Cache settings.
@@ -32,6 +34,8 @@ pub struct CacheSettings {
     pub max_entries: usize,
     /// Mailbox capacity.
     pub mailbox: usize,
+    /// Per provider: how often subscribed secrets are re-checked (absent: never).
+    pub refresh: HashMap<String, Duration>,
 }
 
 /// The actor.
@@ -41,6 +45,9 @@ pub struct Cache {
     entries: HashMap<Key, Entry>,
     pending: HashMap<Key, Vec<Waiter>>,
     metrics: Arc<Metrics>,
+    subs: HashMap<String, Vec<Key>>,
+    refcount: HashMap<Key, usize>,
+    changes: Option<Recipient<SecretChanged>>,
 }
 
 impl Cache {
@@ -56,12 +63,98 @@ impl Cache {
             entries: HashMap::new(),
             pending: HashMap::new(),
             metrics,
+            subs: HashMap::new(),
+            refcount: HashMap::new(),
+            changes: None,
+        }
+    }
+
+    /// Where changed secrets are announced.
+    pub fn with_changes(mut self, to: Recipient<SecretChanged>) -> Self {
+        self.changes = Some(to);
+        self
+    }
+
+    fn next_check(&self, provider: &str) -> Instant {
+        let every = self
+            .settings
+            .refresh
+            .get(provider)
+            .copied()
+            .unwrap_or(Duration::from_secs(3600 * 24 * 365));
+        // ±10 % jitter so secrets fetched together are not re-checked together.
+        let jitter = rand::random::<f64>() * 0.2 + 0.9;
+        Instant::now() + every.mul_f64(jitter)
+    }
+
+    /// Re-fetches subscribed entries that are due; announces values that changed.
+    fn refresh_due(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let due: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| {
+                e.next_check <= now
+                    && self.refcount.contains_key(*k)
+                    && !self.pending.contains_key(*k)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let Some(provider) = self.providers.get(&key.0).cloned() else {
+                continue;
+            };
+            // Not due again until this check finished (or the next interval).
+            let next = self.next_check(&key.0);
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.next_check = next;
+            }
+            self.pending.insert(key.clone(), Vec::new());
+            let path = key.1.clone();
+            async move { provider.send(Fetch { path }).await }
+                .into_actor(self)
+                .map(move |res, act, _ctx| {
+                    let waiters = act.pending.remove(&key).unwrap_or_default();
+                    match res {
+                        Ok(Ok(data)) => {
+                            let changed = act.entries.get(&key).is_none_or(|e| e.data != data);
+                            act.insert(key.clone(), data.clone());
+                            for w in waiters {
+                                let _ = w.send(Ok(data.clone()));
+                            }
+                            if changed {
+                                tracing::info!(provider = %key.0, path = %key.1, "secret changed in its backend");
+                                if let Some(to) = &act.changes {
+                                    let _ = to.try_send(SecretChanged {
+                                        provider: key.0.clone(),
+                                        path: key.1.clone(),
+                                    });
+                                }
+                            }
+                        }
+                        other => {
+                            // Keep serving the value we have; try again at the next interval.
+                            let msg = match other {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "provider restarting".to_string(),
+                            };
+                            tracing::warn!(provider = %key.0, path = %key.1, error = %msg, "refresh failed; keeping the current value");
+                            for w in waiters {
+                                let _ = w.send(Err(FetchError::ProviderGone(key.0.clone())));
+                            }
+                        }
+                    }
+                })
+                .spawn(ctx);
         }
     }
 
     fn sweep(&mut self) {
         let ttl = self.settings.ttl;
-        self.entries.retain(|_, e| e.fetched.elapsed() < ttl);
+        let refcount = &self.refcount;
+        // Secrets in use stay (they are refreshed); the others expire after the TTL.
+        self.entries
+            .retain(|k, e| refcount.contains_key(k) || e.fetched.elapsed() < ttl);
         self.metrics.cache_entries.set(self.entries.len() as i64);
     }
 
@@ -79,11 +172,13 @@ impl Cache {
                 }
             }
         }
+        let next_check = self.next_check(&key.0);
         self.entries.insert(
             key,
             Entry {
                 data,
                 fetched: Instant::now(),
+                next_check,
             },
         );
         self.metrics.cache_entries.set(self.entries.len() as i64);
@@ -97,6 +192,7 @@ impl Actor for Cache {
         ctx.set_mailbox_capacity(self.settings.mailbox);
         let every = (self.settings.ttl / 2).max(Duration::from_secs(1));
         ctx.run_interval(every, |act, _| act.sweep());
+        ctx.run_interval(Duration::from_millis(250), |act, ctx| act.refresh_due(ctx));
     }
 }
 
@@ -152,5 +248,43 @@ impl Handler<GetSecret> for Cache {
         })
         .spawn(ctx);
         receive
+    }
+}
+
+impl Handler<Subscribe> for Cache {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) {
+        let old = self
+            .subs
+            .insert(msg.container, msg.keys.clone())
+            .unwrap_or_default();
+        for k in msg.keys {
+            *self.refcount.entry(k).or_insert(0) += 1;
+        }
+        self.release(old);
+    }
+}
+
+impl Handler<Unsubscribe> for Cache {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
+        if let Some(old) = self.subs.remove(&msg.container) {
+            self.release(old);
+        }
+    }
+}
+
+impl Cache {
+    fn release(&mut self, keys: Vec<Key>) {
+        for k in keys {
+            if let Some(n) = self.refcount.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refcount.remove(&k);
+                }
+            }
+        }
     }
 }

@@ -113,4 +113,8 @@ pub trait ContainerEngine: Send + Sync + 'static {
     async fn events(&self, since: Option<SystemTime>) -> Result<EventStream, EngineError>;
     /// A cheap reachability check (`/_ping`).
     async fn ping(&self) -> Result<(), EngineError>;
+    /// Sends a signal (e.g. `SIGHUP`) to the container's main process.
+    async fn signal(&self, id: &str, signal: &str) -> Result<(), EngineError>;
+    /// Restarts the container (Docker's own restart: stop with its timeout, then start).
+    async fn restart(&self, id: &str) -> Result<(), EngineError>;
 }

@@ -33,6 +33,10 @@ pub enum EngineCall {
     },
     /// `events(since)`.
     Events,
+    /// `signal(id, sig)`.
+    Signal(String, String),
+    /// `restart(id)`.
+    Restart(String),
 }
 
 /// A fake engine: containers are whatever the test put in; every call is recorded.
@@ -50,6 +54,8 @@ pub struct FakeEngine {
     pub events_tx: Mutex<Option<mpsc::UnboundedSender<Result<EngineEvent, EngineError>>>>,
     /// When true, `ping` and `events` fail.
     pub down: Mutex<bool>,
+    /// What exec prints (e.g. "replaced").
+    pub exec_output: Mutex<String>,
 }
 
 impl FakeEngine {
@@ -144,7 +150,11 @@ impl ContainerEngine for FakeEngine {
         }
         Ok(ExecOutput {
             exit_code: Some(self.exec_exit.lock().map(|e| *e).unwrap_or(0)),
-            output: String::new(),
+            output: self
+                .exec_output
+                .lock()
+                .map(|o| o.clone())
+                .unwrap_or_default(),
         })
     }
 
@@ -167,6 +177,16 @@ impl ContainerEngine for FakeEngine {
         if self.down.lock().map(|d| *d).unwrap_or(false) {
             return Err(EngineError::Engine("fake engine down".into()));
         }
+        Ok(())
+    }
+
+    async fn signal(&self, id: &str, signal: &str) -> Result<(), EngineError> {
+        self.record(EngineCall::Signal(id.to_string(), signal.to_string()));
+        Ok(())
+    }
+
+    async fn restart(&self, id: &str) -> Result<(), EngineError> {
+        self.record(EngineCall::Restart(id.to_string()));
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -16,13 +17,16 @@ use tokio::sync::oneshot;
 
 use crate::cache::Cache;
 use crate::engine::{ContainerAction, ContainerEngine, EngineError};
-use crate::messages::{ContainerJob, Drain, FetchError, GetSecret, Reconcile, Trigger};
+use crate::messages::{
+    ContainerJob, Drain, FetchError, GetSecret, Reconcile, SecretChanged, Subscribe, Trigger,
+    Unsubscribe,
+};
 use crate::metrics::Metrics;
 use crate::secret::{SecretData, SecretValue};
-use crate::spec::{build_spec, dir_on_tmpfs, SecretRule, SpecError, Target};
+use crate::spec::{build_spec, dir_on_tmpfs, ReloadPolicy, SecretRule, SpecError, Target};
 use crate::tarball::{
     build_b64_lines, build_tar, digest, inject_command, Transport, EXIT_NOT_TMPFS, EXIT_NO_TAR,
-    EXIT_UNCHANGED,
+    EXIT_UNCHANGED, REPLACED_MARKER,
 };
 
 /// The shard of a container id: stable for the life of the process and across runs.
@@ -85,6 +89,8 @@ pub struct InjectorSettings {
     pub scope: Option<Target>,
     /// Per-host key of the content digests written to `.ready`.
     pub digest_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
+    /// Rotations arriving within this window are applied together.
+    pub rotation_debounce: Duration,
 }
 
 /// How one job ended.
@@ -100,6 +106,12 @@ pub enum Outcome {
         digest: String,
         /// False when the container already held exactly this content (nothing was replaced).
         changed: bool,
+        /// True when an earlier set of values was replaced (not a first injection).
+        replaced: bool,
+        /// (provider, path) keys the files come from.
+        keys: Vec<(String, String)>,
+        /// What the reload policy did, if it ran.
+        reload: Option<Result<&'static str, String>>,
     },
     /// Same container start already injected; nothing to do.
     AlreadyInjected,
@@ -132,6 +144,7 @@ impl Outcome {
 struct Managed {
     started_at: Option<String>,
     digest: String,
+    keys: Vec<(String, String)>,
 }
 
 /// The actor.
@@ -149,7 +162,13 @@ pub struct Injector {
     managed: HashMap<String, Managed>,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
+    rotating: HashSet<String>,
+    rotation_flush_scheduled: bool,
+    retries: HashMap<String, u32>,
 }
+
+/// Failed rotations are retried this many times, with growing delays.
+const MAX_ROTATION_RETRIES: u32 = 5;
 
 impl Injector {
     /// Shard number `shard`.
@@ -176,6 +195,9 @@ impl Injector {
             managed: HashMap::new(),
             draining: false,
             drain_waiters: Vec::new(),
+            rotating: HashSet::new(),
+            rotation_flush_scheduled: false,
+            retries: HashMap::new(),
         }
     }
 
@@ -248,7 +270,19 @@ impl Injector {
                 names,
                 digest,
                 changed,
+                replaced,
+                keys,
+                reload,
             } => {
+                self.retries.remove(&id);
+                if job.trigger == Trigger::Rotation {
+                    self.metrics
+                        .rotation(if *changed { "success" } else { "unchanged" });
+                }
+                let _ = self.cache.try_send(Subscribe {
+                    container: id.clone(),
+                    keys: keys.clone(),
+                });
                 if self
                     .managed
                     .insert(
@@ -256,12 +290,25 @@ impl Injector {
                         Managed {
                             started_at: started_at.clone(),
                             digest: digest.clone(),
+                            keys: keys.clone(),
                         },
                     )
                     .is_none()
                 {
                     self.metrics.managed_containers.inc();
                 }
+                match reload {
+                    Some(Ok(policy)) => {
+                        self.metrics.reload(policy, "ok");
+                        tracing::info!(container = %short(&id), policy = *policy, "reload policy applied after new values");
+                    }
+                    Some(Err(e)) => {
+                        self.metrics.reload("error", "error");
+                        tracing::error!(container = %short(&id), error = %e, "reload policy failed");
+                    }
+                    None => {}
+                }
+                let _ = replaced;
                 if !changed {
                     tracing::debug!(container = %short(&id), trigger = job.trigger.as_str(), "secrets already in place");
                     return self.after(&id, ctx);
@@ -285,6 +332,30 @@ impl Injector {
             Outcome::Gone | Outcome::NotManaged => self.forget(&id),
             Outcome::AlreadyInjected => {}
             Outcome::Refused { result, message } => {
+                if job.trigger == Trigger::Rotation {
+                    // The previous files stay in place (the set is replaced atomically or not at
+                    // all); try again later.
+                    self.metrics.rotation("failed");
+                    let attempt = self.retries.entry(id.clone()).or_insert(0);
+                    *attempt += 1;
+                    if *attempt <= MAX_ROTATION_RETRIES {
+                        let delay = Duration::from_secs(2u64.pow(*attempt));
+                        let retry = ContainerJob {
+                            id: id.clone(),
+                            trigger: Trigger::Rotation,
+                            received: Instant::now(),
+                        };
+                        ctx.run_later(delay, move |act, ctx| act.submit(retry, ctx));
+                    } else {
+                        self.retries.remove(&id);
+                    }
+                    tracing::error!(
+                        container = %short(&id),
+                        result = *result,
+                        "rotation failed, previous files kept: {message}"
+                    );
+                    return self.after(&id, ctx);
+                }
                 self.forget(&id);
                 tracing::error!(
                     container = %short(&id),
@@ -312,10 +383,29 @@ impl Injector {
 }
 
 impl Injector {
-    /// Drops a container from the managed set (and the gauge).
+    /// Drops a container from the managed set (and the gauge) and releases its cache keys.
     fn forget(&mut self, id: &str) {
         if self.managed.remove(id).is_some() {
             self.metrics.managed_containers.dec();
+            let _ = self.cache.try_send(Unsubscribe {
+                container: id.to_string(),
+            });
+        }
+        self.retries.remove(id);
+    }
+
+    fn flush_rotations(&mut self, ctx: &mut Context<Self>) {
+        self.rotation_flush_scheduled = false;
+        let now = Instant::now();
+        for id in std::mem::take(&mut self.rotating) {
+            self.submit(
+                ContainerJob {
+                    id,
+                    trigger: Trigger::Rotation,
+                    received: now,
+                },
+                ctx,
+            );
         }
     }
 }
@@ -470,13 +560,48 @@ async fn run_job(
             .await;
     }
     drop(values);
+    let keys: Vec<(String, String)> = spec
+        .files
+        .iter()
+        .map(|f| (f.source.provider.clone(), f.source.path.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     match result {
         Ok(out) if out.exit_code == Some(0) || out.exit_code == Some(EXIT_UNCHANGED) => {
+            let replaced = out.exit_code == Some(0)
+                && out.output.lines().any(|l| l.trim() == REPLACED_MARKER);
+            // The policy runs only when values the application may have read were replaced —
+            // never on a first injection, never when nothing changed.
+            let reload = if replaced {
+                match &spec.reload {
+                    ReloadPolicy::None => None,
+                    ReloadPolicy::Signal(sig) => Some(
+                        engine
+                            .signal(&job.id, sig)
+                            .await
+                            .map(|_| "signal")
+                            .map_err(|e| format!("sending {sig}: {e}")),
+                    ),
+                    ReloadPolicy::Restart => Some(
+                        engine
+                            .restart(&job.id)
+                            .await
+                            .map(|_| "restart")
+                            .map_err(|e| format!("restarting: {e}")),
+                    ),
+                }
+            } else {
+                None
+            };
             Outcome::Injected {
                 started_at: info.started_at,
                 names,
                 digest,
                 changed: out.exit_code == Some(0),
+                replaced,
+                keys,
+                reload,
             }
         }
         Ok(out) if out.exit_code == Some(EXIT_NOT_TMPFS) => refused(
@@ -520,6 +645,26 @@ impl Handler<ContainerJob> for Injector {
             return;
         }
         self.submit(job, ctx);
+    }
+}
+
+impl Handler<SecretChanged> for Injector {
+    type Result = ();
+
+    fn handle(&mut self, msg: SecretChanged, ctx: &mut Self::Context) {
+        let key = (msg.provider, msg.path);
+        for (id, m) in &self.managed {
+            if m.keys.contains(&key) {
+                self.rotating.insert(id.clone());
+            }
+        }
+        // Debounce: changes within the window are applied together, one job per container.
+        if !self.rotating.is_empty() && !self.rotation_flush_scheduled {
+            self.rotation_flush_scheduled = true;
+            ctx.run_later(self.settings.rotation_debounce, |act, ctx| {
+                act.flush_rotations(ctx)
+            });
+        }
     }
 }
 

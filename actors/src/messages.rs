@@ -17,6 +17,8 @@ pub enum Trigger {
     Reconcile,
     /// Someone asked (admin API, CLI).
     Manual,
+    /// A secret the container uses changed in its backend.
+    Rotation,
 }
 
 impl Trigger {
@@ -26,6 +28,7 @@ impl Trigger {
             Trigger::Event(a) => a.as_str(),
             Trigger::Reconcile => "reconcile",
             Trigger::Manual => "manual",
+            Trigger::Rotation => "rotation",
         }
     }
 }
@@ -129,4 +132,33 @@ pub enum FetchError {
     /// The provider actor was restarting or gone.
     #[error("provider `{0}` is restarting; try again")]
     ProviderGone(String),
+}
+
+/// Injector → Cache: the (provider, path) keys a container's files come from; replaces what the
+/// container subscribed before. Subscribed keys are refreshed every `refresh_interval`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    /// Container id.
+    pub container: String,
+    /// (provider, path) keys.
+    pub keys: Vec<(String, String)>,
+}
+
+/// Injector → Cache: the container is gone; its keys are no longer needed for it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    /// Container id.
+    pub container: String,
+}
+
+/// Cache → Supervisor → every Injector shard: a secret's value changed in its backend.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct SecretChanged {
+    /// Provider name.
+    pub provider: String,
+    /// Path in the provider.
+    pub path: String,
 }

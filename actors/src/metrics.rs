@@ -99,6 +99,19 @@ pub struct Metrics {
     pub docker_reconnects: Counter,
     /// `dso_build_info{version}`.
     pub build_info: Family<VersionLabel, Gauge>,
+    /// `dso_rotations_total{result}`: re-injections after a backend change.
+    pub rotations: Family<ResultLabel, Counter>,
+    /// `dso_reloads_total{policy,result}`.
+    pub reloads: Family<PolicyResultLabel, Counter>,
+}
+
+/// Label set `{policy,result}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyResultLabel {
+    /// signal / restart.
+    pub policy: String,
+    /// ok / error.
+    pub result: String,
 }
 
 impl Metrics {
@@ -123,6 +136,8 @@ impl Metrics {
             reconcile_repairs: Counter::default(),
             docker_reconnects: Counter::default(),
             build_info: Family::default(),
+            rotations: Family::default(),
+            reloads: Family::default(),
         };
         m.build_info
             .get_or_create(&VersionLabel {
@@ -217,6 +232,16 @@ impl Metrics {
             m.docker_reconnects.clone(),
         );
         r.register("build_info", "Build information", m.build_info.clone());
+        r.register(
+            "rotations",
+            "Re-injections after a secret changed in its backend, by result",
+            m.rotations.clone(),
+        );
+        r.register(
+            "reloads",
+            "Reload policies applied after new values, by policy and result",
+            m.reloads.clone(),
+        );
         (Arc::new(m), r)
     }
 
@@ -235,6 +260,25 @@ impl Metrics {
                 reason: reason.to_string(),
             });
         }
+    }
+
+    /// Counts one rotation outcome.
+    pub fn rotation(&self, result: &str) {
+        self.rotations
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one reload.
+    pub fn reload(&self, policy: &str, result: &str) {
+        self.reloads
+            .get_or_create(&PolicyResultLabel {
+                policy: policy.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// Counts dropped work.

@@ -26,6 +26,58 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_LABEL_VALUE: usize = 4096;
 /// Name of the marker file written last.
 pub const READY_MARKER: &str = ".ready";
+/// Label of the reload policy.
+pub const RELOAD_LABEL: &str = "dso.reload";
+
+/// What happens to a container after its secrets were replaced by new values.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ReloadPolicy {
+    /// Nothing: the application re-reads the files (default).
+    #[default]
+    None,
+    /// Send this signal (e.g. `SIGHUP`) to the container's main process.
+    Signal(String),
+    /// Restart the container.
+    Restart,
+}
+
+impl ReloadPolicy {
+    /// Parses `none`, `restart`, `signal:SIGHUP` (also `signal:HUP`, `signal:1`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        match s {
+            "" | "none" => Some(ReloadPolicy::None),
+            "restart" => Some(ReloadPolicy::Restart),
+            _ => {
+                let sig = s.strip_prefix("signal:")?.trim();
+                let ok = !sig.is_empty()
+                    && sig.len() <= 16
+                    && (sig.chars().all(|c| c.is_ascii_digit())
+                        || sig.chars().all(|c| {
+                            c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-'
+                        }));
+                if !ok {
+                    return None;
+                }
+                let sig = if sig.chars().all(|c| c.is_ascii_digit()) || sig.starts_with("SIG") {
+                    sig.to_string()
+                } else {
+                    format!("SIG{sig}")
+                };
+                Some(ReloadPolicy::Signal(sig))
+            }
+        }
+    }
+
+    /// Label for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReloadPolicy::None => "none",
+            ReloadPolicy::Signal(_) => "signal",
+            ReloadPolicy::Restart => "restart",
+        }
+    }
+}
 
 /// One file to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +101,8 @@ pub struct ContainerSpec {
     pub dir: String,
     /// Files, sorted by name.
     pub files: Vec<SecretFile>,
+    /// `dso.reload`.
+    pub reload: ReloadPolicy,
 }
 
 /// One `[[secrets]]` entry of the config: a file for containers matched by name or label.
@@ -164,6 +218,9 @@ pub enum SpecError {
         /// Its length.
         len: usize,
     },
+    /// `dso.reload` is not a known policy.
+    #[error("label `dso.reload`: `{0}` is not `none`, `restart` or `signal:<SIGNAL>` (e.g. signal:SIGHUP)")]
+    BadReload(String),
     /// More secrets than [`MAX_SECRETS`].
     #[error("{0} secrets requested; the limit is {MAX_SECRETS} per container")]
     TooMany(usize),
@@ -253,6 +310,7 @@ pub fn build_spec(
     let mut errors = Vec::new();
     let mut partial: BTreeMap<String, Partial> = BTreeMap::new();
     let mut dir = DEFAULT_DIR.to_string();
+    let mut reload = ReloadPolicy::None;
 
     for (label, value) in &info.labels {
         if label == DIR_LABEL {
@@ -260,6 +318,13 @@ pub fn build_spec(
                 dir = value.clone();
             } else {
                 errors.push(SpecError::BadDir(trunc(value)));
+            }
+            continue;
+        }
+        if label == RELOAD_LABEL {
+            match ReloadPolicy::parse(value) {
+                Some(r) => reload = r,
+                None => errors.push(SpecError::BadReload(trunc(value))),
             }
             continue;
         }
@@ -374,7 +439,7 @@ pub fn build_spec(
     if files.is_empty() {
         return Ok(None);
     }
-    Ok(Some(ContainerSpec { dir, files }))
+    Ok(Some(ContainerSpec { dir, files, reload }))
 }
 
 /// True if `dir` is one of `mounts` or lies beneath one (path components, not string prefixes).
@@ -536,6 +601,35 @@ mod tests {
         assert!(dir_on_tmpfs("/run/secrets/dso", &m));
         assert!(!dir_on_tmpfs("/run/secretsX", &m));
         assert!(!dir_on_tmpfs("/run", &m));
+    }
+
+    #[test]
+    fn reload_policies() {
+        assert_eq!(ReloadPolicy::parse("none"), Some(ReloadPolicy::None));
+        assert_eq!(ReloadPolicy::parse("restart"), Some(ReloadPolicy::Restart));
+        assert_eq!(
+            ReloadPolicy::parse("signal:SIGHUP"),
+            Some(ReloadPolicy::Signal("SIGHUP".into()))
+        );
+        assert_eq!(
+            ReloadPolicy::parse("signal:HUP"),
+            Some(ReloadPolicy::Signal("SIGHUP".into()))
+        );
+        assert_eq!(
+            ReloadPolicy::parse("signal:1"),
+            Some(ReloadPolicy::Signal("1".into()))
+        );
+        for bad in [
+            "signal:",
+            "signal:hup; rm -rf /",
+            "reboot",
+            "signal:SIGHUPSIGHUPSIGHUPX",
+        ] {
+            assert_eq!(ReloadPolicy::parse(bad), None, "{bad}");
+        }
+        let i = info(&[("dso.secret.a", "p/x"), ("dso.reload", "bogus")], "");
+        let e = build_spec(&i, &[]).unwrap_err();
+        assert!(e[0].to_string().contains("dso.reload"), "{e:?}");
     }
 
     #[test]

@@ -19,7 +19,9 @@ use futures_util::future::join_all;
 use crate::cache::{Cache, CacheSettings};
 use crate::engine::ContainerEngine;
 use crate::injector::{Injector, InjectorSettings, ShardRouter};
-use crate::messages::{Drain, Fatal, GetReadiness, IsUp, Readiness, Reconcile, Shutdown};
+use crate::messages::{
+    Drain, Fatal, GetReadiness, IsUp, Readiness, Reconcile, SecretChanged, Shutdown,
+};
 use crate::metrics::Metrics;
 use crate::provider::{BackendFactory, ProviderConnection};
 use crate::reconciler::Reconciler;
@@ -34,6 +36,8 @@ pub struct ProviderSpec {
     pub factory: BackendFactory,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// How often secrets in use are re-checked for changes (None: never).
+    pub refresh_interval: Option<Duration>,
 }
 
 /// Settings of the whole tree.
@@ -61,6 +65,8 @@ pub struct AgentSettings {
     pub drain_timeout: Duration,
     /// Per-host key of the content digests written to `.ready`.
     pub digest_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
+    /// Changes that arrive within this window are applied together.
+    pub rotation_debounce: Duration,
 }
 
 /// The root actor.
@@ -113,7 +119,11 @@ impl Actor for Supervisor {
         let cap = self.settings.queue_capacity;
         let mut provider_addrs = Vec::new();
         let mut by_name = HashMap::new();
+        let mut refresh = HashMap::new();
         for p in self.providers.drain(..) {
+            if let Some(every) = p.refresh_interval {
+                refresh.insert(p.name.clone(), every);
+            }
             let metrics = self.metrics.clone();
             let (name, factory, timeout) = (p.name.clone(), p.factory.clone(), p.timeout);
             let addr = actix::Supervisor::start(move |_| {
@@ -127,10 +137,12 @@ impl Actor for Supervisor {
                 ttl: self.settings.cache_ttl,
                 max_entries: self.settings.cache_max_entries,
                 mailbox: cap,
+                refresh,
             },
             by_name,
             self.metrics.clone(),
         )
+        .with_changes(ctx.address().recipient())
         .start();
 
         // The reconciler and the shards refer to each other: take the reconciler's address first.
@@ -142,6 +154,7 @@ impl Actor for Supervisor {
             rules: self.settings.rules.clone(),
             scope: self.settings.scope.clone(),
             digest_key: self.settings.digest_key.clone(),
+            rotation_debounce: self.settings.rotation_debounce,
         };
         let shards: Vec<Addr<Injector>> = (0..self.settings.shards)
             .map(|i| {
@@ -265,5 +278,25 @@ impl Handler<Fatal> for Supervisor {
     fn handle(&mut self, msg: Fatal, _ctx: &mut Self::Context) {
         tracing::error!(code = msg.code, "fatal: {}", msg.reason);
         System::current().stop_with_code(msg.code);
+    }
+}
+
+impl Handler<SecretChanged> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SecretChanged, _ctx: &mut Self::Context) {
+        let Some(t) = &self.tree else {
+            return;
+        };
+        // Every shard checks its own containers; a full mailbox is counted and repaired by a
+        // reconcile pass (which compares digests, so it also applies the new value).
+        for shard in t.router.all() {
+            if shard.try_send(msg.clone()).is_err() {
+                self.metrics.dropped("mailbox_full");
+                let _ = t.reconciler.try_send(Reconcile {
+                    reason: "rotation fan-out overflow",
+                });
+            }
+        }
     }
 }

@@ -74,6 +74,9 @@ pub fn build_tar(files: &[(&SecretFile, &SecretValue)]) -> Result<Zeroizing<Vec<
     Ok(buf)
 }
 
+/// What the in-container script prints when it replaced an earlier set (not a first injection).
+pub const REPLACED_MARKER: &str = "replaced";
+
 /// Exit code of the in-container script when the directory already holds exactly this content.
 pub const EXIT_UNCHANGED: i64 = 10;
 
@@ -87,6 +90,7 @@ if [ -f "$d/.ready" ] && [ -L "$d/..data" ]; then
   cur=; read -r cur < "$d/.ready" || true
   [ "$cur" != "$g" ] || exit 10
 fi
+had=; [ ! -f "$d/.ready" ] || had=1
 p="$d"
 while [ ! -d "$p" ]; do p="${p%/*}"; [ -n "$p" ] || p=/; done
 fs=$(stat -f -c %T "$p" 2>/dev/null || echo unknown)
@@ -122,6 +126,7 @@ for o in "$d"/..data_*; do [ "$o" = "$d/$new" ] || [ "$o" = "$d/..data_tmp.$$" ]
 printf '%s\n' "$g" > "$d/.ready.tmp.$$"
 chmod 0444 "$d/.ready.tmp.$$"
 mv -f "$d/.ready.tmp.$$" "$d/.ready"
+[ -z "$had" ] || echo replaced
 "#;
 
 /// Extraction with `tar` (the normal path). Run as root, tar restores each entry's owner and mode

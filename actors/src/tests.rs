@@ -70,6 +70,7 @@ fn rig() -> Rig {
             ttl: Duration::from_secs(60),
             max_entries: 100,
             mailbox: 100,
+            refresh: HashMap::new(),
         },
         providers,
         metrics.clone(),
@@ -96,6 +97,7 @@ fn injector(r: &Rig, concurrency: usize, queue: usize) -> Addr<Injector> {
             rules: Arc::new(vec![]),
             scope: None,
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
+            rotation_debounce: Duration::from_millis(50),
         },
         r.metrics.clone(),
         1000,
@@ -469,6 +471,7 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
             name: "p".into(),
             factory: factory(backend.clone()),
             timeout: Duration::from_secs(5),
+            refresh_interval: Some(Duration::from_millis(300)),
         }],
         AgentSettings {
             shards: 4,
@@ -482,6 +485,7 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
             reconcile_interval: None,
             drain_timeout: Duration::from_secs(1),
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
+            rotation_debounce: Duration::from_millis(50),
         },
         metrics,
     )
@@ -514,5 +518,93 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
             .filter(|c| **c == EngineCall::Events)
             .count()
             == 1
+    );
+}
+
+#[actix_rt::test]
+async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() {
+    let engine = FakeEngine::new();
+    let backend = FakeBackend::new();
+    backend.put("db", map(&[("pw", "v1")]));
+    backend.put("other", map(&[("k", "x")]));
+    for (id, reload) in [
+        ("sig", "signal:SIGHUP"),
+        ("rst", "restart"),
+        ("non", "none"),
+    ] {
+        engine.add(container(
+            id,
+            &[("dso.secret.pw", "p/db#pw"), ("dso.reload", reload)],
+            &["/run/secrets/dso"],
+        ));
+    }
+    engine.add(container(
+        "unrelated",
+        &[("dso.secret.k", "p/other#k")],
+        &["/run/secrets/dso"],
+    ));
+    let (metrics, registry) = Metrics::new("test");
+    let _sup = Supervisor::new(
+        engine.clone() as Arc<dyn ContainerEngine>,
+        vec![ProviderSpec {
+            name: "p".into(),
+            factory: factory(backend.clone()),
+            timeout: Duration::from_secs(5),
+            refresh_interval: Some(Duration::from_millis(300)),
+        }],
+        AgentSettings {
+            shards: 4,
+            queue_capacity: 100,
+            shard_concurrency: 2,
+            cache_ttl: Duration::from_secs(60),
+            cache_max_entries: 100,
+            rules: Arc::new(vec![]),
+            scope: None,
+            docker_max_reconnects: 3,
+            reconcile_interval: None,
+            drain_timeout: Duration::from_secs(1),
+            digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
+            rotation_debounce: Duration::from_millis(50),
+        },
+        metrics,
+    )
+    .start();
+    settle(|| engine.execs().len() == 4).await;
+    assert_eq!(engine.execs().len(), 4, "first injections");
+    // Refreshes that find the same value cause nothing.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(engine.execs().len(), 4, "no change, no exec");
+    assert!(backend.fetch_count() >= 3, "secrets in use are re-checked");
+
+    *engine.exec_output.lock().unwrap() = "replaced\n".into();
+    backend.put("db", map(&[("pw", "v2")]));
+    settle(|| engine.execs().len() == 7).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let execs = engine.execs();
+    let rotated: Vec<&str> = execs[4..].iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        execs.len(),
+        7,
+        "each user of the changed secret once: {rotated:?}"
+    );
+    assert!(!rotated.contains(&"unrelated"));
+    let calls = engine.calls();
+    let signals: Vec<_> = calls
+        .iter()
+        .filter(|c| matches!(c, EngineCall::Signal(..)))
+        .collect();
+    let restarts: Vec<_> = calls
+        .iter()
+        .filter(|c| matches!(c, EngineCall::Restart(..)))
+        .collect();
+    assert_eq!(
+        signals,
+        vec![&EngineCall::Signal("sig".into(), "SIGHUP".into())]
+    );
+    assert_eq!(restarts, vec![&EngineCall::Restart("rst".into())]);
+    let text = render(&registry);
+    assert!(
+        text.contains("dso_rotations_total{result=\"success\"} 3"),
+        "{text}"
     );
 }

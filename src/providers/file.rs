@@ -105,6 +105,12 @@ pub struct FileConfig {
     /// Per-request timeout, default 30s.
     #[serde(default = "default_timeout", with = "crate::config::duration")]
     pub timeout: Duration,
+    /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
+    #[serde(
+        default = "crate::config::default_refresh_interval",
+        with = "crate::config::duration"
+    )]
+    pub refresh_interval: Duration,
 }
 
 impl Default for FileConfig {
@@ -114,6 +120,7 @@ impl Default for FileConfig {
             key_file: None,
             passphrase_env: None,
             timeout: default_timeout(),
+            refresh_interval: crate::config::default_refresh_interval(),
         }
     }
 }
@@ -1681,6 +1688,7 @@ mod tests {
             key_file: Some(PathBuf::from("/k")),
             passphrase_env: Some("A=B".to_string()),
             timeout: Duration::ZERO,
+            refresh_interval: Duration::from_secs(60),
         };
         let errs = bad.validate("providers.local");
         assert_eq!(errs.len(), 4, "{errs:?}");

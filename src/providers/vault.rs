@@ -48,6 +48,12 @@ pub struct VaultConfig {
     /// Per-request timeout, default 30s.
     #[serde(default = "default_timeout", with = "crate::config::duration")]
     pub timeout: Duration,
+    /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
+    #[serde(
+        default = "crate::config::default_refresh_interval",
+        with = "crate::config::duration"
+    )]
+    pub refresh_interval: Duration,
 }
 
 fn default_mount() -> String {
@@ -670,6 +676,7 @@ mod tests {
             mount: default_mount(),
             kv_version: 2,
             timeout: Duration::from_secs(30),
+            refresh_interval: crate::config::default_refresh_interval(),
         }
     }
 

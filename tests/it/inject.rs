@@ -177,12 +177,10 @@ fn labelled_container_gets_its_files_from_the_local_vault_and_openbao() {
     assert!(hits.is_empty(), "plaintext on the host disk: {hits:?}");
     let logs = agent.logs();
     assert!(logs.contains("secrets injected"), "{logs}");
-    assert_eq!(
-        agent.metric("dso_injections_total{result=\"success\"}"),
-        Some(1.0),
-        "{}",
-        agent.get("/metrics").1
-    );
+    let n = eventually(&agent, "the injection to be counted", || {
+        agent.metric("dso_injections_total{result=\"success\"}")
+    });
+    assert_eq!(Some(n), Some(1.0), "{}", agent.get("/metrics").1);
 }
 
 #[test]

@@ -8,4 +8,5 @@ mod support;
 mod cli;
 mod inject;
 mod metrics;
+mod rotation;
 mod vault_provider;

@@ -17,6 +17,10 @@ fn metrics_pass_promtool_and_name_every_documented_series() {
         "dso.secret.k=local/m#k",
     ]);
     c.wait_for("/run/secrets/dso/.ready", &agent);
+    // The agent records the outcome just after the exec returns: wait for it.
+    eventually(&agent, "the injection to be counted", || {
+        agent.metric("dso_injections_total{result=\"success\"}")
+    });
     let (status, body) = agent.get("/metrics");
     assert_eq!(status, 200);
     for name in [

@@ -144,6 +144,20 @@ key_file = "{key}"
         );
     }
 
+    /// Runs a labelled container (scope label added) with `args` before the image and `cmd` as
+    /// its command.
+    pub fn container_cmd(&self, args: &[&str], cmd: &[&str]) -> Container {
+        let name = unique("c");
+        let scope_label = format!("dso.test={}", self.scope);
+        let mut full: Vec<&str> = vec!["run", "-d", "--name", &name, "--label", &scope_label];
+        full.extend_from_slice(args);
+        let img = image();
+        full.push(&img);
+        full.extend_from_slice(cmd);
+        let id = docker(&full);
+        Container { id, name }
+    }
+
     /// Runs a labelled container (scope label added) with `args` before the image.
     pub fn container(&self, args: &[&str]) -> Container {
         let name = unique("c");

@@ -87,6 +87,7 @@ fn config(addr: &str) -> VaultConfig {
         mount: "secret".to_string(),
         kv_version: 2,
         timeout: Duration::from_secs(10),
+        refresh_interval: std::time::Duration::from_secs(60),
     }
 }
 
