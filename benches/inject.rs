@@ -69,9 +69,10 @@ fn main() {
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nlisten = \"127.0.0.1:0\"\nscope = \"dso.bench={scope}\"\nreconcile_interval = \"0s\"\nstate_dir = \"{}\"\n\
+            "[agent]\nlisten = \"127.0.0.1:0\"\nscope = \"dso.bench={scope}\"\nreconcile_interval = \"0s\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\n\
              [providers.local]\ntype = \"file\"\npath = \"{}\"\nkey_file = \"{}\"\n",
             dir.path().join("state").display(),
+            dir.path().join("dso.sock").display(),
             dir.path().join("v.enc").display(),
             dir.path().join("v.key").display()
         ),

@@ -73,7 +73,7 @@ pub struct AgentConfig {
     pub shard_concurrency: usize,
     /// Failed Docker reconnects in a row before the agent exits non-zero. Default 100.
     pub docker_max_reconnects: u32,
-    /// Period of the reconciliation pass; `"0s"` turns periodic passes off. Default `"60s"`.
+    /// Period of the reconciliation pass; `"0s"` turns periodic passes off. Default `"10m"`.
     #[serde(with = "duration")]
     pub reconcile_interval: Duration,
     /// Longest wait for in-flight injections on SIGTERM. Default `"10s"`.
@@ -84,6 +84,8 @@ pub struct AgentConfig {
     /// Where the agent keeps its own small state (`digest.key`, the key of the content digests
     /// written to `.ready`). Default `/var/lib/dso`.
     pub state_dir: PathBuf,
+    /// The admin API's Unix socket (mode 0660). Default `/run/dso/dso.sock`.
+    pub admin_socket: PathBuf,
     /// Secret changes arriving within this window are applied together. Default `"2s"`.
     #[serde(with = "duration")]
     pub rotation_debounce: Duration,
@@ -98,10 +100,11 @@ impl Default for AgentConfig {
             queue_capacity: 2000,
             shard_concurrency: 4,
             docker_max_reconnects: 100,
-            reconcile_interval: Duration::from_secs(60),
+            reconcile_interval: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(10),
             scope: None,
             state_dir: PathBuf::from("/var/lib/dso"),
+            admin_socket: PathBuf::from("/run/dso/dso.sock"),
             rotation_debounce: Duration::from_secs(2),
         }
     }

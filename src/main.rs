@@ -85,6 +85,45 @@ enum Command {
         #[command(subcommand)]
         action: SecretAction,
     },
+    /// Show what the running agent delivered to which container (never values).
+    ///
+    /// Example: dso status --json
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Admin socket (default: agent.admin_socket from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Ask the running agent for a reconciliation pass now.
+    ///
+    /// Example: dso reconcile
+    Reconcile {
+        /// Admin socket (default: agent.admin_socket from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Ask the running agent to check one secret now (e.g. from a backend webhook); a change rotates it.
+    ///
+    /// Example: dso rotate vault/app/db
+    Rotate {
+        /// `<provider>/<path>`
+        reference: String,
+        /// Admin socket (default: agent.admin_socket from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Ask the running agent to inject one container now.
+    ///
+    /// Example: dso inject web-1
+    Inject {
+        /// Container id or name.
+        container: String,
+        /// Admin socket (default: agent.admin_socket from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Exit 0 if the agent's /healthz answers (for Docker HEALTHCHECK).
     ///
     /// Example: dso health --addr 127.0.0.1:9464
@@ -178,6 +217,34 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             secret_cmd(&cfg, provider.as_deref(), action)
         }
+        Command::Status { json, socket } => {
+            let socket = match admin_socket(cli.config.as_deref(), socket) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let (code, body) = dso::admin::request(&socket, "GET", "/v1/status", None)?;
+            if code != 200 {
+                eprintln!("dso: agent answered {code}: {}", body.trim());
+                return Ok(exit::FAILURE);
+            }
+            if json {
+                print!("{body}");
+            } else {
+                print_status(&body)?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Reconcile { socket } => {
+            admin_post(cli.config.as_deref(), socket, "/v1/reconcile", None)
+        }
+        Command::Rotate { reference, socket } => {
+            let body = serde_json::json!({ "ref": reference }).to_string();
+            admin_post(cli.config.as_deref(), socket, "/v1/rotate", Some(&body))
+        }
+        Command::Inject { container, socket } => {
+            let path = format!("/v1/containers/{container}/inject");
+            admin_post(cli.config.as_deref(), socket, &path, None)
+        }
         Command::Health { addr } => {
             let addr = match addr {
                 Some(a) => a,
@@ -189,6 +256,85 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             health(&addr)
         }
     }
+}
+
+fn admin_socket(config: Option<&std::path::Path>, given: Option<PathBuf>) -> Result<PathBuf, u8> {
+    match given {
+        Some(s) => Ok(s),
+        None => load_config(config).map(|(c, _)| c.agent.admin_socket),
+    }
+}
+
+fn admin_post(
+    config: Option<&std::path::Path>,
+    socket: Option<PathBuf>,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<u8> {
+    let socket = match admin_socket(config, socket) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let (code, body) = dso::admin::request(&socket, "POST", path, body)?;
+    if (200..300).contains(&code) {
+        print!("{body}");
+        Ok(exit::OK)
+    } else {
+        eprintln!("dso: agent answered {code}: {}", body.trim());
+        Ok(if code == 404 {
+            exit::NOT_FOUND
+        } else {
+            exit::FAILURE
+        })
+    }
+}
+
+fn print_status(body: &str) -> anyhow::Result<()> {
+    let s: serde_json::Value = serde_json::from_str(body).context("status is not JSON")?;
+    let yes = |b: &serde_json::Value| {
+        if b.as_bool() == Some(true) {
+            "up"
+        } else {
+            "DOWN"
+        }
+    };
+    println!("docker: {}", yes(&s["docker"]));
+    for p in s["providers"].as_array().into_iter().flatten() {
+        println!(
+            "provider {}: {}",
+            p["name"].as_str().unwrap_or("?"),
+            yes(&p["up"])
+        );
+    }
+    println!(
+        "queue depth: {}   cache entries: {}",
+        s["queue_depth"], s["cache_entries"]
+    );
+    let containers = s["containers"].as_array().cloned().unwrap_or_default();
+    if containers.is_empty() {
+        println!("no containers ask for secrets");
+    }
+    for c in containers {
+        let id = c["id"].as_str().unwrap_or("");
+        println!(
+            "\n{} ({})  {}  digest {}",
+            c["name"].as_str().unwrap_or("?"),
+            &id[..id.len().min(12)],
+            c["result"].as_str().unwrap_or("?"),
+            c["digest"].as_str().unwrap_or("-"),
+        );
+        if let Some(m) = c["message"].as_str() {
+            println!("  {m}");
+        }
+        for f in c["files"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<24} <- {}",
+                f["name"].as_str().unwrap_or("?"),
+                f["source"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -397,7 +543,14 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
             .await
             .with_context(|| format!("agent.listen: cannot listen on {}", cfg.agent.listen))?;
         let addr = listener.local_addr()?;
+        let admin = dso::admin::bind(&cfg.agent.admin_socket)?;
         let supervisor = actix::Actor::start(Supervisor::new(engine, providers, settings, metrics));
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        actix_rt::spawn(dso::admin::serve(admin, supervisor.clone(), async move {
+            let _ = admin_stop_rx.await;
+        }));
+        tracing::info!(socket = %cfg.agent.admin_socket.display(), "admin socket listening");
+        let socket_path = cfg.agent.admin_socket.clone();
         let state = AdminState {
             registry: Arc::new(registry),
             supervisor: supervisor.clone(),
@@ -411,6 +564,8 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
             wait_for_signal().await;
             tracing::info!("signal received; draining");
             let _ = stop_tx.send(());
+            let _ = admin_stop_tx.send(());
+            let _ = std::fs::remove_file(&socket_path);
             let _ = supervisor.send(Shutdown).await;
         });
         Ok(())

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::messages::{Fetch, FetchError, GetSecret, SecretChanged, Subscribe, Unsubscribe};
+use crate::messages::{
+    CheckNow, Fetch, FetchError, GetSecret, SecretChanged, Subscribe, Unsubscribe,
+};
 use crate::metrics::Metrics;
 use crate::provider::ProviderConnection;
 use crate::secret::SecretData;
@@ -286,5 +288,47 @@ impl Cache {
                 }
             }
         }
+    }
+}
+
+impl Handler<CheckNow> for Cache {
+    type Result = ResponseActFuture<Self, Result<bool, FetchError>>;
+
+    /// Fetches one secret now; when its value differs from the cached one, the cache is updated and
+    /// the change announced exactly as a periodic refresh would.
+    fn handle(&mut self, msg: CheckNow, _ctx: &mut Self::Context) -> Self::Result {
+        let key: Key = (msg.provider.clone(), msg.path.clone());
+        let provider = self.providers.get(&key.0).cloned();
+        Box::pin(
+            async move {
+                let Some(provider) = provider else {
+                    return Err(FetchError::UnknownProvider(msg.provider));
+                };
+                match provider.send(Fetch { path: msg.path }).await {
+                    Ok(Ok(data)) => Ok(data),
+                    Ok(Err(source)) => Err(FetchError::Backend {
+                        provider: msg.provider,
+                        source,
+                    }),
+                    Err(_) => Err(FetchError::ProviderGone(msg.provider)),
+                }
+            }
+            .into_actor(self)
+            .map(move |res, act, _ctx| {
+                let data = res?;
+                let changed = act.entries.get(&key).is_some_and(|e| e.data != data);
+                act.insert(key.clone(), data);
+                if changed {
+                    tracing::info!(provider = %key.0, path = %key.1, "secret changed in its backend (checked on request)");
+                    if let Some(to) = &act.changes {
+                        let _ = to.try_send(SecretChanged {
+                            provider: key.0.clone(),
+                            path: key.1.clone(),
+                        });
+                    }
+                }
+                Ok(changed)
+            }),
+        )
     }
 }

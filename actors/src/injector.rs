@@ -18,8 +18,8 @@ use tokio::sync::oneshot;
 use crate::cache::Cache;
 use crate::engine::{ContainerAction, ContainerEngine, EngineError};
 use crate::messages::{
-    ContainerJob, Drain, FetchError, GetSecret, Reconcile, SecretChanged, Subscribe, Trigger,
-    Unsubscribe,
+    ContainerJob, ContainerStatus, Drain, FetchError, FileStatus, GetSecret, GetShardStatus,
+    Reconcile, SecretChanged, Subscribe, Trigger, Unsubscribe,
 };
 use crate::metrics::Metrics;
 use crate::secret::{SecretData, SecretValue};
@@ -110,6 +110,8 @@ pub enum Outcome {
         replaced: bool,
         /// (provider, path) keys the files come from.
         keys: Vec<(String, String)>,
+        /// Files and their sources, for status.
+        files: Vec<FileStatus>,
         /// What the reload policy did, if it ran.
         reload: Option<Result<&'static str, String>>,
     },
@@ -147,6 +149,13 @@ struct Managed {
     keys: Vec<(String, String)>,
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// The actor.
 pub struct Injector {
     shard: usize,
@@ -165,6 +174,7 @@ pub struct Injector {
     rotating: HashSet<String>,
     rotation_flush_scheduled: bool,
     retries: HashMap<String, u32>,
+    status: HashMap<String, ContainerStatus>,
 }
 
 /// Failed rotations are retried this many times, with growing delays.
@@ -198,6 +208,7 @@ impl Injector {
             rotating: HashSet::new(),
             rotation_flush_scheduled: false,
             retries: HashMap::new(),
+            status: HashMap::new(),
         }
     }
 
@@ -258,7 +269,12 @@ impl Injector {
             .spawn(ctx);
     }
 
-    fn finish(&mut self, job: ContainerJob, outcome: Outcome, ctx: &mut Context<Self>) {
+    fn finish(
+        &mut self,
+        job: ContainerJob,
+        (job_name, outcome): (String, Outcome),
+        ctx: &mut Context<Self>,
+    ) {
         let id = job.id.clone();
         self.running.remove(&id);
         if let Some(m) = outcome.metric() {
@@ -272,9 +288,30 @@ impl Injector {
                 changed,
                 replaced,
                 keys,
+                files,
                 reload,
             } => {
                 self.retries.remove(&id);
+                let now = unix_now();
+                let delivered_at = match self.status.get(&id) {
+                    Some(prev) if !*changed && prev.digest.as_deref() == Some(digest.as_str()) => {
+                        prev.delivered_at
+                    }
+                    _ => Some(now),
+                };
+                self.status.insert(
+                    id.clone(),
+                    ContainerStatus {
+                        id: id.clone(),
+                        name: job_name.clone(),
+                        files: files.clone(),
+                        digest: Some(digest.clone()),
+                        result: if *changed { "success" } else { "unchanged" }.to_string(),
+                        message: None,
+                        delivered_at,
+                        checked_at: now,
+                    },
+                );
                 if job.trigger == Trigger::Rotation {
                     self.metrics
                         .rotation(if *changed { "success" } else { "unchanged" });
@@ -329,9 +366,28 @@ impl Injector {
                     "secrets injected"
                 );
             }
-            Outcome::Gone | Outcome::NotManaged => self.forget(&id),
+            Outcome::Gone | Outcome::NotManaged => {
+                self.status.remove(&id);
+                self.forget(&id);
+            }
             Outcome::AlreadyInjected => {}
             Outcome::Refused { result, message } => {
+                let entry = self
+                    .status
+                    .entry(id.clone())
+                    .or_insert_with(|| ContainerStatus {
+                        id: id.clone(),
+                        name: job_name.clone(),
+                        files: Vec::new(),
+                        digest: None,
+                        result: String::new(),
+                        message: None,
+                        delivered_at: None,
+                        checked_at: 0,
+                    });
+                entry.result = (*result).to_string();
+                entry.message = Some(message.clone());
+                entry.checked_at = unix_now();
                 if job.trigger == Trigger::Rotation {
                     // The previous files stay in place (the set is replaced atomically or not at
                     // all); try again later.
@@ -418,28 +474,44 @@ fn refused(result: &'static str, message: String) -> Outcome {
     Outcome::Refused { result, message }
 }
 
-/// One job, start to end. Pure async: reads actor state only through its arguments.
+/// One job, start to end, with the container's name (empty when unknown) for status. Pure async:
+/// reads actor state only through its arguments.
 async fn run_job(
     job: ContainerJob,
     prev: Option<(Option<String>, String)>,
     engine: Arc<dyn ContainerEngine>,
     cache: Addr<Cache>,
     settings: InjectorSettings,
-) -> Outcome {
+) -> (String, Outcome) {
     if matches!(
         job.trigger,
         Trigger::Event(ContainerAction::Die | ContainerAction::Destroy)
     ) {
-        return Outcome::Gone;
+        return (String::new(), Outcome::Gone);
     }
     let info = match engine.inspect(&job.id).await {
         Ok(i) => i,
-        Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => return Outcome::Gone,
-        Err(e) => return refused("engine_error", e.to_string()),
+        Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => {
+            return (String::new(), Outcome::Gone)
+        }
+        Err(e) => return (String::new(), refused("engine_error", e.to_string())),
     };
     if !info.running {
-        return Outcome::Gone;
+        return (info.name, Outcome::Gone);
     }
+    let name = info.name.clone();
+    (name, inject(job, prev, info, engine, cache, settings).await)
+}
+
+/// Everything after `inspect`: spec, checks, fetch, one exec, reload policy.
+async fn inject(
+    job: ContainerJob,
+    prev: Option<(Option<String>, String)>,
+    info: crate::engine::ContainerInfo,
+    engine: Arc<dyn ContainerEngine>,
+    cache: Addr<Cache>,
+    settings: InjectorSettings,
+) -> Outcome {
     if let Some(scope) = &settings.scope {
         if !scope.matches(&info.name, &info.labels) {
             return Outcome::NotManaged;
@@ -601,6 +673,14 @@ async fn run_job(
                 changed: out.exit_code == Some(0),
                 replaced,
                 keys,
+                files: spec
+                    .files
+                    .iter()
+                    .map(|f| FileStatus {
+                        name: f.name.clone(),
+                        source: f.source.to_string(),
+                    })
+                    .collect(),
                 reload,
             }
         }
@@ -645,6 +725,14 @@ impl Handler<ContainerJob> for Injector {
             return;
         }
         self.submit(job, ctx);
+    }
+}
+
+impl Handler<GetShardStatus> for Injector {
+    type Result = MessageResult<GetShardStatus>;
+
+    fn handle(&mut self, _msg: GetShardStatus, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.status.values().cloned().collect())
     }
 }
 

@@ -162,3 +162,87 @@ pub struct SecretChanged {
     /// Path in the provider.
     pub path: String,
 }
+
+/// One secret file as status shows it (never a value).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FileStatus {
+    /// File name.
+    pub name: String,
+    /// `<provider>/<path>[#<key>]`.
+    pub source: String,
+}
+
+/// What the agent knows about one container that asked for secrets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerStatus {
+    /// Container id.
+    pub id: String,
+    /// Container name.
+    pub name: String,
+    /// Files delivered (empty when refused).
+    pub files: Vec<FileStatus>,
+    /// Digest of the content in the container (the value of `.ready`).
+    pub digest: Option<String>,
+    /// Last result (`success`, `unchanged`, `invalid_spec`, …).
+    pub result: String,
+    /// Why, when refused (never a value).
+    pub message: Option<String>,
+    /// Unix time the current content was delivered.
+    pub delivered_at: Option<u64>,
+    /// Unix time of the last job for this container.
+    pub checked_at: u64,
+}
+
+/// Supervisor → Injector: the status of this shard's containers.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ContainerStatus>")]
+pub struct GetShardStatus;
+
+/// Admin → Supervisor: the whole agent's status.
+#[derive(Debug, Message)]
+#[rtype(result = "AgentStatus")]
+pub struct GetStatus;
+
+/// One provider as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProviderStatus {
+    /// Name.
+    pub name: String,
+    /// Reached on its last request or probe.
+    pub up: bool,
+}
+
+/// Answer to [`GetStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AgentStatus {
+    /// Agent version.
+    pub version: String,
+    /// Docker event stream connected.
+    pub docker: bool,
+    /// Providers.
+    pub providers: Vec<ProviderStatus>,
+    /// Containers that asked for secrets, sorted by name.
+    pub containers: Vec<ContainerStatus>,
+    /// Jobs waiting in the shards.
+    pub queue_depth: i64,
+    /// Secrets held in the cache.
+    pub cache_entries: i64,
+}
+
+/// Admin → Cache: check one secret against its backend now (webhook-triggered rotation).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<bool, FetchError>")]
+pub struct CheckNow {
+    /// Provider name.
+    pub provider: String,
+    /// Path in the provider.
+    pub path: String,
+}
+
+/// Admin → Supervisor: inject one container now (by id or name). Answers the full id.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct InjectNow {
+    /// Container id or name.
+    pub id: String,
+}

@@ -103,6 +103,9 @@ pub struct Metrics {
     pub rotations: Family<ResultLabel, Counter>,
     /// `dso_reloads_total{policy,result}`.
     pub reloads: Family<PolicyResultLabel, Counter>,
+    /// `dso_reconcile_duration_seconds`.
+    pub reconcile_duration: Histogram,
+    version: String,
 }
 
 /// Label set `{policy,result}`.
@@ -138,6 +141,8 @@ impl Metrics {
             build_info: Family::default(),
             rotations: Family::default(),
             reloads: Family::default(),
+            reconcile_duration: latency_histogram(),
+            version: version.to_string(),
         };
         m.build_info
             .get_or_create(&VersionLabel {
@@ -260,6 +265,11 @@ impl Metrics {
                 reason: reason.to_string(),
             });
         }
+    }
+
+    /// The version recorded in `dso_build_info`.
+    pub fn build_info_version(&self) -> Option<String> {
+        Some(self.version.clone())
     }
 
     /// Counts one rotation outcome.

@@ -78,6 +78,7 @@ impl Handler<Reconcile> for Reconciler {
         let rules = self.rules.clone();
         let scope = self.scope.clone();
         let reason = msg.reason;
+        let started = Instant::now();
         async move {
             let list = match engine.list_running().await {
                 Ok(l) => l,
@@ -116,7 +117,10 @@ impl Handler<Reconcile> for Reconciler {
             sent
         }
         .into_actor(self)
-        .map(|_, act, ctx| {
+        .map(move |_, act, ctx| {
+            act.metrics
+                .reconcile_duration
+                .observe(started.elapsed().as_secs_f64());
             act.busy = false;
             if let Some(reason) = act.again.take() {
                 ctx.notify(Reconcile { reason });

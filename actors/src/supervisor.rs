@@ -20,7 +20,9 @@ use crate::cache::{Cache, CacheSettings};
 use crate::engine::ContainerEngine;
 use crate::injector::{Injector, InjectorSettings, ShardRouter};
 use crate::messages::{
-    Drain, Fatal, GetReadiness, IsUp, Readiness, Reconcile, SecretChanged, Shutdown,
+    AgentStatus, CheckNow, ContainerJob, Drain, Fatal, FetchError, GetReadiness, GetShardStatus,
+    GetStatus, InjectNow, IsUp, ProviderStatus, Readiness, Reconcile, SecretChanged, Shutdown,
+    Trigger,
 };
 use crate::metrics::Metrics;
 use crate::provider::{BackendFactory, ProviderConnection};
@@ -83,7 +85,6 @@ struct Tree {
     router: ShardRouter,
     providers: Vec<(String, Addr<ProviderConnection>)>,
     reconciler: Addr<Reconciler>,
-    #[allow(dead_code)]
     cache: Addr<Cache>,
 }
 
@@ -298,5 +299,83 @@ impl Handler<SecretChanged> for Supervisor {
                 });
             }
         }
+    }
+}
+
+impl Handler<GetStatus> for Supervisor {
+    type Result = ResponseFuture<AgentStatus>;
+
+    fn handle(&mut self, _msg: GetStatus, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(t) = &self.tree else {
+            return Box::pin(async { AgentStatus::default() });
+        };
+        let (watcher, providers, router) =
+            (t.watcher.clone(), t.providers.clone(), t.router.clone());
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let docker = watcher.send(IsUp).await.unwrap_or(false);
+            let ups = join_all(providers.iter().map(|(_, a)| a.send(IsUp))).await;
+            let shards = join_all(router.all().iter().map(|s| s.send(GetShardStatus))).await;
+            let mut containers: Vec<_> = shards.into_iter().flatten().flatten().collect();
+            containers.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+            AgentStatus {
+                version: metrics.build_info_version().unwrap_or_default(),
+                docker,
+                providers: providers
+                    .iter()
+                    .zip(ups)
+                    .map(|((name, _), up)| ProviderStatus {
+                        name: name.clone(),
+                        up: up.unwrap_or(false),
+                    })
+                    .collect(),
+                containers,
+                queue_depth: metrics.queue_depth.get(),
+                cache_entries: metrics.cache_entries.get(),
+            }
+        })
+    }
+}
+
+impl Handler<InjectNow> for Supervisor {
+    type Result = ResponseFuture<Result<String, String>>;
+
+    fn handle(&mut self, msg: InjectNow, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(t) = &self.tree else {
+            return Box::pin(async { Err("agent is starting".to_string()) });
+        };
+        let (engine, router) = (self.engine.clone(), t.router.clone());
+        Box::pin(async move {
+            // Resolve a name to the full id: the shard is chosen by id.
+            let info = engine.inspect(&msg.id).await.map_err(|e| e.to_string())?;
+            let job = ContainerJob {
+                id: info.id.clone(),
+                trigger: Trigger::Manual,
+                received: std::time::Instant::now(),
+            };
+            if router.route(job).await {
+                Ok(info.id)
+            } else {
+                Err("injector shard unavailable".to_string())
+            }
+        })
+    }
+}
+
+impl Handler<CheckNow> for Supervisor {
+    type Result = ResponseFuture<Result<bool, FetchError>>;
+
+    fn handle(&mut self, msg: CheckNow, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(t) = &self.tree else {
+            return Box::pin(async { Ok(false) });
+        };
+        let cache = t.cache.clone();
+        let provider = msg.provider.clone();
+        Box::pin(async move {
+            cache
+                .send(msg)
+                .await
+                .unwrap_or(Err(FetchError::ProviderGone(provider)))
+        })
     }
 }

@@ -95,6 +95,7 @@ scope = "dso.test={scope}"
 shards = 4
 reconcile_interval = "0s"
 state_dir = "{state}"
+admin_socket = "{socket}"
 
 [cache]
 ttl = "10m"
@@ -108,6 +109,7 @@ key_file = "{key}"
 "#,
             scope = self.scope,
             state = self.path("state").display(),
+            socket = self.path("dso.sock").display(),
             vault = self.path("vault.enc").display(),
             key = self.path("vault.key").display(),
         );

@@ -1,0 +1,2 @@
+//! Rotation fan-out benchmark (placeholder; see the helper's version).
+fn main() {}
