@@ -86,6 +86,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The admin API's Unix socket (mode 0660). Default `/run/dso/dso.sock`.
     pub admin_socket: PathBuf,
+    /// Append-only audit log (JSON lines: deliveries, rotations, refusals, reloads; never a
+    /// value). Default `<state_dir>/audit.jsonl`.
+    pub audit_log: Option<PathBuf>,
     /// Secret changes arriving within this window are applied together. Default `"2s"`.
     #[serde(with = "duration")]
     pub rotation_debounce: Duration,
@@ -105,6 +108,7 @@ impl Default for AgentConfig {
             scope: None,
             state_dir: PathBuf::from("/var/lib/dso"),
             admin_socket: PathBuf::from("/run/dso/dso.sock"),
+            audit_log: None,
             rotation_debounce: Duration::from_secs(2),
         }
     }
@@ -117,6 +121,13 @@ impl AgentConfig {
             .clone()
             .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+    }
+
+    /// The audit log in effect.
+    pub fn audit_log(&self) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.jsonl"))
     }
 
     /// The scope as a label target.

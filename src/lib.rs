@@ -4,6 +4,7 @@
 //! backends); the actor system lives in the `dso-actors` crate. See `ARCHITECTURE.md`.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod docker;
 pub mod http;

@@ -18,8 +18,8 @@ use tokio::sync::oneshot;
 use crate::cache::Cache;
 use crate::engine::{ContainerAction, ContainerEngine, EngineError};
 use crate::messages::{
-    ContainerJob, ContainerStatus, Drain, FetchError, FileStatus, GetSecret, GetShardStatus,
-    Reconcile, SecretChanged, Subscribe, Trigger, Unsubscribe,
+    AuditRecord, ContainerJob, ContainerStatus, Drain, FetchError, FileStatus, GetSecret,
+    GetShardStatus, Reconcile, SecretChanged, Subscribe, Trigger, Unsubscribe,
 };
 use crate::metrics::Metrics;
 use crate::secret::{SecretData, SecretValue};
@@ -91,6 +91,8 @@ pub struct InjectorSettings {
     pub digest_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
     /// Rotations arriving within this window are applied together.
     pub rotation_debounce: Duration,
+    /// Where deliveries, rotations and refusals are recorded (None: nowhere).
+    pub audit: Option<Recipient<AuditRecord>>,
 }
 
 /// How one job ended.
@@ -147,6 +149,13 @@ struct Managed {
     started_at: Option<String>,
     digest: String,
     keys: Vec<(String, String)>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn unix_now() -> u64 {
@@ -334,12 +343,38 @@ impl Injector {
                 {
                     self.metrics.managed_containers.inc();
                 }
+                if *changed {
+                    let event = if job.trigger == Trigger::Rotation || *replaced {
+                        "rotated"
+                    } else {
+                        "delivered"
+                    };
+                    self.audit(event, &job, &job_name, files, Some(digest), "success", None);
+                }
                 match reload {
                     Some(Ok(policy)) => {
+                        self.audit(
+                            "reloaded",
+                            &job,
+                            &job_name,
+                            files,
+                            Some(digest),
+                            policy,
+                            None,
+                        );
                         self.metrics.reload(policy, "ok");
                         tracing::info!(container = %short(&id), policy = *policy, "reload policy applied after new values");
                     }
                     Some(Err(e)) => {
+                        self.audit(
+                            "reload_failed",
+                            &job,
+                            &job_name,
+                            files,
+                            Some(digest),
+                            "error",
+                            Some(e),
+                        );
                         self.metrics.reload("error", "error");
                         tracing::error!(container = %short(&id), error = %e, "reload policy failed");
                     }
@@ -388,6 +423,16 @@ impl Injector {
                 entry.result = (*result).to_string();
                 entry.message = Some(message.clone());
                 entry.checked_at = unix_now();
+                let files = entry.files.clone();
+                self.audit(
+                    "refused",
+                    &job,
+                    &job_name,
+                    &files,
+                    None,
+                    result,
+                    Some(message),
+                );
                 if job.trigger == Trigger::Rotation {
                     // The previous files stay in place (the set is replaced atomically or not at
                     // all); try again later.
@@ -439,6 +484,36 @@ impl Injector {
 }
 
 impl Injector {
+    #[allow(clippy::too_many_arguments)]
+    fn audit(
+        &self,
+        event: &'static str,
+        job: &ContainerJob,
+        name: &str,
+        files: &[FileStatus],
+        digest: Option<&str>,
+        result: &str,
+        message: Option<&str>,
+    ) {
+        let Some(to) = &self.settings.audit else {
+            return;
+        };
+        let record = AuditRecord {
+            ts_ms: unix_ms(),
+            event,
+            trigger: job.trigger.as_str(),
+            container: job.id.clone(),
+            name: name.to_string(),
+            files: files.to_vec(),
+            digest: digest.map(str::to_string),
+            result: result.to_string(),
+            message: message.map(str::to_string),
+        };
+        if to.try_send(record).is_err() {
+            self.metrics.dropped("audit_full");
+        }
+    }
+
     /// Drops a container from the managed set (and the gauge) and releases its cache keys.
     fn forget(&mut self, id: &str) {
         if self.managed.remove(id).is_some() {

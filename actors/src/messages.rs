@@ -246,3 +246,27 @@ pub struct InjectNow {
     /// Container id or name.
     pub id: String,
 }
+
+/// Injector → audit log: one delivery, rotation or refusal. Never a value.
+#[derive(Debug, Clone, Message, serde::Serialize)]
+#[rtype(result = "()")]
+pub struct AuditRecord {
+    /// Unix time in milliseconds.
+    pub ts_ms: u64,
+    /// `delivered`, `rotated`, `refused`, `reloaded`, `reload_failed`.
+    pub event: &'static str,
+    /// What caused it (`start`, `reconcile`, `rotation`, `manual`).
+    pub trigger: &'static str,
+    /// Container id.
+    pub container: String,
+    /// Container name.
+    pub name: String,
+    /// Files and their sources.
+    pub files: Vec<FileStatus>,
+    /// Content digest (the value of `.ready`).
+    pub digest: Option<String>,
+    /// Result label (as in `dso_injections_total`).
+    pub result: String,
+    /// Why, for refusals and failed reloads.
+    pub message: Option<String>,
+}

@@ -69,6 +69,8 @@ pub struct AgentSettings {
     pub digest_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
     /// Changes that arrive within this window are applied together.
     pub rotation_debounce: Duration,
+    /// Where deliveries, rotations and refusals are recorded.
+    pub audit: Option<Recipient<crate::messages::AuditRecord>>,
 }
 
 /// The root actor.
@@ -156,6 +158,7 @@ impl Actor for Supervisor {
             scope: self.settings.scope.clone(),
             digest_key: self.settings.digest_key.clone(),
             rotation_debounce: self.settings.rotation_debounce,
+            audit: self.settings.audit.clone(),
         };
         let shards: Vec<Addr<Injector>> = (0..self.settings.shards)
             .map(|i| {

@@ -98,6 +98,7 @@ fn injector(r: &Rig, concurrency: usize, queue: usize) -> Addr<Injector> {
             scope: None,
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
             rotation_debounce: Duration::from_millis(50),
+            audit: None,
         },
         r.metrics.clone(),
         1000,
@@ -486,6 +487,7 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
             drain_timeout: Duration::from_secs(1),
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
             rotation_debounce: Duration::from_millis(50),
+            audit: None,
         },
         metrics,
     )
@@ -565,6 +567,7 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
             drain_timeout: Duration::from_secs(1),
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
             rotation_debounce: Duration::from_millis(50),
+            audit: None,
         },
         metrics,
     )

@@ -95,6 +95,29 @@ fn status_rotate_inject_and_reconcile_through_the_admin_socket() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(!agent.logs().contains(&new_value));
 
+    // The audit log: one JSON line per delivery, rotation and refusal, never a value.
+    let audit = eventually(&agent, "the rotation in the audit log", || {
+        std::fs::read_to_string(ws.path("state/audit.jsonl"))
+            .ok()
+            .filter(|a| a.contains("\"rotated\""))
+    });
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+        .collect();
+    let has = |event: &str, name: &str| {
+        events
+            .iter()
+            .any(|e| e["event"] == event && e["name"] == name)
+    };
+    assert!(has("delivered", &c.name), "{audit}");
+    assert!(has("rotated", &c.name), "{audit}");
+    assert!(has("refused", &bad.name), "{audit}");
+    assert!(
+        !audit.contains(&value) && !audit.contains(&new_value),
+        "values in the audit log"
+    );
+
     // No agent: a clear error naming the socket.
     let (code, _, err) = dso(&ws, &["status", "--socket", "/nonexistent/dso.sock"]);
     assert_ne!(code, Some(0));
