@@ -89,6 +89,11 @@ pub struct AgentConfig {
     /// Append-only audit log (JSON lines: deliveries, rotations, refusals, reloads; never a
     /// value). Default `<state_dir>/audit.jsonl`.
     pub audit_log: Option<PathBuf>,
+    /// `dso.reload=restart`: containers of one Compose service restart one at a time, each after
+    /// the previous is running (healthy, with a healthcheck) plus a random wait up to this.
+    /// Default `"5s"`.
+    #[serde(with = "duration")]
+    pub restart_splay: Duration,
     /// Secret changes arriving within this window are applied together. Default `"2s"`.
     #[serde(with = "duration")]
     pub rotation_debounce: Duration,
@@ -109,6 +114,7 @@ impl Default for AgentConfig {
             state_dir: PathBuf::from("/var/lib/dso"),
             admin_socket: PathBuf::from("/run/dso/dso.sock"),
             audit_log: None,
+            restart_splay: Duration::from_secs(5),
             rotation_debounce: Duration::from_secs(2),
         }
     }

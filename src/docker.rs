@@ -100,6 +100,12 @@ impl ContainerEngine for BollardEngine {
                 }
             }
         }
+        let health = state
+            .health
+            .as_ref()
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty() && s != "none");
         let upper_dir = r.graph_driver.and_then(|g| g.data.get("UpperDir").cloned());
         Ok(ContainerInfo {
             id: r.id.unwrap_or_else(|| id.to_string()),
@@ -114,6 +120,7 @@ impl ContainerEngine for BollardEngine {
             tmpfs_mounts: tmpfs,
             upper_dir,
             started_at: state.started_at,
+            health,
         })
     }
 

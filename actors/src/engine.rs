@@ -28,6 +28,8 @@ pub struct ContainerInfo {
     pub upper_dir: Option<String>,
     /// `State.StartedAt`, used to tell a fresh start from a stale event.
     pub started_at: Option<String>,
+    /// `State.Health.Status` (`starting`, `healthy`, `unhealthy`) when the image has a healthcheck.
+    pub health: Option<String>,
 }
 
 /// A container from `docker ps` (running only).

@@ -93,6 +93,8 @@ pub struct InjectorSettings {
     pub rotation_debounce: Duration,
     /// Where deliveries, rotations and refusals are recorded (None: nowhere).
     pub audit: Option<Recipient<AuditRecord>>,
+    /// Who applies the `restart` policy (one container of a Compose service at a time).
+    pub restarter: Option<Recipient<crate::restarter::RequestRestart>>,
 }
 
 /// How one job ended.
@@ -362,7 +364,10 @@ impl Injector {
                             policy,
                             None,
                         );
-                        self.metrics.reload(policy, "ok");
+                        if *policy != "restart" {
+                            // Restarts are counted by the Restarter once they are done.
+                            self.metrics.reload(policy, "ok");
+                        }
                         tracing::info!(container = %short(&id), policy = *policy, "reload policy applied after new values");
                     }
                     Some(Err(e)) => {
@@ -730,13 +735,20 @@ async fn inject(
                             .map(|_| "signal")
                             .map_err(|e| format!("sending {sig}: {e}")),
                     ),
-                    ReloadPolicy::Restart => Some(
-                        engine
+                    ReloadPolicy::Restart => Some(match &settings.restarter {
+                        Some(r) => r
+                            .try_send(crate::restarter::RequestRestart {
+                                id: job.id.clone(),
+                                group: crate::restarter::compose_group(&info.labels),
+                            })
+                            .map(|_| "restart")
+                            .map_err(|e| format!("scheduling the restart: {e}")),
+                        None => engine
                             .restart(&job.id)
                             .await
                             .map(|_| "restart")
                             .map_err(|e| format!("restarting: {e}")),
-                    ),
+                    }),
                 }
             } else {
                 None

@@ -10,6 +10,7 @@ pub mod messages;
 pub mod metrics;
 pub mod provider;
 pub mod reconciler;
+pub mod restarter;
 pub mod secret;
 pub mod spec;
 pub mod supervisor;

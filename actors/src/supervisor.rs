@@ -71,6 +71,8 @@ pub struct AgentSettings {
     pub rotation_debounce: Duration,
     /// Where deliveries, rotations and refusals are recorded.
     pub audit: Option<Recipient<crate::messages::AuditRecord>>,
+    /// Most random extra wait between restarts of one Compose service's containers.
+    pub restart_splay: Duration,
 }
 
 /// The root actor.
@@ -151,6 +153,15 @@ impl Actor for Supervisor {
         // The reconciler and the shards refer to each other: take the reconciler's address first.
         let rctx: Context<Reconciler> = Context::new();
         let reconciler_addr = rctx.address();
+        let restarter = crate::restarter::Restarter::new(
+            self.engine.clone(),
+            self.metrics.clone(),
+            crate::restarter::RestarterSettings {
+                splay: self.settings.restart_splay,
+                ready_timeout: Duration::from_secs(120),
+            },
+        )
+        .start();
         let injector_settings = InjectorSettings {
             concurrency: self.settings.shard_concurrency,
             queue_capacity: cap,
@@ -159,6 +170,7 @@ impl Actor for Supervisor {
             digest_key: self.settings.digest_key.clone(),
             rotation_debounce: self.settings.rotation_debounce,
             audit: self.settings.audit.clone(),
+            restarter: Some(restarter.recipient()),
         };
         let shards: Vec<Addr<Injector>> = (0..self.settings.shards)
             .map(|i| {

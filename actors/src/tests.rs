@@ -39,6 +39,7 @@ fn container(id: &str, labels: &[(&str, &str)], tmpfs: &[&str]) -> ContainerInfo
         tmpfs_mounts: tmpfs.iter().map(|s| s.to_string()).collect(),
         upper_dir: None,
         started_at: Some("2026-11-29T00:00:00Z".into()),
+        health: None,
     }
 }
 
@@ -99,6 +100,7 @@ fn injector(r: &Rig, concurrency: usize, queue: usize) -> Addr<Injector> {
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
             rotation_debounce: Duration::from_millis(50),
             audit: None,
+            restarter: None,
         },
         r.metrics.clone(),
         1000,
@@ -488,6 +490,7 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
             rotation_debounce: Duration::from_millis(50),
             audit: None,
+            restart_splay: Duration::from_millis(200),
         },
         metrics,
     )
@@ -568,6 +571,7 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
             rotation_debounce: Duration::from_millis(50),
             audit: None,
+            restart_splay: Duration::from_millis(200),
         },
         metrics,
     )
@@ -610,4 +614,72 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
         text.contains("dso_rotations_total{result=\"success\"} 3"),
         "{text}"
     );
+}
+
+#[actix_rt::test]
+async fn restarts_of_one_compose_service_go_one_at_a_time() {
+    use crate::restarter::{RequestRestart, Restarter, RestarterSettings};
+    let engine = FakeEngine::new();
+    for id in ["w1", "w2", "w3", "solo"] {
+        let mut c = container(id, &[], &[]);
+        if id != "solo" {
+            c.labels
+                .insert("com.docker.compose.project".into(), "shop".into());
+            c.labels
+                .insert("com.docker.compose.service".into(), "web".into());
+        }
+        engine.add(c);
+    }
+    let (metrics, registry) = Metrics::new("test");
+    let r = Restarter::new(
+        engine.clone() as Arc<dyn ContainerEngine>,
+        metrics,
+        RestarterSettings {
+            splay: Duration::from_millis(30),
+            ready_timeout: Duration::from_secs(5),
+        },
+    )
+    .start();
+    for id in ["w1", "w2", "w3"] {
+        r.send(RequestRestart {
+            id: id.into(),
+            group: Some("shop/web".into()),
+        })
+        .await
+        .unwrap();
+    }
+    r.send(RequestRestart {
+        id: "solo".into(),
+        group: None,
+    })
+    .await
+    .unwrap();
+    settle(|| render(&registry).contains("dso_reloads_total{policy=\"restart\",result=\"ok\"} 4"))
+        .await;
+    // Within the service: each restart only after the previous container was seen running again.
+    let calls: Vec<EngineCall> = engine
+        .calls()
+        .into_iter()
+        .filter(|c| match c {
+            EngineCall::Restart(id) | EngineCall::Inspect(id) => id.starts_with('w'),
+            _ => false,
+        })
+        .collect();
+    let restarts: Vec<usize> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c, EngineCall::Restart(_)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(restarts.len(), 3, "{calls:?}");
+    for pair in restarts.windows(2) {
+        let prev = match &calls[pair[0]] {
+            EngineCall::Restart(id) => id.clone(),
+            _ => unreachable!(),
+        };
+        assert!(
+            calls[pair[0]..pair[1]].contains(&EngineCall::Inspect(prev.clone())),
+            "{prev} must be checked running before the next restart: {calls:?}"
+        );
+    }
 }

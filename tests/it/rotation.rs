@@ -42,7 +42,10 @@ timeout = "5s"
     let cfg = std::fs::read_to_string(ws.config()).unwrap();
     std::fs::write(
         ws.config(),
-        cfg.replace("[agent]\n", "[agent]\nrotation_debounce = \"100ms\"\n"),
+        cfg.replace(
+            "[agent]\n",
+            "[agent]\nrotation_debounce = \"100ms\"\nrestart_splay = \"100ms\"\n",
+        ),
     )
     .unwrap();
 }
@@ -165,5 +168,47 @@ fn readers_never_see_a_partial_or_mixed_set_during_rotations() {
             .count(),
         1,
         "old generations are removed"
+    );
+}
+
+#[test]
+fn restart_policy_restarts_exactly_once_and_the_restarted_container_gets_the_new_value() {
+    let ws = Workspace::new();
+    rotation_config(&ws, "1s");
+    let path = unique("rot/restart");
+    put(&path, &[("password", "before-restart")]);
+    let token = env("DSO_TEST_VAULT_TOKEN");
+    let agent = Agent::start_with_env(&ws.config(), &[("DSO_IT_BAO_TOKEN", &token)]);
+    let c = ws.container(&[
+        "--tmpfs",
+        DIR,
+        "--label",
+        &format!("dso.secret.pw=bao/{path}#password"),
+        "--label",
+        "dso.reload=restart",
+    ]);
+    c.wait_for(&format!("{DIR}/.ready"), &agent);
+    let started = || docker(&["inspect", "-f", "{{.State.StartedAt}}", &c.id]);
+    let first = started();
+    put(&path, &[("password", "after-restart")]);
+    let second = eventually(&agent, "the container to be restarted", || {
+        let s = started();
+        (s != first).then_some(s)
+    });
+    eventually(&agent, "the new value after the restart", || {
+        (c.read(&format!("{DIR}/pw")).as_deref() == Some("after-restart")).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    assert_eq!(
+        started(),
+        second,
+        "restarted exactly once\n{}",
+        agent.logs()
+    );
+    assert_eq!(
+        agent.metric("dso_reloads_total{policy=\"restart\",result=\"ok\"}"),
+        Some(1.0),
+        "{}",
+        agent.get("/metrics").1
     );
 }
