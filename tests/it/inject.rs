@@ -393,7 +393,14 @@ fn an_agent_restart_re_injects_nothing() {
     ws.write_config("");
     ws.set_secret("rs#k", "restart-value");
     let agent = Agent::start(&ws.config());
-    let c = ws.container(&["--tmpfs", DIR, "--label", "dso.secret.k=local/rs#k"]);
+    let c = ws.container(&[
+        "--tmpfs",
+        DIR,
+        "--label",
+        "dso.secret.k=local/rs#k",
+        "--label",
+        "dso.reload=signal:SIGHUP",
+    ]);
     c.wait_for(&format!("{DIR}/.ready"), &agent);
     let before = c.ls(DIR);
     let ready = c.read(&format!("{DIR}/.ready"));
@@ -416,6 +423,11 @@ fn an_agent_restart_re_injects_nothing() {
         agent.get("/metrics").1
     );
     assert_eq!(c.ls(DIR), before, "the same generation stays in place");
+    assert_eq!(
+        agent.metric("dso_reloads_total{policy=\"signal\",result=\"ok\"}"),
+        None,
+        "an agent restart must not fire a reload policy"
+    );
     assert_eq!(c.read(&format!("{DIR}/.ready")), ready);
 
     // A changed value is written as a new generation, atomically, on the next injection.
