@@ -815,6 +815,24 @@ impl Handler<ContainerJob> for Injector {
     }
 }
 
+impl Handler<crate::messages::Prune> for Injector {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::messages::Prune, _ctx: &mut Self::Context) {
+        let gone: Vec<String> = self
+            .status
+            .keys()
+            .chain(self.managed.keys())
+            .filter(|id| !msg.running.contains(*id) && !self.running.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.status.remove(&id);
+            self.forget(&id);
+        }
+    }
+}
+
 impl Handler<GetShardStatus> for Injector {
     type Result = MessageResult<GetShardStatus>;
 

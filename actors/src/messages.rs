@@ -270,3 +270,12 @@ pub struct AuditRecord {
     /// Why, for refusals and failed reloads.
     pub message: Option<String>,
 }
+
+/// Reconciler → every Injector shard: these containers are running; forget the others (their
+/// status, their cache subscriptions — so their secrets leave memory after the TTL).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Prune {
+    /// Ids of every running container.
+    pub running: std::sync::Arc<std::collections::HashSet<String>>,
+}

@@ -87,6 +87,16 @@ impl Handler<Reconcile> for Reconciler {
                     return 0usize;
                 }
             };
+            // Whatever is not running any more is forgotten (its secrets leave memory).
+            let running: std::sync::Arc<std::collections::HashSet<String>> =
+                std::sync::Arc::new(list.iter().map(|c| c.id.clone()).collect());
+            for shard in router.all() {
+                let _ = shard
+                    .send(crate::messages::Prune {
+                        running: running.clone(),
+                    })
+                    .await;
+            }
             let mut sent = 0;
             for c in list {
                 // Names are only known after inspect; rules by name are checked by the injector.

@@ -683,3 +683,37 @@ async fn restarts_of_one_compose_service_go_one_at_a_time() {
         );
     }
 }
+
+#[actix_rt::test]
+async fn a_reconcile_forgets_containers_that_are_gone() {
+    let r = rig();
+    r.backend.put("a", map(&[("k", "v")]));
+    r.engine.add(container(
+        "c",
+        &[("dso.secret.x", "p/a#k")],
+        &["/run/secrets/dso"],
+    ));
+    let inj = injector(&r, 4, 100);
+    inj.send(job("c", Trigger::Event(ContainerAction::Start)))
+        .await
+        .unwrap();
+    settle(|| metric_line(&r, "dso_managed_containers").ends_with(" 1")).await;
+    assert_eq!(
+        inj.send(crate::messages::GetShardStatus)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    inj.send(crate::messages::Prune {
+        running: Arc::new(std::collections::HashSet::new()),
+    })
+    .await
+    .unwrap();
+    assert!(inj
+        .send(crate::messages::GetShardStatus)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(metric_line(&r, "dso_managed_containers").ends_with(" 0"));
+}
