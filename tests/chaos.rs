@@ -16,7 +16,8 @@ const DIR: &str = "/run/secrets/dso";
 
 fn dockerd_pid() -> Option<u32> {
     let (ok, out, _) = run(Command::new("pidof").arg("dockerd"));
-    ok.then(|| out.split_whitespace().next()?.parse().ok()).flatten()
+    ok.then(|| out.split_whitespace().next()?.parse().ok())
+        .flatten()
 }
 
 /// Stops dockerd (SIGTERM, as a service manager would) and starts it again with the same
@@ -38,22 +39,22 @@ fn restart_dockerd() {
         assert!(Instant::now() < deadline, "dockerd did not stop");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-env/dockerd.log"))
-        .or_else(|_| std::fs::File::create("/tmp/dso-chaos-dockerd.log"))
-        .expect("dockerd log");
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
+    // Started through a shell that exits at once: the daemon is re-parented to init, as a
+    // service manager's would be, and outlives this test.
+    let log = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-env/dockerd.log");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("log=\"$1\"; shift; \"$@\" >>\"$log\" 2>&1 </dev/null & echo $!")
+        .arg("sh")
+        .arg(log)
+        .args(&argv)
         .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
+        .output()
         .expect("start dockerd again");
+    let new_pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let pid_file = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-env/dockerd.pid");
     if std::path::Path::new(pid_file).exists() {
-        let _ = std::fs::write(pid_file, format!("{}\n", child.id()));
+        let _ = std::fs::write(pid_file, format!("{new_pid}\n"));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !docker_try(&["info"]).0 {
@@ -70,7 +71,14 @@ fn a_docker_daemon_restart_leaves_no_labelled_container_without_its_secrets() {
     let agent = Agent::start(&ws.config());
     let before: Vec<Container> = (0..3)
         .map(|_| {
-            ws.container(&["--restart", "always", "--tmpfs", DIR, "--label", "dso.secret.k=local/chaos#k"])
+            ws.container(&[
+                "--restart",
+                "always",
+                "--tmpfs",
+                DIR,
+                "--label",
+                "dso.secret.k=local/chaos#k",
+            ])
         })
         .collect();
     for c in &before {
@@ -81,14 +89,26 @@ fn a_docker_daemon_restart_leaves_no_labelled_container_without_its_secrets() {
     // Containers starting right after the daemon is back, while the agent is reconnecting.
     let after: Vec<Container> = (0..3)
         .map(|_| {
-            ws.container(&["--restart", "always", "--tmpfs", DIR, "--label", "dso.secret.k=local/chaos#k"])
+            ws.container(&[
+                "--restart",
+                "always",
+                "--tmpfs",
+                DIR,
+                "--label",
+                "dso.secret.k=local/chaos#k",
+            ])
         })
         .collect();
 
     for c in before.iter().chain(after.iter()) {
-        eventually(&agent, &format!("{} running with its secret after the daemon restart", c.name), || {
-            (c.read(&format!("{DIR}/k")).as_deref() == Some("chaos-value")).then_some(())
-        });
+        eventually(
+            &agent,
+            &format!(
+                "{} running with its secret after the daemon restart",
+                c.name
+            ),
+            || (c.read(&format!("{DIR}/k")).as_deref() == Some("chaos-value")).then_some(()),
+        );
         c.assert_not_on_disk("chaos-value");
     }
     let logs = agent.wait_log("docker event stream reconnected");
