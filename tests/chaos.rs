@@ -44,7 +44,7 @@ fn restart_dockerd() {
     let log = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-env/dockerd.log");
     let out = Command::new("sh")
         .arg("-c")
-        .arg("log=\"$1\"; shift; \"$@\" >>\"$log\" 2>&1 </dev/null & echo $!")
+        .arg("log=\"$1\"; shift; mkdir -p \"${log%/*}\"; \"$@\" >>\"$log\" 2>&1 </dev/null & echo $!")
         .arg("sh")
         .arg(log)
         .args(&argv)
