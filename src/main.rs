@@ -492,9 +492,28 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
     disable_core_dumps();
     let system = actix::System::new();
     let host = cfg.agent.docker_host();
-    let setup: anyhow::Result<()> = system.block_on(async move {
+    let setup: anyhow::Result<Option<i32>> = system.block_on(async move {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_name, docker = %host, "dso agent starting");
-        let engine = BollardEngine::connect(&host)?;
+        // The socket may not exist yet (dockerd restarting): retry like the event stream does.
+        let mut attempt = 0u32;
+        let engine = loop {
+            match BollardEngine::connect(&host) {
+                Ok(e) => break e,
+                Err(e) if attempt < cfg.agent.docker_max_reconnects => {
+                    attempt += 1;
+                    let delay = dso_actors::watcher::backoff(attempt);
+                    tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %e, "docker not reachable; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "docker unreachable after {} reconnect attempts: {e}",
+                        cfg.agent.docker_max_reconnects
+                    );
+                    return Ok(Some(dso_actors::watcher::EXIT_DOCKER_UNREACHABLE));
+                }
+            }
+        };
         let engine = match tokio::time::timeout(Duration::from_secs(5), engine.clone().negotiate()).await {
             Ok(Ok((e, v))) => {
                 tracing::info!(api_version = %v, "docker API version negotiated");
@@ -570,9 +589,11 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
             let _ = std::fs::remove_file(&socket_path);
             let _ = supervisor.send(Shutdown).await;
         });
-        Ok(())
+        Ok(None)
     });
-    setup?;
+    if let Some(code) = setup? {
+        return Ok(u8::try_from(code).unwrap_or(exit::FAILURE));
+    }
     let code = system.run_with_code().context("actor system")?;
     Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
 }

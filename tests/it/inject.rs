@@ -451,3 +451,33 @@ fn an_agent_restart_re_injects_nothing() {
     );
     c.assert_not_on_disk("restart-value");
 }
+
+#[test]
+fn an_unreachable_docker_makes_the_agent_exit_3_after_max_reconnects() {
+    let ws = Workspace::new();
+    let cfg = ws.write_config("");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[agent]\n",
+        &format!(
+            "[agent]\ndocker_host = \"unix://{}\"\ndocker_max_reconnects = 3\n",
+            ws.path("no-docker.sock").display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(dso_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["agent", "--log-format", "json"])
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit code 3 (Docker unreachable)\n{logs}"
+    );
+    assert!(
+        logs.contains("docker unreachable after 3 reconnect attempts"),
+        "{logs}"
+    );
+}
