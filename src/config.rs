@@ -94,6 +94,8 @@ pub struct AgentConfig {
     /// Default `"5s"`.
     #[serde(with = "duration")]
     pub restart_splay: Duration,
+    /// Rotations in flight at once, agent-wide (divided among the shards). Default 16.
+    pub max_concurrent_rotations: usize,
     /// Secret changes arriving within this window are applied together. Default `"2s"`.
     #[serde(with = "duration")]
     pub rotation_debounce: Duration,
@@ -115,6 +117,7 @@ impl Default for AgentConfig {
             admin_socket: PathBuf::from("/run/dso/dso.sock"),
             audit_log: None,
             restart_splay: Duration::from_secs(5),
+            max_concurrent_rotations: 16,
             rotation_debounce: Duration::from_secs(2),
         }
     }
@@ -385,6 +388,12 @@ impl Config {
             p.push(format!(
                 "agent.shard_concurrency: {} is out of range; use 1 to 64",
                 a.shard_concurrency
+            ));
+        }
+        if !(1..=1024).contains(&a.max_concurrent_rotations) {
+            p.push(format!(
+                "agent.max_concurrent_rotations: {} is out of range; use 1 to 1024",
+                a.max_concurrent_rotations
             ));
         }
         if a.docker_max_reconnects == 0 {

@@ -558,6 +558,7 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
             digest_key: Arc::new(digest_key),
             rotation_debounce: cfg.agent.rotation_debounce,
             restart_splay: cfg.agent.restart_splay,
+            max_concurrent_rotations: cfg.agent.max_concurrent_rotations,
             audit: Some(actix::Actor::start(dso::audit::AuditLog::open(&cfg.agent.audit_log())?).recipient()),
         };
         let listener = tokio::net::TcpListener::bind(cfg.agent.listen)

@@ -56,6 +56,10 @@ pub struct FakeEngine {
     pub down: Mutex<bool>,
     /// What exec prints (e.g. "replaced").
     pub exec_output: Mutex<String>,
+    /// Execs running now, and the most seen at once.
+    pub execs_in_flight: AtomicUsize,
+    /// The most execs seen running at once.
+    pub execs_max_in_flight: AtomicUsize,
 }
 
 impl FakeEngine {
@@ -144,10 +148,13 @@ impl ContainerEngine for FakeEngine {
             cmd: cmd.to_vec(),
             stdin: stdin.to_vec(),
         });
+        let now = self.execs_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.execs_max_in_flight.fetch_max(now, Ordering::SeqCst);
         let delay = self.exec_delay.lock().map(|d| *d).unwrap_or_default();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        self.execs_in_flight.fetch_sub(1, Ordering::SeqCst);
         Ok(ExecOutput {
             exit_code: Some(self.exec_exit.lock().map(|e| *e).unwrap_or(0)),
             output: self

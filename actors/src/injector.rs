@@ -91,6 +91,8 @@ pub struct InjectorSettings {
     pub digest_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
     /// Rotations arriving within this window are applied together.
     pub rotation_debounce: Duration,
+    /// Rotations one shard runs at once (the agent-wide bound divided among the shards).
+    pub rotation_concurrency: usize,
     /// Where deliveries, rotations and refusals are recorded (None: nowhere).
     pub audit: Option<Recipient<AuditRecord>>,
     /// Who applies the `restart` policy (one container of a Compose service at a time).
@@ -177,6 +179,7 @@ pub struct Injector {
     metrics: Arc<Metrics>,
     mailbox: usize,
     running: HashSet<String>,
+    rotations_running: usize,
     pending: HashMap<String, ContainerJob>,
     queue: VecDeque<String>,
     managed: HashMap<String, Managed>,
@@ -211,6 +214,7 @@ impl Injector {
             metrics,
             mailbox,
             running: HashSet::new(),
+            rotations_running: 0,
             pending: HashMap::new(),
             queue: VecDeque::new(),
             managed: HashMap::new(),
@@ -250,6 +254,8 @@ impl Injector {
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        // Rotations waiting for a rotation slot go back to the queue, in order, after this pass.
+        let mut deferred = Vec::new();
         while self.running.len() < self.settings.concurrency.max(1) {
             let Some(id) = self.queue.pop_front() else {
                 break;
@@ -257,9 +263,22 @@ impl Injector {
             let Some(job) = self.pending.remove(&id) else {
                 continue;
             };
+            if job.trigger == Trigger::Rotation
+                && self.rotations_running >= self.settings.rotation_concurrency.max(1)
+            {
+                self.pending.insert(id.clone(), job);
+                deferred.push(id);
+                continue;
+            }
+            if job.trigger == Trigger::Rotation {
+                self.rotations_running += 1;
+            }
             self.metrics.queue_depth.dec();
             self.running.insert(id.clone());
             self.start(job, ctx);
+        }
+        for id in deferred.into_iter().rev() {
+            self.queue.push_front(id);
         }
     }
 
@@ -288,6 +307,9 @@ impl Injector {
     ) {
         let id = job.id.clone();
         self.running.remove(&id);
+        if job.trigger == Trigger::Rotation {
+            self.rotations_running = self.rotations_running.saturating_sub(1);
+        }
         if let Some(m) = outcome.metric() {
             self.metrics.injection(m);
         }

@@ -73,6 +73,8 @@ pub struct AgentSettings {
     pub audit: Option<Recipient<crate::messages::AuditRecord>>,
     /// Most random extra wait between restarts of one Compose service's containers.
     pub restart_splay: Duration,
+    /// Rotations in flight at once, agent-wide.
+    pub max_concurrent_rotations: usize,
 }
 
 /// The root actor.
@@ -169,6 +171,11 @@ impl Actor for Supervisor {
             scope: self.settings.scope.clone(),
             digest_key: self.settings.digest_key.clone(),
             rotation_debounce: self.settings.rotation_debounce,
+            rotation_concurrency: self
+                .settings
+                .max_concurrent_rotations
+                .div_ceil(self.settings.shards.max(1))
+                .max(1),
             audit: self.settings.audit.clone(),
             restarter: Some(restarter.recipient()),
         };

@@ -99,6 +99,7 @@ fn injector(r: &Rig, concurrency: usize, queue: usize) -> Addr<Injector> {
             scope: None,
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
             rotation_debounce: Duration::from_millis(50),
+            rotation_concurrency: 2,
             audit: None,
             restarter: None,
         },
@@ -491,6 +492,7 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
             rotation_debounce: Duration::from_millis(50),
             audit: None,
             restart_splay: Duration::from_millis(200),
+            max_concurrent_rotations: 16,
         },
         metrics,
     )
@@ -572,6 +574,7 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
             rotation_debounce: Duration::from_millis(50),
             audit: None,
             restart_splay: Duration::from_millis(200),
+            max_concurrent_rotations: 16,
         },
         metrics,
     )
@@ -716,4 +719,35 @@ async fn a_reconcile_forgets_containers_that_are_gone() {
         .unwrap()
         .is_empty());
     assert!(metric_line(&r, "dso_managed_containers").ends_with(" 0"));
+}
+
+#[actix_rt::test]
+async fn rotations_are_bounded_per_shard() {
+    let r = rig();
+    r.backend.put("a", map(&[("k", "v")]));
+    for i in 0..6 {
+        r.engine.add(container(
+            &format!("c{i}"),
+            &[("dso.secret.x", "p/a#k")],
+            &["/run/secrets/dso"],
+        ));
+    }
+    *r.engine.exec_delay.lock().unwrap() = Duration::from_millis(100);
+    // Shard concurrency 4, rotation concurrency 2 (rig).
+    let inj = injector(&r, 4, 100);
+    for i in 0..6 {
+        inj.send(job(&format!("c{i}"), Trigger::Rotation))
+            .await
+            .unwrap();
+    }
+    settle(|| r.engine.execs().len() == 6).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(r.engine.execs().len(), 6);
+    assert_eq!(
+        r.engine
+            .execs_max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "at most 2 rotations at once"
+    );
 }
