@@ -174,7 +174,12 @@ impl Cache {
                 }
             }
         }
-        let next_check = self.next_check(&key.0);
+        // A refresh already scheduled the next check when it was dispatched: keep that schedule
+        // (re-scheduling at completion would stretch the period by the fetch time).
+        let next_check = match self.entries.get(&key) {
+            Some(e) if e.next_check > Instant::now() => e.next_check,
+            _ => self.next_check(&key.0),
+        };
         self.entries.insert(
             key,
             Entry {
@@ -194,7 +199,7 @@ impl Actor for Cache {
         ctx.set_mailbox_capacity(self.settings.mailbox);
         let every = (self.settings.ttl / 2).max(Duration::from_secs(1));
         ctx.run_interval(every, |act, _| act.sweep());
-        ctx.run_interval(Duration::from_millis(250), |act, ctx| act.refresh_due(ctx));
+        ctx.run_interval(Duration::from_millis(100), |act, ctx| act.refresh_due(ctx));
     }
 }
 

@@ -43,6 +43,26 @@ fn container(id: &str, labels: &[(&str, &str)], tmpfs: &[&str]) -> ContainerInfo
     }
 }
 
+fn test_settings() -> AgentSettings {
+    AgentSettings {
+        shards: 4,
+        queue_capacity: 100,
+        shard_concurrency: 2,
+        cache_ttl: Duration::from_secs(60),
+        cache_max_entries: 100,
+        rules: Arc::new(vec![]),
+        scope: None,
+        docker_max_reconnects: 3,
+        reconcile_interval: None,
+        drain_timeout: Duration::from_secs(1),
+        digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
+        rotation_debounce: Duration::from_millis(50),
+        audit: None,
+        restart_splay: Duration::from_millis(200),
+        max_concurrent_rotations: 16,
+    }
+}
+
 fn factory(b: Arc<FakeBackend>) -> BackendFactory {
     Arc::new(move || Ok(b.clone() as Arc<dyn SecretBackend>))
 }
@@ -477,23 +497,7 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
             timeout: Duration::from_secs(5),
             refresh_interval: Some(Duration::from_millis(300)),
         }],
-        AgentSettings {
-            shards: 4,
-            queue_capacity: 100,
-            shard_concurrency: 2,
-            cache_ttl: Duration::from_secs(60),
-            cache_max_entries: 100,
-            rules: Arc::new(vec![]),
-            scope: None,
-            docker_max_reconnects: 3,
-            reconcile_interval: None,
-            drain_timeout: Duration::from_secs(1),
-            digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
-            rotation_debounce: Duration::from_millis(50),
-            audit: None,
-            restart_splay: Duration::from_millis(200),
-            max_concurrent_rotations: 16,
-        },
+        test_settings(),
         metrics,
     )
     .start();
@@ -559,23 +563,7 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
             timeout: Duration::from_secs(5),
             refresh_interval: Some(Duration::from_millis(300)),
         }],
-        AgentSettings {
-            shards: 4,
-            queue_capacity: 100,
-            shard_concurrency: 2,
-            cache_ttl: Duration::from_secs(60),
-            cache_max_entries: 100,
-            rules: Arc::new(vec![]),
-            scope: None,
-            docker_max_reconnects: 3,
-            reconcile_interval: None,
-            drain_timeout: Duration::from_secs(1),
-            digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
-            rotation_debounce: Duration::from_millis(50),
-            audit: None,
-            restart_splay: Duration::from_millis(200),
-            max_concurrent_rotations: 16,
-        },
+        test_settings(),
         metrics,
     )
     .start();

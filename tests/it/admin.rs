@@ -1,23 +1,11 @@
 //! The admin socket and the CLI commands that use it: status, reconcile, rotate, inject.
 
-use std::process::Command;
-
 use crate::support::*;
 
 const DIR: &str = "/run/secrets/dso";
 
 fn dso(ws: &Workspace, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(dso_bin())
-        .arg("--config")
-        .arg(ws.config())
-        .args(args)
-        .output()
-        .expect("run dso");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    dso_with(Some(&ws.config()), args)
 }
 
 #[test]

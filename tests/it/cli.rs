@@ -1,20 +1,9 @@
 //! The CLI: `dso check`, `dso secret`, `--help`.
 
-use std::process::{Command, Stdio};
-
 use crate::support::*;
 
 fn dso(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(dso_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run dso");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    dso_with(None, args)
 }
 
 #[test]

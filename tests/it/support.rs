@@ -162,15 +162,7 @@ key_file = "{key}"
 
     /// Runs a labelled container (scope label added) with `args` before the image.
     pub fn container(&self, args: &[&str]) -> Container {
-        let name = unique("c");
-        let scope_label = format!("dso.test={}", self.scope);
-        let mut full: Vec<&str> = vec!["run", "-d", "--name", &name, "--label", &scope_label];
-        full.extend_from_slice(args);
-        let img = image();
-        full.push(&img);
-        full.extend_from_slice(&["/bin/sleep", "600"]);
-        let id = docker(&full);
-        Container { id, name }
+        self.container_cmd(args, &["/bin/sleep", "600"])
     }
 }
 
@@ -417,6 +409,24 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `dso ARGS` with the workspace's config: (exit code, stdout, stderr).
+pub fn dso_with(config: Option<&Path>, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(dso_bin());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dso");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Minimal HTTP/1.0 GET.
