@@ -150,6 +150,7 @@ impl Metrics {
             })
             .set(1);
         m.dropped_init();
+        m.known_series();
         let mut r = Registry::with_prefix("dso");
         r.register(
             "events_received",
@@ -247,7 +248,51 @@ impl Metrics {
             "Reload policies applied after new values, by policy and result",
             m.reloads.clone(),
         );
+        r.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciliation passes (listing and routing)",
+            m.reconcile_duration.clone(),
+        );
         (Arc::new(m), r)
+    }
+
+    /// Creates the series whose label values are known in advance, so that they read 0 instead
+    /// of being absent (absent series silently break `rate()` alerts and dashboards).
+    fn known_series(&self) {
+        for action in ["start", "die", "destroy"] {
+            let _ = self.events_received.get_or_create(&ActionLabel {
+                action: action.to_string(),
+            });
+        }
+        for result in [
+            "success",
+            "unchanged",
+            "duplicate",
+            "invalid_spec",
+            "not_tmpfs",
+            "provider_error",
+            "no_tar",
+            "exec_failed",
+            "engine_error",
+            "container_gone",
+        ] {
+            let _ = self.injections.get_or_create(&ResultLabel {
+                result: result.to_string(),
+            });
+        }
+        for result in ["success", "unchanged", "failed"] {
+            let _ = self.rotations.get_or_create(&ResultLabel {
+                result: result.to_string(),
+            });
+        }
+        for policy in ["signal", "restart"] {
+            for result in ["ok", "error"] {
+                let _ = self.reloads.get_or_create(&PolicyResultLabel {
+                    policy: policy.to_string(),
+                    result: result.to_string(),
+                });
+            }
+        }
     }
 
     /// Counts one injection outcome.

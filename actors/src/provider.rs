@@ -139,6 +139,26 @@ impl Actor for ProviderConnection {
         ctx.set_mailbox_capacity(self.mailbox);
         // Every provider has its series from the start (a 0 is a fact; an absent series is not).
         let _ = self.metrics.provider_restarts.get_or_create(&self.label());
+        let _ = self
+            .metrics
+            .provider_request_duration
+            .get_or_create(&self.label());
+        for result in [
+            "ok",
+            "not_found",
+            "denied",
+            "unavailable",
+            "timeout",
+            "config",
+        ] {
+            let _ = self
+                .metrics
+                .provider_requests
+                .get_or_create(&ProviderResultLabel {
+                    provider: self.name.clone(),
+                    result: result.to_string(),
+                });
+        }
         self.consecutive_failures = 0;
         self.connect();
         self.probe(ctx);

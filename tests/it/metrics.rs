@@ -19,7 +19,9 @@ fn metrics_pass_promtool_and_name_every_documented_series() {
     c.wait_for("/run/secrets/dso/.ready", &agent);
     // The agent records the outcome just after the exec returns: wait for it.
     eventually(&agent, "the injection to be counted", || {
-        agent.metric("dso_injections_total{result=\"success\"}")
+        agent
+            .metric("dso_injections_total{result=\"success\"}")
+            .filter(|n| *n >= 1.0)
     });
     let (status, body) = agent.get("/metrics");
     assert_eq!(status, 200);
@@ -100,4 +102,61 @@ fn health_and_readiness() {
         (s == 503 && b.contains("\"dead\":false")).then_some(b)
     });
     assert!(body.contains("\"local\":true"), "{body}");
+}
+
+/// The shipped alert rules are valid, and every metric they or the Grafana dashboard use is one
+/// the agent exports (a renamed metric must not silently break an operator's alerts).
+#[test]
+fn shipped_alerts_and_dashboard_use_only_exported_metrics() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env("DSO_TEST_PROMTOOL"))
+        .args(["check", "rules", &format!("{root}/deploy/alerts.yml")])
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check rules deploy/alerts.yml:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ws = Workspace::new();
+    ws.write_config("[providers.dead]\ntype = \"vault\"\naddress = \"http://127.0.0.1:9\"\ntoken_env = \"DSO_IT_T\"\ntimeout = \"1s\"\n");
+    let agent = Agent::start_with_env(&ws.config(), &[("DSO_IT_T", "x")]);
+    let body = agent.get("/metrics").1;
+    let exported: std::collections::BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    for file in ["deploy/alerts.yml", "deploy/grafana/dso.json"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let mut used = std::collections::BTreeSet::new();
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while let Some(pos) = text[i..].find("dso_") {
+            let start = i + pos;
+            let mut end = start;
+            while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+                end += 1;
+            }
+            let name = &text[start..end];
+            let family = name
+                .strip_suffix("_bucket")
+                .or_else(|| name.strip_suffix("_sum"))
+                .or_else(|| name.strip_suffix("_count"))
+                .unwrap_or(name);
+            if !family.starts_with("dso-") {
+                used.insert(family.to_string());
+            }
+            i = end.max(start + 1);
+        }
+        for name in used.iter().filter(|n| n.len() > 4) {
+            assert!(
+                exported.contains(name.as_str()),
+                "{file} uses `{name}`, which the agent does not export; exported: {exported:?}"
+            );
+        }
+    }
 }
