@@ -157,6 +157,10 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Most secrets held in memory. Default 10000.
     pub max_entries: usize,
+    /// While a backend is down, values up to `ttl + max_stale` old are still served (and
+    /// counted in `dso_cache_stale_served_total`). `"0s"` turns this off. Default `"1h"`.
+    #[serde(with = "duration")]
+    pub max_stale: Duration,
 }
 
 impl Default for CacheConfig {
@@ -164,6 +168,7 @@ impl Default for CacheConfig {
         Self {
             ttl: Duration::from_secs(600),
             max_entries: 10_000,
+            max_stale: Duration::from_secs(3600),
         }
     }
 }

@@ -549,6 +549,7 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
             shard_concurrency: cfg.agent.shard_concurrency,
             cache_ttl: cfg.cache.ttl,
             cache_max_entries: cfg.cache.max_entries,
+            cache_max_stale: cfg.cache.max_stale,
             rules: Arc::new(cfg.rules()),
             scope: cfg.agent.scope_target(),
             docker_max_reconnects: cfg.agent.docker_max_reconnects,

@@ -38,6 +38,23 @@ pub struct CacheSettings {
     pub mailbox: usize,
     /// Per provider: how often subscribed secrets are re-checked (absent: never).
     pub refresh: HashMap<String, Duration>,
+    /// How long past `ttl` a value may still be served while its backend is down.
+    pub max_stale: Duration,
+}
+
+/// True for failures of the backend itself (not answers such as "not found").
+fn is_outage(e: &FetchError) -> bool {
+    match e {
+        FetchError::Backend { source, .. } => {
+            matches!(
+                source,
+                crate::backend::BackendError::Unavailable(_)
+                    | crate::backend::BackendError::Timeout(_)
+            )
+        }
+        FetchError::ProviderGone(_) => true,
+        FetchError::UnknownProvider(_) => false,
+    }
 }
 
 /// The actor.
@@ -154,9 +171,11 @@ impl Cache {
     fn sweep(&mut self) {
         let ttl = self.settings.ttl;
         let refcount = &self.refcount;
-        // Secrets in use stay (they are refreshed); the others expire after the TTL.
+        // Secrets in use stay (they are refreshed); the others are kept for stale-if-error until
+        // ttl + max_stale, then dropped (and zeroed).
+        let keep = ttl + self.settings.max_stale;
         self.entries
-            .retain(|k, e| refcount.contains_key(k) || e.fetched.elapsed() < ttl);
+            .retain(|k, e| refcount.contains_key(k) || e.fetched.elapsed() < keep);
         self.metrics.cache_entries.set(self.entries.len() as i64);
     }
 
@@ -246,9 +265,33 @@ impl Handler<GetSecret> for Cache {
         }
         .into_actor(self)
         .map(move |res, act, _ctx| {
-            if let Ok(data) = &res {
-                act.insert(key.clone(), data.clone());
-            }
+            let res = match res {
+                Ok(data) => {
+                    act.insert(key.clone(), data.clone());
+                    Ok(data)
+                }
+                // Stale-if-error: the backend cannot answer (down, timeout, restarting) but we
+                // still hold a value younger than ttl + max_stale: serve it, and count it.
+                Err(e) if is_outage(&e) => match act.entries.get(&key) {
+                    Some(entry)
+                        if entry.fetched.elapsed() < act.settings.ttl + act.settings.max_stale =>
+                    {
+                        let age = entry.fetched.elapsed();
+                        act.metrics.cache_stale_served.inc();
+                        act.metrics.secret_stale_seconds.set(age.as_secs() as i64);
+                        tracing::warn!(
+                            provider = %key.0,
+                            path = %key.1,
+                            age_s = age.as_secs(),
+                            error = %e,
+                            "backend unavailable; serving the last known value (stale-if-error)"
+                        );
+                        Ok(entry.data.clone())
+                    }
+                    _ => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             for w in act.pending.remove(&key).unwrap_or_default() {
                 let _ = w.send(res.clone());
             }

@@ -105,6 +105,10 @@ pub struct Metrics {
     pub reloads: Family<PolicyResultLabel, Counter>,
     /// `dso_reconcile_duration_seconds`.
     pub reconcile_duration: Histogram,
+    /// `dso_cache_stale_served_total`: values served past their TTL because the backend was down.
+    pub cache_stale_served: Counter,
+    /// `dso_secret_stale_seconds`: age of the last value served past its TTL.
+    pub secret_stale_seconds: Gauge,
     version: String,
 }
 
@@ -142,6 +146,8 @@ impl Metrics {
             rotations: Family::default(),
             reloads: Family::default(),
             reconcile_duration: latency_histogram(),
+            cache_stale_served: Counter::default(),
+            secret_stale_seconds: Gauge::default(),
             version: version.to_string(),
         };
         m.build_info
@@ -247,6 +253,16 @@ impl Metrics {
             "reloads",
             "Reload policies applied after new values, by policy and result",
             m.reloads.clone(),
+        );
+        r.register(
+            "cache_stale_served",
+            "Secrets served past their TTL because the backend was unavailable (stale-if-error)",
+            m.cache_stale_served.clone(),
+        );
+        r.register(
+            "secret_stale_seconds",
+            "Age of the last secret value served past its TTL",
+            m.secret_stale_seconds.clone(),
         );
         r.register(
             "reconcile_duration_seconds",

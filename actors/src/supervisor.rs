@@ -55,6 +55,8 @@ pub struct AgentSettings {
     pub cache_ttl: Duration,
     /// Most cache entries.
     pub cache_max_entries: usize,
+    /// Stale-if-error window past the TTL.
+    pub cache_max_stale: Duration,
     /// `[[secrets]]` rules.
     pub rules: Arc<Vec<SecretRule>>,
     /// Manage only matching containers.
@@ -145,6 +147,7 @@ impl Actor for Supervisor {
                 max_entries: self.settings.cache_max_entries,
                 mailbox: cap,
                 refresh,
+                max_stale: self.settings.cache_max_stale,
             },
             by_name,
             self.metrics.clone(),

@@ -50,6 +50,7 @@ fn test_settings() -> AgentSettings {
         shard_concurrency: 2,
         cache_ttl: Duration::from_secs(60),
         cache_max_entries: 100,
+        cache_max_stale: Duration::from_secs(3600),
         rules: Arc::new(vec![]),
         scope: None,
         docker_max_reconnects: 3,
@@ -92,6 +93,7 @@ fn rig() -> Rig {
             max_entries: 100,
             mailbox: 100,
             refresh: HashMap::new(),
+            max_stale: Duration::from_secs(3600),
         },
         providers,
         metrics.clone(),
@@ -738,4 +740,45 @@ async fn rotations_are_bounded_per_shard() {
         2,
         "at most 2 rotations at once"
     );
+}
+
+#[actix_rt::test]
+async fn stale_if_error_serves_the_last_value_while_the_backend_is_down() {
+    let backend = FakeBackend::new();
+    backend.put("db", map(&[("pw", "v1")]));
+    let (metrics, registry) = Metrics::new("test");
+    let b = backend.clone();
+    let m = metrics.clone();
+    let provider = actix::Supervisor::start(move |_| {
+        ProviderConnection::new("p".into(), factory(b), Duration::from_secs(5), m, 100)
+    });
+    let mut providers = HashMap::new();
+    providers.insert("p".to_string(), provider);
+    let cache = Cache::new(
+        CacheSettings {
+            ttl: Duration::from_millis(100),
+            max_entries: 100,
+            mailbox: 100,
+            refresh: HashMap::new(),
+            max_stale: Duration::from_secs(60),
+        },
+        providers,
+        metrics,
+    )
+    .start();
+    let get = || {
+        cache.send(GetSecret {
+            source: "p/db#pw".parse().unwrap(),
+        })
+    };
+    assert!(get().await.unwrap().is_ok());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    *backend.fail_with.lock().unwrap() = Some(BackendError::Unavailable("down".into()));
+    let stale = get().await.unwrap().expect("stale value served");
+    assert_eq!(stale.select(Some("pw")).unwrap().expose(), b"v1");
+    assert!(render(&registry).contains("dso_cache_stale_served_total 1"));
+    // An answer such as "not found" is not an outage: no stale value for it.
+    *backend.fail_with.lock().unwrap() = Some(BackendError::NotFound { path: "db".into() });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(get().await.unwrap().is_err());
 }

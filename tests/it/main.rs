@@ -9,5 +9,6 @@ mod admin;
 mod cli;
 mod inject;
 mod metrics;
+mod outage;
 mod rotation;
 mod vault_provider;
