@@ -124,6 +124,13 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Print a shell completion script.
+    ///
+    /// Example: dso completions bash > /etc/bash_completion.d/dso
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Exit 0 if the agent's /healthz answers (for Docker HEALTHCHECK).
     ///
     /// Example: dso health --addr 127.0.0.1:9464
@@ -157,6 +164,16 @@ enum SecretAction {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Move a `.env` file into the vault: each KEY=VALUE becomes key KEY of one path.
+    ///
+    /// Example: dso secret import .env --path app/env && shred -u .env
+    Import {
+        /// The `.env` file (KEY=VALUE lines; `export`, quotes and `#` comments understood).
+        file: PathBuf,
+        /// Vault path to store the keys under (default: `env`).
+        #[arg(long, default_value = "env")]
+        path: String,
     },
     /// Remove a path or one key.
     ///
@@ -244,6 +261,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Inject { container, socket } => {
             let path = format!("/v1/containers/{container}/inject");
             admin_post(cli.config.as_deref(), socket, &path, None)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "dso", &mut std::io::stdout());
+            Ok(exit::OK)
         }
         Command::Health { addr } => {
             let addr = match addr {
@@ -414,6 +436,38 @@ fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> any
             }
             Ok(exit::OK)
         }
+        SecretAction::Import { file, path } => {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?,
+            );
+            let pairs = match parse_dotenv(&text) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("dso: {}: {e}", file.display());
+                    return Ok(exit::FAILURE);
+                }
+            };
+            for (key, value) in &pairs {
+                vault.set(
+                    &path,
+                    Some(key),
+                    SecretValue::new(value.as_bytes().to_vec()),
+                )?;
+            }
+            let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+            eprintln!(
+                "imported {} key{} into `{path}` of provider `{name}`: {}",
+                keys.len(),
+                if keys.len() == 1 { "" } else { "s" },
+                keys.join(", ")
+            );
+            eprintln!(
+                "reference them as {name}/{path}#KEY; the plaintext file {} is still on disk: delete it (shred -u)",
+                file.display()
+            );
+            Ok(exit::OK)
+        }
         SecretAction::Rm { reference } => {
             let (path, key) = split_ref(&reference);
             if vault.remove(path, key)? {
@@ -425,6 +479,68 @@ fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> any
             }
         }
     }
+}
+
+/// Parses a `.env` file: `KEY=VALUE` lines, optional `export `, `#` comments, single or double
+/// quotes (double quotes understand `\n`, `\"`, `\\`). Errors name the line, never the value.
+fn parse_dotenv(text: &str) -> Result<Vec<(String, Zeroizing<String>)>, String> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=VALUE", n + 1));
+        };
+        let key = key.trim();
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+        {
+            return Err(format!(
+                "line {}: `{key}` is not a valid variable name",
+                n + 1
+            ));
+        }
+        let value = value.trim();
+        let parsed = if let Some(inner) = value.strip_prefix('"') {
+            let Some(inner) = inner.strip_suffix('"') else {
+                return Err(format!("line {}: unterminated double quote", n + 1));
+            };
+            let mut s = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    match chars.next() {
+                        Some('n') => s.push('\n'),
+                        Some(other) => s.push(other),
+                        None => s.push('\\'),
+                    }
+                } else {
+                    s.push(c);
+                }
+            }
+            s
+        } else if let Some(inner) = value.strip_prefix('\'') {
+            let Some(inner) = inner.strip_suffix('\'') else {
+                return Err(format!("line {}: unterminated single quote", n + 1));
+            };
+            inner.to_string()
+        } else {
+            // Unquoted: an inline comment starts at " #".
+            value
+                .split(" #")
+                .next()
+                .unwrap_or("")
+                .trim_end()
+                .to_string()
+        };
+        out.push((key.to_string(), Zeroizing::new(parsed)));
+    }
+    Ok(out)
 }
 
 /// Reads a secret from stdin, or prompts without echo on a terminal. One trailing newline from a
@@ -615,5 +731,33 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_lines_quotes_comments_and_errors() {
+        let text = "# comment\nexport DB_PASSWORD=\"p@ss \\\"word\\\"\\n2\"\nAPI_KEY='a b#c'\nPLAIN=value # trailing\nEMPTY=\n\n";
+        let got: Vec<(String, String)> = parse_dotenv(text)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("DB_PASSWORD".into(), "p@ss \"word\"\n2".into()),
+                ("API_KEY".into(), "a b#c".into()),
+                ("PLAIN".into(), "value".into()),
+                ("EMPTY".into(), String::new()),
+            ]
+        );
+        let e = parse_dotenv("OK=1\nnot a line\n").unwrap_err();
+        assert_eq!(e, "line 2: expected KEY=VALUE");
+        let e = parse_dotenv("X=\"secretvalue\n").unwrap_err();
+        assert!(e.contains("line 1") && !e.contains("secretvalue"), "{e}");
     }
 }

@@ -105,6 +105,12 @@ fn every_command_has_help_with_an_example() {
         vec!["secret", "list"],
         vec!["secret", "rm"],
         vec!["health"],
+        vec!["status"],
+        vec!["reconcile"],
+        vec!["rotate"],
+        vec!["inject"],
+        vec!["completions"],
+        vec!["secret", "import"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");
@@ -115,4 +121,55 @@ fn every_command_has_help_with_an_example() {
             "{args:?} --help has no example:\n{out}"
         );
     }
+}
+
+#[test]
+fn secret_import_moves_a_dotenv_file_into_the_vault_and_completions_generate() {
+    let ws = Workspace::new();
+    let cfg = ws.write_config("");
+    let cfg = cfg.to_str().unwrap();
+    let env_file = ws.path("app.env");
+    std::fs::write(
+        &env_file,
+        "# app\nexport DB_PASSWORD=\"imported pw\"\nAPI_KEY=k-123\n",
+    )
+    .unwrap();
+    let (code, out, err) = dso(&[
+        "--config",
+        cfg,
+        "secret",
+        "import",
+        env_file.to_str().unwrap(),
+        "--path",
+        "app/env",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("DB_PASSWORD") && err.contains("API_KEY"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("imported pw") && !out.contains("imported pw"),
+        "values must not be printed"
+    );
+    let (code, out, _) = dso(&["--config", cfg, "secret", "get", "app/env#DB_PASSWORD"]);
+    assert_eq!((code, out.as_str()), (Some(0), "imported pw"));
+    std::fs::write(&env_file, "OK=1\nbroken line\n").unwrap();
+    let (code, _, err) = dso(&[
+        "--config",
+        cfg,
+        "secret",
+        "import",
+        env_file.to_str().unwrap(),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("line 2"), "{err}");
+
+    let (code, out, _) = dso(&["completions", "bash"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("_dso") && out.contains("secret"),
+        "{}",
+        &out[..out.len().min(300)]
+    );
 }
