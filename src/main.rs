@@ -124,6 +124,15 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Check the host: Docker, its socket, the config, every provider, key files, and the tmpfs of
+    /// every running container that asks for secrets. One line per check, with a fix.
+    ///
+    /// Example: dso doctor --json
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script.
     ///
     /// Example: dso completions bash > /etc/bash_completion.d/dso
@@ -262,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let path = format!("/v1/containers/{container}/inject");
             admin_post(cli.config.as_deref(), socket, &path, None)
         }
+        Command::Doctor { json } => doctor(cli.config.as_deref(), json),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "dso", &mut std::io::stdout());
@@ -479,6 +489,271 @@ fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> any
             }
         }
     }
+}
+
+/// One `dso doctor` finding.
+struct Check {
+    name: String,
+    ok: bool,
+    detail: String,
+    fix: Option<String>,
+}
+
+fn doctor(config: Option<&std::path::Path>, json: bool) -> anyhow::Result<u8> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut checks: Vec<Check> = Vec::new();
+    let mut push = |name: &str, ok: bool, detail: String, fix: Option<String>| {
+        checks.push(Check {
+            name: name.to_string(),
+            ok,
+            detail,
+            fix,
+        })
+    };
+    let cfg = match Config::load(config) {
+        Ok((cfg, source)) => {
+            push("config", true, format!("{source} is valid"), None);
+            Some(cfg)
+        }
+        Err(e) => {
+            push(
+                "config",
+                false,
+                e.to_string().replace('\n', " "),
+                Some("fix the fields named above; `dso check` prints the same".into()),
+            );
+            None
+        }
+    };
+    let Some(cfg) = cfg else {
+        return report(checks, json);
+    };
+    let host = cfg.agent.docker_host();
+    if let Some(path) = host.strip_prefix("unix://") {
+        match std::fs::metadata(path) {
+            Ok(m) => {
+                let mode = m.permissions().mode() & 0o777;
+                let loose = mode & 0o006 != 0;
+                push(
+                    "docker socket",
+                    !loose,
+                    format!("{path} mode {mode:o} owner {}:{}", m.uid(), m.gid()),
+                    loose.then(|| {
+                        format!("anyone on the host can control Docker: chmod 660 {path}")
+                    }),
+                );
+            }
+            Err(e) => push(
+                "docker socket",
+                false,
+                format!("{path}: {e}"),
+                Some("start Docker (`systemctl start docker`) or set agent.docker_host".into()),
+            ),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let engine = match BollardEngine::connect(&host) {
+            Ok(e) => match tokio::time::timeout(Duration::from_secs(5), e.negotiate()).await {
+                Ok(Ok((e, v))) => {
+                    let num = |s: &str| -> (u32, u32) {
+                        let mut it = s.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+                        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+                    };
+                    let ok = num(&v) >= (1, 41);
+                    push(
+                        "docker",
+                        ok,
+                        format!("{host} answers, API {v}"),
+                        (!ok).then(|| {
+                            "DSO needs Docker Engine 20.10 (API 1.41) or later".to_string()
+                        }),
+                    );
+                    Some(e)
+                }
+                Ok(Err(e)) => {
+                    push(
+                        "docker",
+                        false,
+                        format!("{host}: {e}"),
+                        Some("is dockerd running, and may this user use its socket?".into()),
+                    );
+                    None
+                }
+                Err(_) => {
+                    push(
+                        "docker",
+                        false,
+                        format!("{host}: no answer in 5 s"),
+                        Some("is dockerd hung? check `docker info`".into()),
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                push(
+                    "docker",
+                    false,
+                    e.to_string(),
+                    Some(
+                        "set agent.docker_host to unix:///var/run/docker.sock or tcp://HOST:PORT"
+                            .into(),
+                    ),
+                );
+                None
+            }
+        };
+        for (name, p) in &cfg.providers {
+            if let ProviderConfig::File(f) = p {
+                if let Some(k) = f.effective_key_file() {
+                    match std::fs::metadata(&k) {
+                        Ok(m) => {
+                            let mode = m.permissions().mode() & 0o777;
+                            push(
+                                &format!("provider {name} key file"),
+                                mode & 0o077 == 0,
+                                format!("{} mode {mode:o}", k.display()),
+                                (mode & 0o077 != 0).then(|| format!("chmod 600 {}", k.display())),
+                            );
+                        }
+                        Err(_) => push(
+                            &format!("provider {name} key file"),
+                            true,
+                            format!(
+                                "{} does not exist yet; it is created (0600) on first use",
+                                k.display()
+                            ),
+                            None,
+                        ),
+                    }
+                }
+            }
+            let backend = factory(name, p)();
+            let probe = match backend {
+                Ok(b) => match tokio::time::timeout(p.timeout(), b.probe()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(BackendError::Timeout(p.timeout())),
+                },
+                Err(e) => Err(e),
+            };
+            match probe {
+                Ok(()) => push(
+                    &format!("provider {name}"),
+                    true,
+                    "reachable and authenticated".into(),
+                    None,
+                ),
+                Err(e) => push(
+                    &format!("provider {name}"),
+                    false,
+                    e.to_string(),
+                    Some(match e {
+                        BackendError::Denied(_) => {
+                            "check the token / key file and its permissions".to_string()
+                        }
+                        BackendError::Config(_) => {
+                            "fix the provider's settings named above".to_string()
+                        }
+                        _ => "is the backend running and reachable from this host?".to_string(),
+                    }),
+                ),
+            }
+        }
+        if let Some(engine) = engine {
+            let rules = cfg.rules();
+            match engine.list_running().await {
+                Ok(list) => {
+                    let mut asked = 0;
+                    for c in list {
+                        let Ok(info) = engine.inspect(&c.id).await else {
+                            continue;
+                        };
+                        if !dso_actors::spec::wants_secrets(&info.name, &info.labels, &rules) {
+                            continue;
+                        }
+                        asked += 1;
+                        match dso_actors::spec::build_spec(&info, &rules) {
+                            Ok(Some(spec)) => {
+                                let ok =
+                                    dso_actors::spec::dir_on_tmpfs(&spec.dir, &info.tmpfs_mounts);
+                                let detail = if ok {
+                                    format!(
+                                        "{} file(s) into {} (tmpfs)",
+                                        spec.files.len(),
+                                        spec.dir
+                                    )
+                                } else {
+                                    format!(
+                                        "{} is not on a tmpfs mount: its secrets are refused",
+                                        spec.dir
+                                    )
+                                };
+                                push(
+                                    &format!("container {}", info.name),
+                                    ok,
+                                    detail,
+                                    (!ok).then(|| {
+                                        format!(
+                                            "add `--tmpfs {}` (compose: `tmpfs: [{}]`)",
+                                            spec.dir, spec.dir
+                                        )
+                                    }),
+                                );
+                            }
+                            Ok(None) => {}
+                            Err(errs) => push(
+                                &format!("container {}", info.name),
+                                false,
+                                errs.iter()
+                                    .map(|e| e.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("; "),
+                                Some("fix the dso.* labels named above".into()),
+                            ),
+                        }
+                    }
+                    if asked == 0 {
+                        push(
+                            "containers",
+                            true,
+                            "no running container asks for secrets".into(),
+                            None,
+                        );
+                    }
+                }
+                Err(e) => push("containers", false, e.to_string(), None),
+            }
+        }
+    });
+    report(checks, json)
+}
+
+fn report(checks: Vec<Check>, json: bool) -> anyhow::Result<u8> {
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if json {
+        let v: Vec<_> = checks
+            .iter()
+            .map(|c| serde_json::json!({"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        let color = std::io::stdout().is_terminal();
+        for c in &checks {
+            let mark = match (c.ok, color) {
+                (true, true) => "\x1b[32mok\x1b[0m  ",
+                (false, true) => "\x1b[31mFAIL\x1b[0m",
+                (true, false) => "ok  ",
+                (false, false) => "FAIL",
+            };
+            println!("{mark} {}: {}", c.name, c.detail);
+            if let Some(f) = &c.fix {
+                println!("     fix: {f}");
+            }
+        }
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::FAILURE })
 }
 
 /// Parses a `.env` file: `KEY=VALUE` lines, optional `export `, `#` comments, single or double

@@ -111,6 +111,7 @@ fn every_command_has_help_with_an_example() {
         vec!["inject"],
         vec!["completions"],
         vec!["secret", "import"],
+        vec!["doctor"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");
@@ -171,5 +172,43 @@ fn secret_import_moves_a_dotenv_file_into_the_vault_and_completions_generate() {
         out.contains("_dso") && out.contains("secret"),
         "{}",
         &out[..out.len().min(300)]
+    );
+}
+
+#[test]
+fn doctor_reports_each_check_with_a_fix() {
+    let ws = Workspace::new();
+    let cfg = ws.write_config(
+        "[providers.dead]\ntype = \"vault\"\naddress = \"http://127.0.0.1:9\"\ntoken_env = \"DSO_IT_DOCTOR\"\ntimeout = \"1s\"\n",
+    );
+    let c = ws.container(&["--label", "dso.secret.k=local/x#k"]);
+    let out = std::process::Command::new(dso_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["doctor", "--json"])
+        .env("DSO_IT_DOCTOR", "t")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "failures → exit 1\n{text}");
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&text).expect("doctor --json");
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no `{name}` check in {text}"))
+            .clone()
+    };
+    assert_eq!(find("config")["ok"], true);
+    assert_eq!(find("docker")["ok"], true);
+    assert_eq!(find("provider local")["ok"], true);
+    let dead = find("provider dead");
+    assert_eq!(dead["ok"], false);
+    assert!(dead["fix"].as_str().is_some(), "{dead}");
+    let mine = find(&format!("container {}", c.name));
+    assert_eq!(mine["ok"], false, "{mine}");
+    assert!(
+        mine["fix"].as_str().unwrap_or("").contains("--tmpfs"),
+        "{mine}"
     );
 }
