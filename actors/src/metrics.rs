@@ -105,6 +105,8 @@ pub struct Metrics {
     pub reloads: Family<PolicyResultLabel, Counter>,
     /// `dso_reconcile_duration_seconds`.
     pub reconcile_duration: Histogram,
+    /// `dso_provider_circuit_state{provider}`: 0 closed, 1 open, 2 half-open.
+    pub provider_circuit_state: Family<ProviderLabel, Gauge>,
     /// `dso_cache_stale_served_total`: values served past their TTL because the backend was down.
     pub cache_stale_served: Counter,
     /// `dso_secret_stale_seconds`: age of the last value served past its TTL.
@@ -147,6 +149,7 @@ impl Metrics {
             reloads: Family::default(),
             reconcile_duration: latency_histogram(),
             cache_stale_served: Counter::default(),
+            provider_circuit_state: Family::default(),
             secret_stale_seconds: Gauge::default(),
             version: version.to_string(),
         };
@@ -253,6 +256,11 @@ impl Metrics {
             "reloads",
             "Reload policies applied after new values, by policy and result",
             m.reloads.clone(),
+        );
+        r.register(
+            "provider_circuit_state",
+            "Circuit breaker of each provider: 0 closed, 1 open (failing fast), 2 half-open (one trial)",
+            m.provider_circuit_state.clone(),
         );
         r.register(
             "cache_stale_served",

@@ -18,6 +18,26 @@ use crate::secret::SecretData;
 /// Consecutive connection failures that restart the actor.
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 
+/// The circuit breaker's state (the value of `dso_provider_circuit_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Requests go to the backend.
+    Closed = 0,
+    /// Requests fail fast (and the cache serves stale values) until the backoff has passed.
+    Open = 1,
+    /// One trial request goes through; its result closes or re-opens the breaker.
+    HalfOpen = 2,
+}
+
+/// Backoff of the open breaker after `n` restarts in a row: 1 s doubling to 60 s, ±25 % jitter.
+pub fn circuit_backoff(n: u32) -> Duration {
+    use rand::Rng;
+    let base = 1000u64
+        .saturating_mul(1u64 << n.saturating_sub(1).min(6))
+        .min(60_000);
+    Duration::from_millis((base as f64 * rand::thread_rng().gen_range(0.75..1.25)) as u64)
+}
+
 /// Builds a fresh backend connection.
 pub type BackendFactory =
     Arc<dyn Fn() -> Result<Arc<dyn SecretBackend>, BackendError> + Send + Sync + 'static>;
@@ -30,6 +50,12 @@ pub struct ProviderConnection {
     build_error: Option<BackendError>,
     timeout: Duration,
     consecutive_failures: u32,
+    /// Circuit breaker: restarts without a success in between (drives the backoff).
+    restarts_in_row: u32,
+    /// Circuit breaker: open (fail fast) until then.
+    open_until: Option<Instant>,
+    /// Circuit breaker: the one trial request of the half-open state is in flight.
+    trial_in_flight: bool,
     up: bool,
     metrics: Arc<Metrics>,
     mailbox: usize,
@@ -51,6 +77,9 @@ impl ProviderConnection {
             build_error: None,
             timeout,
             consecutive_failures: 0,
+            restarts_in_row: 0,
+            open_until: None,
+            trial_in_flight: false,
             up: false,
             metrics,
             mailbox,
@@ -85,9 +114,34 @@ impl ProviderConnection {
         }
     }
 
+    fn set_circuit(&mut self, state: CircuitState) {
+        self.metrics
+            .provider_circuit_state
+            .get_or_create(&self.label())
+            .set(state as i64);
+    }
+
+    /// Where the breaker stands now; moves open → half-open when the backoff has passed.
+    fn circuit(&mut self) -> CircuitState {
+        match self.open_until {
+            None => CircuitState::Closed,
+            Some(t) if Instant::now() < t => CircuitState::Open,
+            Some(_) => {
+                self.set_circuit(CircuitState::HalfOpen);
+                CircuitState::HalfOpen
+            }
+        }
+    }
+
     /// Records an outcome; stops the actor (→ restart) after too many failures in a row.
     fn record(&mut self, ok_or_answer: bool, ctx: &mut Context<Self>) {
+        let was_trial = std::mem::take(&mut self.trial_in_flight);
         if ok_or_answer {
+            if self.open_until.take().is_some() {
+                tracing::info!(provider = %self.name, "circuit closed: the backend answers again");
+            }
+            self.restarts_in_row = 0;
+            self.set_circuit(CircuitState::Closed);
             self.consecutive_failures = 0;
             if !self.up {
                 tracing::info!(provider = %self.name, "provider reachable");
@@ -95,8 +149,14 @@ impl ProviderConnection {
             self.set_up(true);
             return;
         }
-        self.consecutive_failures += 1;
         self.set_up(false);
+        if was_trial {
+            // The half-open trial failed: open again, for longer.
+            self.restarts_in_row += 1;
+            self.open(ctx);
+            return;
+        }
+        self.consecutive_failures += 1;
         if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
             tracing::warn!(
                 provider = %self.name,
@@ -107,11 +167,29 @@ impl ProviderConnection {
         }
     }
 
+    /// Opens the breaker for the current backoff.
+    fn open(&mut self, _ctx: &mut Context<Self>) {
+        let delay = circuit_backoff(self.restarts_in_row);
+        self.open_until = Some(Instant::now() + delay);
+        self.set_circuit(CircuitState::Open);
+        tracing::warn!(
+            provider = %self.name,
+            retry_in_ms = delay.as_millis() as u64,
+            "circuit open: not calling the backend until the next trial"
+        );
+    }
+
     fn probe(&mut self, ctx: &mut Context<Self>) {
         let Some(backend) = self.backend.clone() else {
             self.set_up(false);
             return;
         };
+        match self.circuit() {
+            CircuitState::Open => return,
+            CircuitState::HalfOpen if self.trial_in_flight => return,
+            CircuitState::HalfOpen => self.trial_in_flight = true,
+            CircuitState::Closed => {}
+        }
         let timeout = self.timeout;
         async move {
             match tokio::time::timeout(timeout, backend.probe()).await {
@@ -120,10 +198,14 @@ impl ProviderConnection {
             }
         }
         .into_actor(self)
-        .map(|res, act, _ctx| {
+        .map(|res, act, ctx| {
             let ok = res.is_ok();
             if let Err(e) = &res {
                 tracing::warn!(provider = %act.name, error = %e, "provider probe failed");
+            }
+            if act.trial_in_flight {
+                act.record(ok, ctx);
+                return;
             }
             // A failed probe marks the provider down but does not count toward a restart.
             act.set_up(ok);
@@ -159,12 +241,22 @@ impl Actor for ProviderConnection {
                     result: result.to_string(),
                 });
         }
+        let _ = self
+            .metrics
+            .provider_circuit_state
+            .get_or_create(&self.label());
         self.consecutive_failures = 0;
+        self.trial_in_flight = false;
         self.connect();
+        if self.restarts_in_row > 0 {
+            // Restarted after repeated failures: back off before touching the backend again.
+            self.open(ctx);
+        }
         self.probe(ctx);
-        // While down, probe every 10 s so readiness recovers without traffic.
-        ctx.run_interval(Duration::from_secs(10), |act, ctx| {
-            if !act.up {
+        // While down, probe (every second, within the breaker's backoff) so readiness and the
+        // circuit recover without traffic.
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            if !act.up && act.circuit() != CircuitState::Open {
                 act.probe(ctx);
             }
         });
@@ -179,6 +271,7 @@ impl actix::Supervised for ProviderConnection {
             .inc();
         tracing::info!(provider = %self.name, "provider connection restarting");
         self.backend = None;
+        self.restarts_in_row += 1;
     }
 }
 
@@ -186,6 +279,29 @@ impl Handler<Fetch> for ProviderConnection {
     type Result = ResponseActFuture<Self, Result<SecretData, BackendError>>;
 
     fn handle(&mut self, msg: Fetch, _ctx: &mut Self::Context) -> Self::Result {
+        let fail_fast = match self.circuit() {
+            CircuitState::Closed => false,
+            CircuitState::Open => true,
+            CircuitState::HalfOpen if self.trial_in_flight => true,
+            CircuitState::HalfOpen => {
+                self.trial_in_flight = true;
+                false
+            }
+        };
+        if fail_fast {
+            self.metrics
+                .provider_requests
+                .get_or_create(&ProviderResultLabel {
+                    provider: self.name.clone(),
+                    result: "circuit_open".to_string(),
+                })
+                .inc();
+            let msg = format!(
+                "circuit open after repeated failures of provider `{}`; retrying the backend shortly",
+                self.name
+            );
+            return Box::pin(actix::fut::ready(Err(BackendError::Unavailable(msg))));
+        }
         let backend = self.backend.clone();
         let build_error = self.build_error.clone();
         let timeout = self.timeout;

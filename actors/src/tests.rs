@@ -782,3 +782,63 @@ async fn stale_if_error_serves_the_last_value_while_the_backend_is_down() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(get().await.unwrap().is_err());
 }
+
+#[actix_rt::test]
+async fn the_circuit_opens_after_a_restart_fails_fast_and_closes_on_a_good_trial() {
+    let backend = FakeBackend::new();
+    backend.put("x", map(&[("k", "v")]));
+    *backend.fail_with.lock().unwrap() = Some(BackendError::Unavailable("down".into()));
+    let (metrics, registry) = Metrics::new("test");
+    let (b, m) = (backend.clone(), metrics.clone());
+    let addr = actix::Supervisor::start(move |_| {
+        ProviderConnection::new("p".into(), factory(b), Duration::from_secs(1), m, 100)
+    });
+    for _ in 0..5 {
+        let _ = addr.send(Fetch { path: "x".into() }).await;
+    }
+    settle(|| render(&registry).contains("dso_provider_circuit_state{provider=\"p\"} 1")).await;
+    let before = backend.fetch_count();
+    for _ in 0..20 {
+        let r = addr.send(Fetch { path: "x".into() }).await.unwrap();
+        assert!(
+            matches!(r, Err(BackendError::Unavailable(ref m)) if m.contains("circuit open")),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        backend.fetch_count(),
+        before,
+        "an open circuit does not touch the backend"
+    );
+    // The backend recovers; after the backoff one trial goes through and closes the circuit.
+    *backend.fail_with.lock().unwrap() = None;
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    let r = addr.send(Fetch { path: "x".into() }).await.unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    let text = render(&registry);
+    assert!(
+        text.contains("dso_provider_circuit_state{provider=\"p\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("result=\"circuit_open\"} 20"), "{text}");
+}
+
+#[actix_rt::test]
+async fn a_burst_of_500_starts_sharing_5_secrets_costs_5_backend_reads() {
+    let r = rig();
+    for i in 0..5 {
+        r.backend.put(&format!("s{i}"), map(&[("k", "v")]));
+    }
+    *r.backend.delay.lock().unwrap() = Duration::from_millis(50);
+    let futs: Vec<_> = (0..500)
+        .map(|i| {
+            r.cache.send(GetSecret {
+                source: format!("p/s{}#k", i % 5).parse().unwrap(),
+            })
+        })
+        .collect();
+    for res in futures_util::future::join_all(futs).await {
+        assert!(res.unwrap().is_ok());
+    }
+    assert_eq!(r.backend.fetch_count(), 5);
+}
