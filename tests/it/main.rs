@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod cli;
 mod inject;
+mod limits;
 mod metrics;
 mod outage;
 mod rotation;
