@@ -64,6 +64,27 @@ fn test_settings() -> AgentSettings {
     }
 }
 
+/// The whole actor tree on the fakes, provider `p` refreshed every 300 ms.
+fn start_agent(
+    engine: &Arc<FakeEngine>,
+    backend: &Arc<FakeBackend>,
+) -> (Addr<Supervisor>, prometheus_client::registry::Registry) {
+    let (metrics, registry) = Metrics::new("test");
+    let sup = Supervisor::new(
+        engine.clone() as Arc<dyn ContainerEngine>,
+        vec![ProviderSpec {
+            name: "p".into(),
+            factory: factory(backend.clone()),
+            timeout: Duration::from_secs(5),
+            refresh_interval: Some(Duration::from_millis(300)),
+        }],
+        test_settings(),
+        metrics,
+    )
+    .start();
+    (sup, registry)
+}
+
 fn factory(b: Arc<FakeBackend>) -> BackendFactory {
     Arc::new(move || Ok(b.clone() as Arc<dyn SecretBackend>))
 }
@@ -490,19 +511,7 @@ async fn supervisor_wires_events_to_injection_and_reconciles_at_start() {
         &[("dso.secret.x", "p/a#k")],
         &["/run/secrets/dso"],
     ));
-    let (metrics, _registry) = Metrics::new("test");
-    let sup = Supervisor::new(
-        engine.clone() as Arc<dyn ContainerEngine>,
-        vec![ProviderSpec {
-            name: "p".into(),
-            factory: factory(backend.clone()),
-            timeout: Duration::from_secs(5),
-            refresh_interval: Some(Duration::from_millis(300)),
-        }],
-        test_settings(),
-        metrics,
-    )
-    .start();
+    let (sup, _registry) = start_agent(&engine, &backend);
     settle(|| engine.execs().len() == 1).await;
     assert_eq!(engine.execs()[0].0, "early");
     engine.add(container(
@@ -556,19 +565,7 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
         &[("dso.secret.k", "p/other#k")],
         &["/run/secrets/dso"],
     ));
-    let (metrics, registry) = Metrics::new("test");
-    let _sup = Supervisor::new(
-        engine.clone() as Arc<dyn ContainerEngine>,
-        vec![ProviderSpec {
-            name: "p".into(),
-            factory: factory(backend.clone()),
-            timeout: Duration::from_secs(5),
-            refresh_interval: Some(Duration::from_millis(300)),
-        }],
-        test_settings(),
-        metrics,
-    )
-    .start();
+    let (_sup, registry) = start_agent(&engine, &backend);
     settle(|| engine.execs().len() == 4).await;
     assert_eq!(engine.execs().len(), 4, "first injections");
     // Refreshes that find the same value cause nothing.
