@@ -39,6 +39,16 @@ pub fn default_refresh_interval() -> Duration {
     Duration::from_secs(60)
 }
 
+/// Default `rate_limit` of every provider (requests per second).
+pub fn default_rate_limit() -> f64 {
+    100.0
+}
+
+/// Default `burst` of every provider.
+pub fn default_burst() -> u32 {
+    50
+}
+
 /// Where the config is read from when neither `--config` nor `DSO_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.toml";
 /// Name of the embedded default provider.
@@ -190,6 +200,15 @@ impl ProviderConfig {
             ProviderConfig::Vault(v) => v.timeout,
             ProviderConfig::File(f) => f.timeout,
         }
+    }
+
+    /// Token bucket (requests per second, burst); None when unlimited.
+    pub fn rate_limit(&self) -> Option<(f64, u32)> {
+        let (rate, burst) = match self {
+            ProviderConfig::Vault(v) => (v.rate_limit, v.burst),
+            ProviderConfig::File(f) => (f.rate_limit, f.burst),
+        };
+        (rate > 0.0).then_some((rate, burst.max(1)))
     }
 
     /// How often secrets in use are re-checked (`"0s"`: never).
@@ -435,6 +454,13 @@ impl Config {
             match prov {
                 ProviderConfig::Vault(v) => p.extend(v.validate(&prefix)),
                 ProviderConfig::File(f) => p.extend(f.validate(&prefix)),
+            }
+            let (rate, _) = match prov {
+                ProviderConfig::Vault(v) => (v.rate_limit, v.burst),
+                ProviderConfig::File(f) => (f.rate_limit, f.burst),
+            };
+            if !rate.is_finite() || rate < 0.0 {
+                p.push(format!("{prefix}.rate_limit: {rate} must be 0 (unlimited) or a positive number of requests per second"));
             }
         }
         for (i, s) in self.secrets.iter().enumerate() {

@@ -932,6 +932,7 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
                 factory: factory(name, p),
                 timeout: p.timeout(),
                 refresh_interval: p.refresh_interval(),
+                rate_limit: p.rate_limit(),
             })
             .collect();
         let settings = AgentSettings {

@@ -56,6 +56,8 @@ pub struct ProviderConnection {
     open_until: Option<Instant>,
     /// Circuit breaker: the one trial request of the half-open state is in flight.
     trial_in_flight: bool,
+    /// Token bucket as GCRA: (emission interval, burst tolerance, theoretical arrival time).
+    limiter: Option<(Duration, Duration, Instant)>,
     up: bool,
     metrics: Arc<Metrics>,
     mailbox: usize,
@@ -80,10 +82,33 @@ impl ProviderConnection {
             restarts_in_row: 0,
             open_until: None,
             trial_in_flight: false,
+            limiter: None,
             up: false,
             metrics,
             mailbox,
         }
+    }
+
+    /// Limits requests to `rate` per second with bursts of `burst` (None: unlimited). Requests over
+    /// the limit wait for their turn; they are not refused.
+    pub fn with_rate_limit(mut self, limit: Option<(f64, u32)>) -> Self {
+        self.limiter = limit.filter(|(r, _)| *r > 0.0).map(|(rate, burst)| {
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            (interval, interval * burst.saturating_sub(1), Instant::now())
+        });
+        self
+    }
+
+    /// How long the next request must wait for a token (and takes it).
+    fn take_token(&mut self) -> Duration {
+        let Some((interval, tolerance, tat)) = self.limiter.as_mut() else {
+            return Duration::ZERO;
+        };
+        let now = Instant::now();
+        let start = (*tat).max(now);
+        let wait = start.saturating_duration_since(now + *tolerance);
+        *tat = start + *interval;
+        wait
     }
 
     fn label(&self) -> ProviderLabel {
@@ -306,8 +331,12 @@ impl Handler<Fetch> for ProviderConnection {
         let build_error = self.build_error.clone();
         let timeout = self.timeout;
         let started = Instant::now();
+        let wait = self.take_token();
         Box::pin(
             async move {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let Some(backend) = backend else {
                     return Err(build_error.unwrap_or_else(|| {
                         BackendError::Unavailable("connection not built".to_string())

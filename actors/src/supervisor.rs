@@ -40,6 +40,8 @@ pub struct ProviderSpec {
     pub timeout: Duration,
     /// How often secrets in use are re-checked for changes (None: never).
     pub refresh_interval: Option<Duration>,
+    /// Token bucket: (requests per second, burst); None: unlimited.
+    pub rate_limit: Option<(f64, u32)>,
 }
 
 /// Settings of the whole tree.
@@ -134,9 +136,10 @@ impl Actor for Supervisor {
                 refresh.insert(p.name.clone(), every);
             }
             let metrics = self.metrics.clone();
-            let (name, factory, timeout) = (p.name.clone(), p.factory.clone(), p.timeout);
+            let (name, factory, timeout, limit) =
+                (p.name.clone(), p.factory.clone(), p.timeout, p.rate_limit);
             let addr = actix::Supervisor::start(move |_| {
-                ProviderConnection::new(name, factory, timeout, metrics, cap)
+                ProviderConnection::new(name, factory, timeout, metrics, cap).with_rate_limit(limit)
             });
             by_name.insert(p.name.clone(), addr.clone());
             provider_addrs.push((p.name, addr));

@@ -77,6 +77,7 @@ fn start_agent(
             factory: factory(backend.clone()),
             timeout: Duration::from_secs(5),
             refresh_interval: Some(Duration::from_millis(300)),
+            rate_limit: None,
         }],
         test_settings(),
         metrics,
@@ -838,4 +839,31 @@ async fn a_burst_of_500_starts_sharing_5_secrets_costs_5_backend_reads() {
         assert!(res.unwrap().is_ok());
     }
     assert_eq!(r.backend.fetch_count(), 5);
+}
+
+#[actix_rt::test]
+async fn the_token_bucket_paces_requests_beyond_the_burst() {
+    let backend = FakeBackend::new();
+    backend.put("x", map(&[("k", "v")]));
+    let (metrics, _r) = Metrics::new("test");
+    // 20 per second, bursts of 5: 15 requests need about (15 - 5) / 20 s = 0.5 s.
+    let addr = ProviderConnection::new(
+        "p".into(),
+        factory(backend.clone()),
+        Duration::from_secs(5),
+        metrics,
+        100,
+    )
+    .with_rate_limit(Some((20.0, 5)))
+    .start();
+    let t = std::time::Instant::now();
+    let futs: Vec<_> = (0..15)
+        .map(|_| addr.send(Fetch { path: "x".into() }))
+        .collect();
+    for r in futures_util::future::join_all(futs).await {
+        assert!(r.unwrap().is_ok());
+    }
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(450), "paced: {took:?}");
+    assert_eq!(backend.fetch_count(), 15, "paced, not refused");
 }

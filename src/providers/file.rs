@@ -111,6 +111,12 @@ pub struct FileConfig {
         with = "crate::config::duration"
     )]
     pub refresh_interval: Duration,
+    /// Most backend requests per second (token bucket; 0: unlimited). Default 100.
+    #[serde(default = "crate::config::default_rate_limit")]
+    pub rate_limit: f64,
+    /// Requests allowed at once above the rate (bucket size). Default 50.
+    #[serde(default = "crate::config::default_burst")]
+    pub burst: u32,
 }
 
 impl Default for FileConfig {
@@ -121,6 +127,8 @@ impl Default for FileConfig {
             passphrase_env: None,
             timeout: default_timeout(),
             refresh_interval: crate::config::default_refresh_interval(),
+            rate_limit: crate::config::default_rate_limit(),
+            burst: crate::config::default_burst(),
         }
     }
 }
@@ -1689,6 +1697,8 @@ mod tests {
             passphrase_env: Some("A=B".to_string()),
             timeout: Duration::ZERO,
             refresh_interval: Duration::from_secs(60),
+            rate_limit: crate::config::default_rate_limit(),
+            burst: crate::config::default_burst(),
         };
         let errs = bad.validate("providers.local");
         assert_eq!(errs.len(), 4, "{errs:?}");

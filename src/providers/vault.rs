@@ -54,6 +54,12 @@ pub struct VaultConfig {
         with = "crate::config::duration"
     )]
     pub refresh_interval: Duration,
+    /// Most backend requests per second (token bucket; 0: unlimited). Default 100.
+    #[serde(default = "crate::config::default_rate_limit")]
+    pub rate_limit: f64,
+    /// Requests allowed at once above the rate (bucket size). Default 50.
+    #[serde(default = "crate::config::default_burst")]
+    pub burst: u32,
 }
 
 fn default_mount() -> String {
@@ -677,6 +683,8 @@ mod tests {
             kv_version: 2,
             timeout: Duration::from_secs(30),
             refresh_interval: crate::config::default_refresh_interval(),
+            rate_limit: crate::config::default_rate_limit(),
+            burst: crate::config::default_burst(),
         }
     }
 

@@ -88,6 +88,8 @@ fn config(addr: &str) -> VaultConfig {
         kv_version: 2,
         timeout: Duration::from_secs(10),
         refresh_interval: std::time::Duration::from_secs(60),
+        rate_limit: 100.0,
+        burst: 50,
     }
 }
 
