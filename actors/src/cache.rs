@@ -88,6 +88,23 @@ impl Cache {
         }
     }
 
+    /// Stores a value fetched to check for changes; when it differs from the cached one, announces
+    /// the change (the Injectors rotate it). Returns whether it changed.
+    fn store_checked(&mut self, key: Key, data: SecretData, checked_by: &'static str) -> bool {
+        let changed = self.entries.get(&key).is_some_and(|e| e.data != data);
+        self.insert(key.clone(), data);
+        if changed {
+            tracing::info!(provider = %key.0, path = %key.1, checked_by, "secret changed in its backend");
+            if let Some(to) = &self.changes {
+                let _ = to.try_send(SecretChanged {
+                    provider: key.0,
+                    path: key.1,
+                });
+            }
+        }
+        changed
+    }
+
     /// Where changed secrets are announced.
     pub fn with_changes(mut self, to: Recipient<SecretChanged>) -> Self {
         self.changes = Some(to);
@@ -136,20 +153,10 @@ impl Cache {
                     let waiters = act.pending.remove(&key).unwrap_or_default();
                     match res {
                         Ok(Ok(data)) => {
-                            let changed = act.entries.get(&key).is_none_or(|e| e.data != data);
-                            act.insert(key.clone(), data.clone());
                             for w in waiters {
                                 let _ = w.send(Ok(data.clone()));
                             }
-                            if changed {
-                                tracing::info!(provider = %key.0, path = %key.1, "secret changed in its backend");
-                                if let Some(to) = &act.changes {
-                                    let _ = to.try_send(SecretChanged {
-                                        provider: key.0.clone(),
-                                        path: key.1.clone(),
-                                    });
-                                }
-                            }
+                            act.store_checked(key.clone(), data, "refresh");
                         }
                         other => {
                             // Keep serving the value we have; try again at the next interval.
@@ -364,18 +371,7 @@ impl Handler<CheckNow> for Cache {
             .into_actor(self)
             .map(move |res, act, _ctx| {
                 let data = res?;
-                let changed = act.entries.get(&key).is_some_and(|e| e.data != data);
-                act.insert(key.clone(), data);
-                if changed {
-                    tracing::info!(provider = %key.0, path = %key.1, "secret changed in its backend (checked on request)");
-                    if let Some(to) = &act.changes {
-                        let _ = to.try_send(SecretChanged {
-                            provider: key.0.clone(),
-                            path: key.1.clone(),
-                        });
-                    }
-                }
-                Ok(changed)
+                Ok(act.store_checked(key.clone(), data, "request"))
             }),
         )
     }
