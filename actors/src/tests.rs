@@ -99,6 +99,10 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with_ttl(Duration::from_secs(60))
+}
+
+fn rig_with_ttl(ttl: Duration) -> Rig {
     let engine = FakeEngine::new();
     let backend = FakeBackend::new();
     let (metrics, registry) = Metrics::new("test");
@@ -111,7 +115,7 @@ fn rig() -> Rig {
     providers.insert("p".to_string(), provider);
     let cache = Cache::new(
         CacheSettings {
-            ttl: Duration::from_secs(60),
+            ttl,
             max_entries: 100,
             mailbox: 100,
             refresh: HashMap::new(),
@@ -742,28 +746,9 @@ async fn rotations_are_bounded_per_shard() {
 
 #[actix_rt::test]
 async fn stale_if_error_serves_the_last_value_while_the_backend_is_down() {
-    let backend = FakeBackend::new();
+    let r = rig_with_ttl(Duration::from_millis(100));
+    let (backend, registry, cache) = (&r.backend, &r.registry, &r.cache);
     backend.put("db", map(&[("pw", "v1")]));
-    let (metrics, registry) = Metrics::new("test");
-    let b = backend.clone();
-    let m = metrics.clone();
-    let provider = actix::Supervisor::start(move |_| {
-        ProviderConnection::new("p".into(), factory(b), Duration::from_secs(5), m, 100)
-    });
-    let mut providers = HashMap::new();
-    providers.insert("p".to_string(), provider);
-    let cache = Cache::new(
-        CacheSettings {
-            ttl: Duration::from_millis(100),
-            max_entries: 100,
-            mailbox: 100,
-            refresh: HashMap::new(),
-            max_stale: Duration::from_secs(60),
-        },
-        providers,
-        metrics,
-    )
-    .start();
     let get = || {
         cache.send(GetSecret {
             source: "p/db#pw".parse().unwrap(),
@@ -774,7 +759,7 @@ async fn stale_if_error_serves_the_last_value_while_the_backend_is_down() {
     *backend.fail_with.lock().unwrap() = Some(BackendError::Unavailable("down".into()));
     let stale = get().await.unwrap().expect("stale value served");
     assert_eq!(stale.select(Some("pw")).unwrap().expose(), b"v1");
-    assert!(render(&registry).contains("dso_cache_stale_served_total 1"));
+    assert!(render(registry).contains("dso_cache_stale_served_total 1"));
     // An answer such as "not found" is not an outage: no stale value for it.
     *backend.fail_with.lock().unwrap() = Some(BackendError::NotFound { path: "db".into() });
     tokio::time::sleep(Duration::from_millis(150)).await;
