@@ -10,6 +10,9 @@ ENV_FILE="$STATE/env"
 BAO_LISTEN="127.0.0.1:18200"
 BAO_URL="http://$BAO_LISTEN"
 BAO_TOKEN_LOCAL="dso-test-root"
+MOTO_LISTEN_HOST="127.0.0.1"
+MOTO_PORT="15000"
+MOTO_URL="http://$MOTO_LISTEN_HOST:$MOTO_PORT"
 IMAGE="dso-test/busybox:latest"
 IMAGE_NOTAR="dso-test/notar:latest"
 # Bump when the image recipe below changes: images with another version are rebuilt.
@@ -158,6 +161,36 @@ start_bao() {
   fi
 }
 
+moto_healthy() { curl -fsS -o /dev/null "$MOTO_URL/moto-api/" 2>/dev/null; }
+
+# moto_server: a local AWS API (Secrets Manager included) for the `aws` provider's tests.
+start_moto() {
+  local _
+  moto_healthy && return 0
+  log "starting moto_server on $MOTO_URL (log: $STATE/moto.log)"
+  nohup moto_server -H "$MOTO_LISTEN_HOST" -p "$MOTO_PORT" >>"$STATE/moto.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$STATE/moto.pid"
+  for _ in $(seq 1 120); do
+    moto_healthy && return 0
+    sleep 0.25
+  done
+  log "moto_server did not answer within 30 s; last log lines:"
+  tail -30 "$STATE/moto.log" >&2
+  return 1
+}
+
+# AppRole auth for the vault provider's login tests (idempotent).
+enable_approle() {
+  local bao="$1" out
+  if ! out=$(VAULT_ADDR="$BAO_URL" VAULT_TOKEN="$BAO_TOKEN_LOCAL" BAO_ADDR="$BAO_URL" \
+    BAO_TOKEN="$BAO_TOKEN_LOCAL" "$bao" auth enable approle 2>&1); then
+    case "$out" in
+      *"already in use"*) ;;
+      *) log "enabling approle failed: $out"; return 1 ;;
+    esac
+  fi
+}
+
 # Several sessions may share one checkout's services (`scripts/test` in two terminals, or a manual
 # `up` while `scripts/test` runs): each `up` registers its owner in $USERS, and `down` only stops
 # services and removes test containers when no other live owner is left. `scripts/test` passes its
@@ -206,6 +239,8 @@ up() {
   bao="$(bao_bin)"
   promtool="$(command -v promtool)"
   start_bao "$bao"
+  enable_approle "$bao"
+  start_moto
   {
     printf 'export DSO_TEST_VAULT_ADDR=%q\n' "$BAO_URL"
     printf 'export DSO_TEST_VAULT_TOKEN=%q\n' "$BAO_TOKEN_LOCAL"
@@ -213,6 +248,7 @@ up() {
     printf 'export DSO_TEST_IMAGE_NOTAR=%q\n' "$IMAGE_NOTAR"
     printf 'export DSO_TEST_BAO_BIN=%q\n' "$bao"
     printf 'export DSO_TEST_PROMTOOL=%q\n' "$promtool"
+    printf 'export DSO_TEST_AWS_ENDPOINT=%q\n' "$MOTO_URL"
   } >"$ENV_FILE.tmp"
   mv "$ENV_FILE.tmp" "$ENV_FILE"
   log "ready (env: $ENV_FILE)"
@@ -247,6 +283,7 @@ down() {
     docker ps -aq --filter label=dso.bench | xargs -r docker rm -f >/dev/null 2>&1 || true
   fi
   stop_pid "$STATE/bao.pid" bao
+  stop_pid "$STATE/moto.pid" moto_server
   stop_pid "$STATE/dockerd.pid" dockerd
 }
 

@@ -31,7 +31,9 @@ use dso_actors::secret::SecretRef;
 use dso_actors::spec::{parse_mode, valid_name, SecretRule, Target};
 use serde::{Deserialize, Serialize};
 
+use crate::providers::aws::AwsConfig;
 use crate::providers::file::FileConfig;
+use crate::providers::process::ProcessConfig;
 use crate::providers::vault::VaultConfig;
 
 /// Default `refresh_interval` of every provider.
@@ -191,32 +193,84 @@ pub enum ProviderConfig {
     Vault(VaultConfig),
     /// `type = "file"`: the local encrypted vault.
     File(FileConfig),
+    /// `type = "aws"`: AWS Secrets Manager.
+    Aws(AwsConfig),
+    /// `type = "process"`: an external program speaking JSON-RPC on stdin/stdout.
+    Process(ProcessConfig),
 }
 
+/// The settings every provider type has, whatever its backend.
+pub trait ProviderSettings {
+    /// Per-request timeout.
+    fn timeout(&self) -> Duration;
+    /// How often secrets in use are re-checked (`0s`: never).
+    fn refresh_interval(&self) -> Duration;
+    /// Token bucket: (requests per second, 0 = unlimited; burst).
+    fn rate(&self) -> (f64, u32);
+    /// Semantic problems, each `PREFIX.field: what is wrong and what to do`.
+    fn validate(&self, prefix: &str) -> Vec<String>;
+}
+
+/// Implements [`ProviderSettings`] for a provider config with the common fields `timeout`,
+/// `refresh_interval`, `rate_limit`, `burst` and an inherent `validate(&self, prefix)`.
+macro_rules! provider_settings {
+    ($($t:ty),*) => {$(
+        impl ProviderSettings for $t {
+            fn timeout(&self) -> Duration {
+                self.timeout
+            }
+            fn refresh_interval(&self) -> Duration {
+                self.refresh_interval
+            }
+            fn rate(&self) -> (f64, u32) {
+                (self.rate_limit, self.burst)
+            }
+            fn validate(&self, prefix: &str) -> Vec<String> {
+                <$t>::validate(self, prefix)
+            }
+        }
+    )*};
+}
+provider_settings!(VaultConfig, FileConfig, AwsConfig, ProcessConfig);
+
+/// Provider types and how to name them in errors.
+const PROVIDER_TYPES: &str = "`vault`, `aws`, `process` or `file`";
+
 impl ProviderConfig {
+    /// The `type` of this provider, as written in the config.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ProviderConfig::Vault(_) => "vault",
+            ProviderConfig::File(_) => "file",
+            ProviderConfig::Aws(_) => "aws",
+            ProviderConfig::Process(_) => "process",
+        }
+    }
+
+    /// The settings shared by every provider type.
+    pub fn settings(&self) -> &dyn ProviderSettings {
+        match self {
+            ProviderConfig::Vault(c) => c,
+            ProviderConfig::File(c) => c,
+            ProviderConfig::Aws(c) => c,
+            ProviderConfig::Process(c) => c,
+        }
+    }
+
     /// Per-request timeout.
     pub fn timeout(&self) -> Duration {
-        match self {
-            ProviderConfig::Vault(v) => v.timeout,
-            ProviderConfig::File(f) => f.timeout,
-        }
+        self.settings().timeout()
     }
 
     /// Token bucket (requests per second, burst); None when unlimited.
     pub fn rate_limit(&self) -> Option<(f64, u32)> {
-        let (rate, burst) = match self {
-            ProviderConfig::Vault(v) => (v.rate_limit, v.burst),
-            ProviderConfig::File(f) => (f.rate_limit, f.burst),
-        };
+        let (rate, burst) = self.settings().rate();
         (rate > 0.0).then_some((rate, burst.max(1)))
     }
 
     /// How often secrets in use are re-checked (`"0s"`: never).
     pub fn refresh_interval(&self) -> Option<Duration> {
-        let d = match self {
-            ProviderConfig::Vault(v) => v.refresh_interval,
-            ProviderConfig::File(f) => f.refresh_interval,
-        };
+        let d = self.settings().refresh_interval();
         (!d.is_zero()).then_some(d)
     }
 }
@@ -331,11 +385,15 @@ impl Config {
                             .map(ProviderConfig::Vault),
                         Some("file") => de_at::<FileConfig>(toml::Value::Table(pt), &prefix)
                             .map(ProviderConfig::File),
+                        Some("aws") => de_at::<AwsConfig>(toml::Value::Table(pt), &prefix)
+                            .map(ProviderConfig::Aws),
+                        Some("process") => de_at::<ProcessConfig>(toml::Value::Table(pt), &prefix)
+                            .map(ProviderConfig::Process),
                         Some(other) => Err(format!(
-                            "{prefix}.type: unknown provider type `{other}` (expected `vault` or `file`)"
+                            "{prefix}.type: unknown provider type `{other}` (expected {PROVIDER_TYPES})"
                         )),
                         None => Err(format!(
-                            "{prefix}.type: missing; set `type = \"vault\"` or `type = \"file\"`"
+                            "{prefix}.type: missing; set `type` to {PROVIDER_TYPES}"
                         )),
                     };
                     match parsed {
@@ -451,14 +509,8 @@ impl Config {
                     "{prefix}: provider names use [A-Za-z0-9._-] (it appears in references as `{name}/path`)"
                 ));
             }
-            match prov {
-                ProviderConfig::Vault(v) => p.extend(v.validate(&prefix)),
-                ProviderConfig::File(f) => p.extend(f.validate(&prefix)),
-            }
-            let (rate, _) = match prov {
-                ProviderConfig::Vault(v) => (v.rate_limit, v.burst),
-                ProviderConfig::File(f) => (f.rate_limit, f.burst),
-            };
+            p.extend(prov.settings().validate(&prefix));
+            let (rate, _) = prov.settings().rate();
             if !rate.is_finite() || rate < 0.0 {
                 p.push(format!("{prefix}.rate_limit: {rate} must be 0 (unlimited) or a positive number of requests per second"));
             }

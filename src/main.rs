@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dso::config::{Config, ProviderConfig};
 use dso::docker::BollardEngine;
 use dso::http::{serve, AdminState};
+use dso::providers::aws::AwsBackend;
 use dso::providers::file::FileVault;
+use dso::providers::process::ProcessBackend;
 use dso::providers::vault::VaultBackend;
 use dso_actors::backend::{BackendError, SecretBackend};
 use dso_actors::engine::ContainerEngine;
@@ -868,6 +870,12 @@ fn factory(name: &str, p: &ProviderConfig) -> BackendFactory {
                 .map(|b| Arc::new(b) as Arc<dyn SecretBackend>)
                 .map_err(|e| BackendError::Config(e.to_string()))
         }),
+        ProviderConfig::Aws(a) => {
+            Arc::new(move || AwsBackend::new(&a).map(|b| Arc::new(b) as Arc<dyn SecretBackend>))
+        }
+        ProviderConfig::Process(p) => {
+            Arc::new(move || ProcessBackend::new(&p).map(|b| Arc::new(b) as Arc<dyn SecretBackend>))
+        }
     }
 }
 

@@ -7,6 +7,16 @@ use async_trait::async_trait;
 
 use crate::secret::SecretData;
 
+/// What a backend returned for a path, with the backend's own version of it when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The secret.
+    pub data: SecretData,
+    /// The backend's version of this value (KV v2 `version`, AWS `VersionId`, …), shown in
+    /// status and used for cheap change detection; `None` when the backend has none.
+    pub version: Option<String>,
+}
+
 /// Why a backend request failed. Variants that say `connection` count toward the
 /// five-consecutive-failures restart of a ProviderConnection; the others are answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +67,24 @@ impl BackendError {
 pub trait SecretBackend: Send + Sync + 'static {
     /// Fetches everything stored at `path`.
     async fn fetch(&self, path: &str) -> Result<SecretData, BackendError>;
+
+    /// Fetches `path` with the backend's version of it. Default: [`SecretBackend::fetch`], no
+    /// version. Backends whose read answers carry a version should override this.
+    async fn fetch_versioned(&self, path: &str) -> Result<Fetched, BackendError> {
+        Ok(Fetched {
+            data: self.fetch(path).await?,
+            version: None,
+        })
+    }
+
+    /// The current version of `path`, read cheaply without the value (KV v2 metadata, AWS
+    /// `DescribeSecret`). It must equal the `version` [`SecretBackend::fetch_versioned`] returns
+    /// for the same content. `None` (the default) when the backend cannot tell: the Cache then
+    /// re-fetches the value to detect changes.
+    async fn version(&self, path: &str) -> Result<Option<String>, BackendError> {
+        let _ = path;
+        Ok(None)
+    }
 
     /// A cheap liveness/auth check (e.g. token lookup). Default: always fine.
     async fn probe(&self) -> Result<(), BackendError> {

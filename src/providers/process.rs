@@ -1,0 +1,72 @@
+//! External provider process (`type = "process"`): line-delimited JSON-RPC 2.0 on stdin/stdout.
+//!
+//! Skeleton: the configuration is parsed and validated; the backend itself is being written.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dso_actors::backend::{BackendError, SecretBackend};
+use dso_actors::secret::SecretData;
+use serde::{Deserialize, Serialize};
+
+/// Configuration of a `process` provider.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// The program to run (absolute path).
+    pub command: std::path::PathBuf,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Per-request timeout, default 30s.
+    #[serde(default = "default_timeout", with = "crate::config::duration")]
+    pub timeout: Duration,
+    /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
+    #[serde(
+        default = "crate::config::default_refresh_interval",
+        with = "crate::config::duration"
+    )]
+    pub refresh_interval: Duration,
+    /// Most backend requests per second (token bucket; 0: unlimited). Default 100.
+    #[serde(default = "crate::config::default_rate_limit")]
+    pub rate_limit: f64,
+    /// Requests allowed at once above the rate (bucket size). Default 50.
+    #[serde(default = "crate::config::default_burst")]
+    pub burst: u32,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl ProcessConfig {
+    /// Semantic problems, each `PREFIX.field: what is wrong and what to do`.
+    pub fn validate(&self, prefix: &str) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.timeout.is_zero() {
+            errs.push(format!("{prefix}.timeout: must be more than 0s"));
+        }
+        errs
+    }
+}
+
+/// A provider process.
+pub struct ProcessBackend {
+    _cfg: ProcessConfig,
+}
+
+impl ProcessBackend {
+    /// Builds the client (no network).
+    pub fn new(cfg: &ProcessConfig) -> Result<Self, BackendError> {
+        Ok(Self { _cfg: cfg.clone() })
+    }
+}
+
+#[async_trait]
+impl SecretBackend for ProcessBackend {
+    async fn fetch(&self, _path: &str) -> Result<SecretData, BackendError> {
+        Err(BackendError::Config(
+            "the process provider is not implemented yet".into(),
+        ))
+    }
+}
