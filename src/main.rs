@@ -361,10 +361,23 @@ fn print_status(body: &str) -> anyhow::Result<()> {
             println!("  {m}");
         }
         for f in c["files"].as_array().into_iter().flatten() {
+            let digest = f["digest"].as_str().unwrap_or("-");
+            let since = f["since"]
+                .as_u64()
+                .map(|t| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs(t),
+                    )
+                    .to_string()
+                })
+                .unwrap_or_else(|| "-".into());
             println!(
-                "  {:<24} <- {}",
+                "  {:<24} <- {}  version {}  digest {}  since {}",
                 f["name"].as_str().unwrap_or("?"),
-                f["source"].as_str().unwrap_or("?")
+                f["source"].as_str().unwrap_or("?"),
+                f["version"].as_str().unwrap_or("-"),
+                &digest[..digest.len().min(12)],
+                since
             );
         }
     }

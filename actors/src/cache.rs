@@ -3,25 +3,25 @@
 //! Concurrent misses for the same key cause one backend fetch: the first miss starts it, the others
 //! wait on it. Entries are bounded by `max_entries` (oldest evicted first) and zeroed when dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::backend::Fetched;
 use crate::messages::{
-    CheckNow, Fetch, FetchError, GetSecret, SecretChanged, Subscribe, Unsubscribe,
+    CheckNow, Fetch, FetchError, FetchVersion, GetSecret, SecretChanged, Subscribe, Unsubscribe,
 };
 use crate::metrics::Metrics;
 use crate::provider::ProviderConnection;
-use crate::secret::SecretData;
 
 type Key = (String, String);
-type Waiter = oneshot::Sender<Result<SecretData, FetchError>>;
+type Waiter = oneshot::Sender<Result<Fetched, FetchError>>;
 
 struct Entry {
-    data: SecretData,
+    data: Fetched,
     fetched: Instant,
     /// When a subscribed entry is checked against the backend next (jittered).
     next_check: Instant,
@@ -67,6 +67,18 @@ pub struct Cache {
     subs: HashMap<String, Vec<Key>>,
     refcount: HashMap<Key, usize>,
     changes: Option<Recipient<SecretChanged>>,
+    /// Providers whose backend said it has no cheap version: refreshed by fetching.
+    no_versions: HashSet<String>,
+}
+
+/// How one periodic check of a subscribed secret ended.
+enum Checked {
+    /// The backend's version equals the cached one: nothing to fetch.
+    Unchanged,
+    /// Fetched (the version differed, or the backend has none).
+    Fetched(Fetched),
+    /// The backend could not answer.
+    Failed(String),
 }
 
 impl Cache {
@@ -85,13 +97,18 @@ impl Cache {
             subs: HashMap::new(),
             refcount: HashMap::new(),
             changes: None,
+            no_versions: HashSet::new(),
         }
     }
 
     /// Stores a value fetched to check for changes; when it differs from the cached one, announces
     /// the change (the Injectors rotate it). Returns whether it changed.
-    fn store_checked(&mut self, key: Key, data: SecretData, checked_by: &'static str) -> bool {
-        let changed = self.entries.get(&key).is_some_and(|e| e.data != data);
+    fn store_checked(&mut self, key: Key, data: Fetched, checked_by: &'static str) -> bool {
+        // Values are compared, not versions: a new version with the same content changes nothing.
+        let changed = self
+            .entries
+            .get(&key)
+            .is_some_and(|e| e.data.data != data.data);
         self.insert(key.clone(), data);
         if changed {
             tracing::info!(provider = %key.0, path = %key.1, checked_by, "secret changed in its backend");
@@ -147,23 +164,54 @@ impl Cache {
             }
             self.pending.insert(key.clone(), Vec::new());
             let path = key.1.clone();
-            async move { provider.send(Fetch { path }).await }
+            // Ask for the version first where the backend has one (a metadata read, no value).
+            let known = if self.no_versions.contains(&key.0) {
+                None
+            } else {
+                self.entries.get(&key).and_then(|e| e.data.version.clone())
+            };
+            async move {
+                let mut versionless = false;
+                if let Some(known) = known {
+                    match provider.send(FetchVersion { path: path.clone() }).await {
+                        Ok(Ok(Some(v))) if v == known => return (Checked::Unchanged, false),
+                        Ok(Ok(Some(_))) => {}
+                        Ok(Ok(None)) => versionless = true,
+                        Ok(Err(e)) => return (Checked::Failed(e.to_string()), false),
+                        Err(_) => return (Checked::Failed("provider restarting".into()), false),
+                    }
+                }
+                let checked = match provider.send(Fetch { path }).await {
+                    Ok(Ok(data)) => Checked::Fetched(data),
+                    Ok(Err(e)) => Checked::Failed(e.to_string()),
+                    Err(_) => Checked::Failed("provider restarting".into()),
+                };
+                (checked, versionless)
+            }
                 .into_actor(self)
-                .map(move |res, act, _ctx| {
+                .map(move |(res, versionless), act, _ctx| {
+                    if versionless {
+                        act.no_versions.insert(key.0.clone());
+                    }
                     let waiters = act.pending.remove(&key).unwrap_or_default();
                     match res {
-                        Ok(Ok(data)) => {
+                        Checked::Unchanged => {
+                            if let Some(e) = act.entries.get_mut(&key) {
+                                // Confirmed current: serve it for another ttl.
+                                e.fetched = Instant::now();
+                                for w in waiters {
+                                    let _ = w.send(Ok(e.data.clone()));
+                                }
+                            }
+                        }
+                        Checked::Fetched(data) => {
                             for w in waiters {
                                 let _ = w.send(Ok(data.clone()));
                             }
                             act.store_checked(key.clone(), data, "refresh");
                         }
-                        other => {
+                        Checked::Failed(msg) => {
                             // Keep serving the value we have; try again at the next interval.
-                            let msg = match other {
-                                Ok(Err(e)) => e.to_string(),
-                                _ => "provider restarting".to_string(),
-                            };
                             tracing::warn!(provider = %key.0, path = %key.1, error = %msg, "refresh failed; keeping the current value");
                             for w in waiters {
                                 let _ = w.send(Err(FetchError::ProviderGone(key.0.clone())));
@@ -186,7 +234,7 @@ impl Cache {
         self.metrics.cache_entries.set(self.entries.len() as i64);
     }
 
-    fn insert(&mut self, key: Key, data: SecretData) {
+    fn insert(&mut self, key: Key, data: Fetched) {
         if self.entries.len() >= self.settings.max_entries && !self.entries.contains_key(&key) {
             self.sweep();
             if self.entries.len() >= self.settings.max_entries {
@@ -230,7 +278,7 @@ impl Actor for Cache {
 }
 
 impl Handler<GetSecret> for Cache {
-    type Result = ResponseFuture<Result<SecretData, FetchError>>;
+    type Result = ResponseFuture<Result<Fetched, FetchError>>;
 
     fn handle(&mut self, msg: GetSecret, ctx: &mut Self::Context) -> Self::Result {
         let key: Key = (msg.source.provider.clone(), msg.source.path.clone());

@@ -209,6 +209,12 @@ pub struct FakeBackend {
     pub fail_with: Mutex<Option<BackendError>>,
     /// How long each fetch takes.
     pub delay: Mutex<Duration>,
+    /// When true, the backend has versions (bumped by every `put`), like KV v2.
+    pub versioned: std::sync::atomic::AtomicBool,
+    /// Version reads made.
+    pub version_reads: AtomicUsize,
+    /// Version of each path.
+    pub versions: Mutex<HashMap<String, u64>>,
 }
 
 impl FakeBackend {
@@ -222,6 +228,24 @@ impl FakeBackend {
         if let Ok(mut d) = self.data.lock() {
             d.insert(path.to_string(), data);
         }
+        if let Ok(mut v) = self.versions.lock() {
+            *v.entry(path.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// Version reads so far.
+    pub fn version_count(&self) -> usize {
+        self.version_reads.load(Ordering::SeqCst)
+    }
+
+    fn current_version(&self, path: &str) -> Option<String> {
+        if !self.versioned.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.versions
+            .lock()
+            .ok()
+            .and_then(|v| v.get(path).map(|n| n.to_string()))
     }
 
     /// Number of fetches so far.
@@ -248,5 +272,21 @@ impl SecretBackend for FakeBackend {
             .ok_or_else(|| BackendError::NotFound {
                 path: path.to_string(),
             })
+    }
+
+    async fn fetch_versioned(&self, path: &str) -> Result<crate::backend::Fetched, BackendError> {
+        let data = self.fetch(path).await?;
+        Ok(crate::backend::Fetched {
+            data,
+            version: self.current_version(path),
+        })
+    }
+
+    async fn version(&self, path: &str) -> Result<Option<String>, BackendError> {
+        self.version_reads.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = self.fail_with.lock().ok().and_then(|f| f.clone()) {
+            return Err(e);
+        }
+        Ok(self.current_version(path))
     }
 }

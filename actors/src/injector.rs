@@ -15,6 +15,7 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
+use crate::backend::Fetched;
 use crate::cache::Cache;
 use crate::engine::{ContainerAction, ContainerEngine, EngineError};
 use crate::messages::{
@@ -22,7 +23,7 @@ use crate::messages::{
     GetShardStatus, Reconcile, SecretChanged, Subscribe, Trigger, Unsubscribe,
 };
 use crate::metrics::Metrics;
-use crate::secret::{SecretData, SecretValue};
+use crate::secret::SecretValue;
 use crate::spec::{build_spec, dir_on_tmpfs, ReloadPolicy, SecretRule, SpecError, Target};
 use crate::tarball::{
     build_b64_lines, build_tar, digest, inject_command, Transport, EXIT_NOT_TMPFS, EXIT_NO_TAR,
@@ -326,12 +327,25 @@ impl Injector {
             } => {
                 self.retries.remove(&id);
                 let now = unix_now();
-                let delivered_at = match self.status.get(&id) {
+                let prev = self.status.get(&id);
+                let delivered_at = match prev {
                     Some(prev) if !*changed && prev.digest.as_deref() == Some(digest.as_str()) => {
                         prev.delivered_at
                     }
                     _ => Some(now),
                 };
+                // A file holds its content since the delivery that last changed it.
+                let files: Vec<FileStatus> = files
+                    .iter()
+                    .map(|f| {
+                        let since = prev
+                            .and_then(|p| p.files.iter().find(|o| o.name == f.name))
+                            .filter(|o| o.digest == f.digest)
+                            .and_then(|o| o.since)
+                            .or(delivered_at);
+                        FileStatus { since, ..f.clone() }
+                    })
+                    .collect();
                 self.status.insert(
                     id.clone(),
                     ContainerStatus {
@@ -373,7 +387,15 @@ impl Injector {
                     } else {
                         "delivered"
                     };
-                    self.audit(event, &job, &job_name, files, Some(digest), "success", None);
+                    self.audit(
+                        event,
+                        &job,
+                        &job_name,
+                        &files,
+                        Some(digest),
+                        "success",
+                        None,
+                    );
                 }
                 match reload {
                     Some(Ok(policy)) => {
@@ -381,7 +403,7 @@ impl Injector {
                             "reloaded",
                             &job,
                             &job_name,
-                            files,
+                            &files,
                             Some(digest),
                             policy,
                             None,
@@ -397,7 +419,7 @@ impl Injector {
                             "reload_failed",
                             &job,
                             &job_name,
-                            files,
+                            &files,
                             Some(digest),
                             "error",
                             Some(e),
@@ -647,7 +669,7 @@ async fn inject(
     }
 
     // One fetch per distinct (provider, path); the cache coalesces across containers too.
-    let mut sources: BTreeMap<(String, String), Option<Result<SecretData, FetchError>>> =
+    let mut sources: BTreeMap<(String, String), Option<Result<Fetched, FetchError>>> =
         BTreeMap::new();
     let mut unique = Vec::new();
     for f in &spec.files {
@@ -672,12 +694,16 @@ async fn inject(
     }
 
     let mut values: Vec<SecretValue> = Vec::with_capacity(spec.files.len());
+    let mut versions: Vec<Option<String>> = Vec::with_capacity(spec.files.len());
     let mut errors = Vec::new();
     for f in &spec.files {
         let k = (f.source.provider.clone(), f.source.path.clone());
         match sources.get(&k) {
-            Some(Some(Ok(data))) => match data.select(f.source.key.as_deref()) {
-                Ok(v) => values.push(v),
+            Some(Some(Ok(fetched))) => match fetched.data.select(f.source.key.as_deref()) {
+                Ok(v) => {
+                    values.push(v);
+                    versions.push(fetched.version.clone());
+                }
                 Err(e) => errors.push(format!("`{}` ({}): {e}", f.name, f.source)),
             },
             Some(Some(Err(e))) => errors.push(format!("`{}` ({}): {e}", f.name, f.source)),
@@ -698,6 +724,18 @@ async fn inject(
 
     let pairs: Vec<_> = spec.files.iter().zip(values.iter()).collect();
     let digest = digest(&settings.digest_key, &pairs);
+    // Per file: its source, backend version and a keyed digest of its own content (status, audit).
+    let file_status: Vec<FileStatus> = pairs
+        .iter()
+        .zip(versions)
+        .map(|((f, v), version)| FileStatus {
+            name: f.name.clone(),
+            source: f.source.to_string(),
+            version,
+            digest: crate::tarball::digest(&settings.digest_key, &[(f, v)]),
+            since: None,
+        })
+        .collect();
     // This very start of the container already got this very content: nothing to do.
     if job.trigger != Trigger::Manual {
         if let Some((prev_started, prev_digest)) = &prev {
@@ -782,14 +820,7 @@ async fn inject(
                 changed: out.exit_code == Some(0),
                 replaced,
                 keys,
-                files: spec
-                    .files
-                    .iter()
-                    .map(|f| FileStatus {
-                        name: f.name.clone(),
-                        source: f.source.to_string(),
-                    })
-                    .collect(),
+                files: file_status,
                 reload,
             }
         }

@@ -4,9 +4,9 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Fetched};
 use crate::engine::ContainerAction;
-use crate::secret::{SecretData, SecretRef};
+use crate::secret::SecretRef;
 
 /// Why an injection job exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +50,9 @@ pub struct ContainerJob {
 #[rtype(result = "()")]
 pub struct Drain;
 
-/// Injector → Cache: the data stored at one provider path.
+/// Injector → Cache: the data stored at one provider path (with its backend version).
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<SecretData, FetchError>")]
+#[rtype(result = "Result<Fetched, FetchError>")]
 pub struct GetSecret {
     /// Provider and path (the key part is applied by the caller).
     pub source: SecretRef,
@@ -60,8 +60,17 @@ pub struct GetSecret {
 
 /// Cache → ProviderConnection: fetch one path from the backend.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<SecretData, BackendError>")]
+#[rtype(result = "Result<Fetched, BackendError>")]
 pub struct Fetch {
+    /// Path inside the backend.
+    pub path: String,
+}
+
+/// Cache → ProviderConnection: the backend's current version of one path, without its value
+/// (`None`: the backend has no cheap version; fetch to compare).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Option<String>, BackendError>")]
+pub struct FetchVersion {
     /// Path inside the backend.
     pub path: String,
 }
@@ -170,6 +179,12 @@ pub struct FileStatus {
     pub name: String,
     /// `<provider>/<path>[#<key>]`.
     pub source: String,
+    /// The backend's version of the value (KV v2 version, AWS VersionId, …), when it has one.
+    pub version: Option<String>,
+    /// Keyed digest of this file's content (name, mode, owner, value): changes when it changes.
+    pub digest: String,
+    /// Unix time this content was delivered (kept across deliveries that did not change it).
+    pub since: Option<u64>,
 }
 
 /// What the agent knows about one container that asked for secrets.

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::backend::{BackendError, SecretBackend};
-use crate::messages::{Fetch, IsUp};
+use crate::backend::{BackendError, Fetched, SecretBackend};
+use crate::messages::{Fetch, FetchVersion, IsUp};
 use crate::metrics::{Metrics, ProviderLabel, ProviderResultLabel};
-use crate::secret::SecretData;
 
 /// Consecutive connection failures that restart the actor.
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
@@ -300,10 +299,19 @@ impl actix::Supervised for ProviderConnection {
     }
 }
 
-impl Handler<Fetch> for ProviderConnection {
-    type Result = ResponseActFuture<Self, Result<SecretData, BackendError>>;
+type BackendCall<T> = Box<
+    dyn FnOnce(
+            Arc<dyn SecretBackend>,
+        ) -> futures_util::future::BoxFuture<'static, Result<T, BackendError>>
+        + Send,
+>;
 
-    fn handle(&mut self, msg: Fetch, _ctx: &mut Self::Context) -> Self::Result {
+impl ProviderConnection {
+    /// Runs one backend request through the breaker, the token bucket and the timeout, and counts it.
+    fn call<T: Send + 'static>(
+        &mut self,
+        op: BackendCall<T>,
+    ) -> ResponseActFuture<Self, Result<T, BackendError>> {
         let fail_fast = match self.circuit() {
             CircuitState::Closed => false,
             CircuitState::Open => true,
@@ -342,7 +350,7 @@ impl Handler<Fetch> for ProviderConnection {
                         BackendError::Unavailable("connection not built".to_string())
                     }));
                 };
-                match tokio::time::timeout(timeout, backend.fetch(&msg.path)).await {
+                match tokio::time::timeout(timeout, op(backend)).await {
                     Ok(r) => r,
                     Err(_) => Err(BackendError::Timeout(timeout)),
                 }
@@ -372,6 +380,26 @@ impl Handler<Fetch> for ProviderConnection {
                 res
             }),
         )
+    }
+}
+
+impl Handler<Fetch> for ProviderConnection {
+    type Result = ResponseActFuture<Self, Result<Fetched, BackendError>>;
+
+    fn handle(&mut self, msg: Fetch, _ctx: &mut Self::Context) -> Self::Result {
+        self.call(Box::new(move |b| {
+            Box::pin(async move { b.fetch_versioned(&msg.path).await })
+        }))
+    }
+}
+
+impl Handler<FetchVersion> for ProviderConnection {
+    type Result = ResponseActFuture<Self, Result<Option<String>, BackendError>>;
+
+    fn handle(&mut self, msg: FetchVersion, _ctx: &mut Self::Context) -> Self::Result {
+        self.call(Box::new(move |b| {
+            Box::pin(async move { b.version(&msg.path).await })
+        }))
     }
 }
 

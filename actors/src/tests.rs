@@ -198,6 +198,7 @@ async fn concurrent_misses_cause_one_backend_fetch() {
         assert_eq!(
             res.unwrap()
                 .unwrap()
+                .data
                 .select(Some("password"))
                 .unwrap()
                 .expose(),
@@ -758,7 +759,7 @@ async fn stale_if_error_serves_the_last_value_while_the_backend_is_down() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     *backend.fail_with.lock().unwrap() = Some(BackendError::Unavailable("down".into()));
     let stale = get().await.unwrap().expect("stale value served");
-    assert_eq!(stale.select(Some("pw")).unwrap().expose(), b"v1");
+    assert_eq!(stale.data.select(Some("pw")).unwrap().expose(), b"v1");
     assert!(render(registry).contains("dso_cache_stale_served_total 1"));
     // An answer such as "not found" is not an outage: no stale value for it.
     *backend.fail_with.lock().unwrap() = Some(BackendError::NotFound { path: "db".into() });
@@ -851,4 +852,64 @@ async fn the_token_bucket_paces_requests_beyond_the_burst() {
     let took = t.elapsed();
     assert!(took >= Duration::from_millis(450), "paced: {took:?}");
     assert_eq!(backend.fetch_count(), 15, "paced, not refused");
+}
+
+#[actix_rt::test]
+async fn versioned_backends_are_checked_by_version_and_status_shows_it() {
+    let engine = FakeEngine::new();
+    let backend = FakeBackend::new();
+    backend
+        .versioned
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    backend.put("db", map(&[("pw", "v1"), ("user", "app")]));
+    engine.add(container(
+        "c1",
+        &[
+            ("dso.secret.pw", "p/db#pw"),
+            ("dso.secret.user", "p/db#user"),
+        ],
+        &["/run/secrets/dso"],
+    ));
+    let (sup, _registry) = start_agent(&engine, &backend);
+    settle(|| engine.execs().len() == 1).await;
+    let status = sup.send(crate::messages::GetStatus).await.unwrap();
+    let files = &status.containers[0].files;
+    assert_eq!(files.len(), 2, "{status:?}");
+    assert!(
+        files.iter().all(|f| f.version.as_deref() == Some("1")),
+        "{files:?}"
+    );
+    assert_ne!(files[0].digest, files[1].digest, "per-file digests");
+    let since_user = files.iter().find(|f| f.name == "user").unwrap().since;
+    assert!(since_user.is_some());
+
+    // Unchanged versions: the refreshes read versions only, no value.
+    let fetches = backend.fetch_count();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(backend.version_count() >= 2, "versions are read");
+    assert_eq!(
+        backend.fetch_count(),
+        fetches,
+        "no value fetched while the version is unchanged"
+    );
+
+    // A new version is fetched and rotated once.
+    *engine.exec_output.lock().unwrap() = "replaced\n".into();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // `since` is in whole seconds
+    backend.put("db", map(&[("pw", "v2"), ("user", "app")]));
+    settle(|| engine.execs().len() == 2).await;
+    assert_eq!(engine.execs().len(), 2);
+    let status = sup.send(crate::messages::GetStatus).await.unwrap();
+    let files = &status.containers[0].files;
+    assert!(
+        files.iter().all(|f| f.version.as_deref() == Some("2")),
+        "{files:?}"
+    );
+    let user = files.iter().find(|f| f.name == "user").unwrap();
+    let pw = files.iter().find(|f| f.name == "pw").unwrap();
+    assert_eq!(
+        user.since, since_user,
+        "an unchanged file keeps its `since`"
+    );
+    assert!(pw.since > since_user, "a rotated file gets a new `since`");
 }

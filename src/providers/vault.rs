@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dso_actors::backend::{BackendError, SecretBackend};
+use dso_actors::backend::{BackendError, Fetched, SecretBackend};
 use dso_actors::secret::zeroize_json;
 use dso_actors::secret::{SecretData, SecretValue};
 use reqwest::header::HeaderValue;
@@ -475,8 +475,13 @@ impl VaultBackend {
 
 #[async_trait]
 impl SecretBackend for VaultBackend {
-    /// KV v2: `GET {address}/v1/{mount}/data/{path}`; KV v1: `GET {address}/v1/{mount}/{path}`.
     async fn fetch(&self, path: &str) -> Result<SecretData, BackendError> {
+        Ok(self.fetch_versioned(path).await?.data)
+    }
+
+    /// KV v2: `GET {address}/v1/{mount}/data/{path}` (version from `data.metadata.version`);
+    /// KV v1: `GET {address}/v1/{mount}/{path}` (no version).
+    async fn fetch_versioned(&self, path: &str) -> Result<Fetched, BackendError> {
         let url = if self.kv_version == 1 {
             self.url(&[], path)?
         } else {
@@ -494,6 +499,14 @@ impl SecretBackend for VaultBackend {
         }
         let mut env: Envelope = serde_json::from_slice(&body).map_err(|e| self.decode_error(&e))?;
         drop(body);
+        let version = match (self.kv_version, env.data.as_ref()) {
+            (2, Some(serde_json::Value::Object(outer))) => outer
+                .get("metadata")
+                .and_then(|m| m.get("version"))
+                .and_then(serde_json::Value::as_u64)
+                .map(|v| v.to_string()),
+            _ => None,
+        };
         let result = {
             let data = match (self.kv_version, env.data.as_mut()) {
                 (1, d) => d,
@@ -502,7 +515,10 @@ impl SecretBackend for VaultBackend {
                 (_, d) => d,
             };
             match data {
-                Some(serde_json::Value::Object(map)) => Ok(SecretData::Map(take_values(map))),
+                Some(serde_json::Value::Object(map)) => Ok(Fetched {
+                    data: SecretData::Map(take_values(map)),
+                    version,
+                }),
                 Some(serde_json::Value::Null) => Err(BackendError::NotFound {
                     path: path.to_string(),
                 }),
@@ -516,6 +532,11 @@ impl SecretBackend for VaultBackend {
             zeroize_json(v);
         }
         result
+    }
+
+    /// KV v2: `current_version` from the metadata endpoint (no value read); KV v1: `None`.
+    async fn version(&self, path: &str) -> Result<Option<String>, BackendError> {
+        Ok(self.current_version(path).await?.map(|v| v.to_string()))
     }
 
     /// `GET {address}/v1/auth/token/lookup-self`: OK when the token is accepted.

@@ -113,6 +113,25 @@ fn a_changed_secret_reaches_every_user_and_reload_policies_run_once() {
         c.assert_not_on_disk("second-value");
     }
     assert!(!agent.logs().contains("second-value"));
+
+    // The delivery ledger shows the OpenBao version each container holds.
+    let (ok, out, err) = run(std::process::Command::new(dso_bin()).args([
+        "status",
+        "--json",
+        "--socket",
+        ws.path("dso.sock").to_str().unwrap(),
+    ]));
+    assert!(ok, "dso status: {out}{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mine = s["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == sig.name.as_str())
+        .unwrap_or_else(|| panic!("{} not in status: {out}", sig.name))
+        .clone();
+    assert_eq!(mine["files"][0]["version"], "2", "{out}");
+    assert!(mine["files"][0]["since"].as_u64().is_some(), "{out}");
 }
 
 #[test]
