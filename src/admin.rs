@@ -1,5 +1,5 @@
 //! The admin API on a Unix socket (default `/run/dso/dso.sock`, mode 0660): status, reconcile,
-//! rotate, inject. It never returns a secret value. The listener and the shutdown future are
+//! rotate, inject, and resolve for `dso run` (the only endpoint that returns values). The listener and the shutdown future are
 //! injected, as for the HTTP endpoint.
 //!
 //! | Method and path | What it does |
@@ -8,6 +8,11 @@
 //! | `POST /v1/reconcile` | runs a reconciliation pass now |
 //! | `POST /v1/rotate` | body `{"ref": "<provider>/<path>"}`: checks that secret now; a change rotates it |
 //! | `POST /v1/containers/{id or name}/inject` | injects one container now |
+//! | `POST /v1/resolve` | body `{"refs": ["<provider>/<path>[#<key>]", …]}`: values through the cache, for `dso run` |
+//!
+//! `/v1/resolve` is the one endpoint that answers with values (base64, for `dso run`): whoever can
+//! open the socket (0660, root and the socket's group) can already read every secret through
+//! `docker exec`. Each call is logged with the references and the peer's uid/pid, never values.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +22,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use bytes::Bytes;
-use dso_actors::messages::{CheckNow, GetStatus, InjectNow, Reconcile};
+use dso_actors::messages::{CheckNow, GetSecret, GetStatus, InjectNow, Reconcile};
 use dso_actors::secret::SecretRef;
 use dso_actors::supervisor::Supervisor;
 use http_body_util::{BodyExt, Full, Limited};
@@ -84,9 +89,85 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
     json(status, serde_json::json!({ "error": message.into() }))
 }
 
+/// `POST /v1/resolve`: each reference through the Cache (one fetch per distinct path).
+async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &str) -> Response<Full<Bytes>> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct Ask {
+        refs: Vec<String>,
+    }
+    let Ok(ask) = serde_json::from_slice::<Ask>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON like {\"refs\": [\"vault/app/db#password\"]}",
+        );
+    };
+    if ask.refs.len() > crate::envrun::MAX_REFS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} references; the limit is {}",
+                ask.refs.len(),
+                crate::envrun::MAX_REFS
+            ),
+        );
+    }
+    tracing::info!(peer, refs = %ask.refs.join(","), "resolving references for `dso run`");
+    let mut values = serde_json::Map::new();
+    let mut errors = serde_json::Map::new();
+    let fail = |message: String, not_found: bool| {
+        serde_json::to_value(crate::envrun::ResolveFailure { message, not_found })
+            .unwrap_or_default()
+    };
+    for raw in ask.refs {
+        let r: SecretRef = match raw.parse() {
+            Ok(r) => r,
+            Err(e) => {
+                errors.insert(raw, fail(e.to_string(), false));
+                continue;
+            }
+        };
+        match supervisor.send(GetSecret { source: r.clone() }).await {
+            Ok(Ok(f)) => match f.data.select(r.key.as_deref()) {
+                Ok(v) => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(v.expose());
+                    values.insert(raw, serde_json::Value::String(b64));
+                }
+                Err(e) => {
+                    errors.insert(raw, fail(e.to_string(), true));
+                }
+            },
+            Ok(Err(e)) => {
+                let not_found = matches!(
+                    &e,
+                    dso_actors::messages::FetchError::Backend {
+                        source: dso_actors::backend::BackendError::NotFound { .. },
+                        ..
+                    }
+                );
+                errors.insert(raw, fail(e.to_string(), not_found));
+            }
+            Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "agent is shutting down"),
+        }
+    }
+    let mut answer = serde_json::json!({ "values": values, "errors": errors });
+    let text = format!("{answer}\n");
+    dso_actors::secret::zeroize_json(&mut answer);
+    // The body buffer itself is freed by hyper after sending (not wiped): see the module docs.
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    if let Ok(v) = "application/json".parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = "no-store".parse() {
+        r.headers_mut().insert(hyper::header::CACHE_CONTROL, v);
+    }
+    r
+}
+
 async fn handle(
     req: Request<Incoming>,
     supervisor: Addr<Supervisor>,
+    peer: String,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -132,6 +213,13 @@ async fn handle(
                 Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "agent is shutting down"),
             }
         }
+        (Method::POST, "/v1/resolve") => {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB")),
+            };
+            resolve(&body, &supervisor, &peer).await
+        }
         (Method::POST, p) if p.starts_with("/v1/containers/") && p.ends_with("/inject") => {
             let id = &p["/v1/containers/".len()..p.len() - "/inject".len()];
             if id.is_empty() || id.contains('/') {
@@ -145,7 +233,7 @@ async fn handle(
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "unknown endpoint; see GET /v1/status, POST /v1/reconcile, POST /v1/rotate, POST /v1/containers/{id}/inject",
+            "unknown endpoint; see GET /v1/status, POST /v1/reconcile, POST /v1/rotate, POST /v1/containers/{id}/inject, POST /v1/resolve",
         ),
     })
 }
@@ -166,8 +254,12 @@ pub async fn serve(
                     continue;
                 };
                 let supervisor = supervisor.clone();
+                let peer = match stream.peer_cred() {
+                    Ok(c) => format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0)),
+                    Err(_) => "unknown".to_string(),
+                };
                 actix_rt::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, supervisor.clone()));
+                    let svc = service_fn(move |req| handle(req, supervisor.clone(), peer.clone()));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -234,5 +326,7 @@ pub fn request(
         .split_once("\r\n\r\n")
         .map(|x| x.1.to_string())
         .unwrap_or_default();
+    // `/v1/resolve` answers carry values: wipe our copy of the raw response.
+    zeroize::Zeroize::zeroize(&mut resp);
     Ok((status, body))
 }

@@ -7,5 +7,6 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod docker;
+pub mod envrun;
 pub mod http;
 pub mod providers;

@@ -11,15 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dso::config::{Config, ProviderConfig};
 use dso::docker::BollardEngine;
 use dso::http::{serve, AdminState};
-use dso::providers::aws::AwsBackend;
 use dso::providers::file::FileVault;
-use dso::providers::process::ProcessBackend;
-use dso::providers::vault::VaultBackend;
-use dso_actors::backend::{BackendError, SecretBackend};
+use dso_actors::backend::BackendError;
 use dso_actors::engine::ContainerEngine;
 use dso_actors::messages::Shutdown;
 use dso_actors::metrics::Metrics;
-use dso_actors::provider::BackendFactory;
 use dso_actors::secret::SecretValue;
 use dso_actors::supervisor::{AgentSettings, ProviderSpec, Supervisor};
 use zeroize::Zeroizing;
@@ -134,6 +130,31 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Run a command with every `dso://<provider>/<path>[#<key>]` environment value resolved.
+    ///
+    /// Resolves through the running agent's admin socket when one answers, else against the
+    /// backends of the config directly. Every reference is resolved before the command starts; an
+    /// unresolvable one fails naming the variable (exit 5 when not found, 1 otherwise). The command
+    /// is executed directly (no shell, no temp file); its exit code is dso's. File injection stays
+    /// the recommended way: environment values show in `docker inspect` and never rotate.
+    ///
+    /// Example: DB_PASSWORD=dso://vault/app/db#password dso run -- docker compose up -d
+    Run {
+        /// Admin socket (default: agent.admin_socket from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Never ask the agent; read the backends directly.
+        #[arg(long)]
+        no_agent: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<std::ffi::OsString>,
     },
     /// Print a shell completion script.
     ///
@@ -262,6 +283,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
+        Command::Run {
+            socket,
+            no_agent,
+            command,
+        } => run_command(cli.config.as_deref(), socket, no_agent, command),
         Command::Reconcile { socket } => {
             admin_post(cli.config.as_deref(), socket, "/v1/reconcile", None)
         }
@@ -645,7 +671,7 @@ fn doctor(config: Option<&std::path::Path>, json: bool) -> anyhow::Result<u8> {
                     }
                 }
             }
-            let backend = factory(name, p)();
+            let backend = dso::providers::factory(name, p)();
             let probe = match backend {
                 Ok(b) => match tokio::time::timeout(p.timeout(), b.probe()).await {
                     Ok(r) => r,
@@ -872,24 +898,81 @@ fn health(addr: &str) -> anyhow::Result<u8> {
     }
 }
 
-fn factory(name: &str, p: &ProviderConfig) -> BackendFactory {
-    let _ = name;
-    match p.clone() {
-        ProviderConfig::Vault(v) => {
-            Arc::new(move || VaultBackend::new(&v).map(|b| Arc::new(b) as Arc<dyn SecretBackend>))
-        }
-        ProviderConfig::File(f) => Arc::new(move || {
-            FileVault::open(&f)
-                .map(|b| Arc::new(b) as Arc<dyn SecretBackend>)
-                .map_err(|e| BackendError::Config(e.to_string()))
-        }),
-        ProviderConfig::Aws(a) => {
-            Arc::new(move || AwsBackend::new(&a).map(|b| Arc::new(b) as Arc<dyn SecretBackend>))
-        }
-        ProviderConfig::Process(p) => {
-            Arc::new(move || ProcessBackend::new(&p).map(|b| Arc::new(b) as Arc<dyn SecretBackend>))
+/// `dso run`: resolve the environment's references, then exec the command.
+fn run_command(
+    config: Option<&std::path::Path>,
+    socket: Option<PathBuf>,
+    no_agent: bool,
+    command: Vec<std::ffi::OsString>,
+) -> anyhow::Result<u8> {
+    use dso::envrun::{self, AgentResolveError};
+    use std::os::unix::process::CommandExt;
+    let (refs, mut errors) = envrun::find_refs(std::env::vars_os());
+    let mut env = Vec::new();
+    if errors.is_empty() && !refs.is_empty() {
+        let cfg = match load_config(config) {
+            Ok((c, _)) => c,
+            Err(code) => return Ok(code),
+        };
+        let socket = socket.unwrap_or_else(|| cfg.agent.admin_socket.clone());
+        let via_agent = if no_agent {
+            None
+        } else {
+            match envrun::resolve_via_agent(&socket, &refs) {
+                Ok(r) => Some(r),
+                Err(AgentResolveError::NoAgent(_) | AgentResolveError::Unsupported(_)) => None,
+                Err(e) => {
+                    eprintln!("dso: {e}");
+                    return Ok(exit::FAILURE);
+                }
+            }
+        };
+        let resolved = match via_agent {
+            Some(r) => r,
+            None => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(envrun::resolve_direct(&cfg, &refs))
+            }
+        };
+        match envrun::resolved_env(&refs, resolved) {
+            Ok(e) => env = e,
+            Err(e) => errors = e,
         }
     }
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("dso: {e}");
+        }
+        eprintln!(
+            "dso: not starting {:?}",
+            command
+                .first()
+                .map(|c| c.to_string_lossy())
+                .unwrap_or_default()
+        );
+        let code = if errors.iter().all(|e| e.is_not_found()) {
+            exit::NOT_FOUND
+        } else {
+            exit::FAILURE
+        };
+        return Ok(code);
+    }
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("dso: no command given: dso run -- COMMAND [ARGS…]");
+        return Ok(exit::USAGE);
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    // Only returns on failure.
+    let err = cmd.exec();
+    drop(env);
+    eprintln!("dso: cannot run {}: {err}", program.to_string_lossy());
+    Ok(match err.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 126,
+    })
 }
 
 fn disable_core_dumps() {
@@ -950,7 +1033,7 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
             .iter()
             .map(|(name, p)| ProviderSpec {
                 name: name.clone(),
-                factory: factory(name, p),
+                factory: dso::providers::factory(name, p),
                 timeout: p.timeout(),
                 refresh_interval: p.refresh_interval(),
                 rate_limit: p.rate_limit(),

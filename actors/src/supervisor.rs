@@ -16,13 +16,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
+use crate::backend::Fetched;
 use crate::cache::{Cache, CacheSettings};
 use crate::engine::ContainerEngine;
 use crate::injector::{Injector, InjectorSettings, ShardRouter};
 use crate::messages::{
-    AgentStatus, CheckNow, ContainerJob, Drain, Fatal, FetchError, GetReadiness, GetShardStatus,
-    GetStatus, InjectNow, IsUp, ProviderStatus, Readiness, Reconcile, SecretChanged, Shutdown,
-    Trigger,
+    AgentStatus, CheckNow, ContainerJob, Drain, Fatal, FetchError, GetReadiness, GetSecret,
+    GetShardStatus, GetStatus, InjectNow, IsUp, ProviderStatus, Readiness, Reconcile,
+    SecretChanged, Shutdown, Trigger,
 };
 use crate::metrics::Metrics;
 use crate::provider::{BackendFactory, ProviderConnection};
@@ -399,6 +400,25 @@ impl Handler<CheckNow> for Supervisor {
         };
         let cache = t.cache.clone();
         let provider = msg.provider.clone();
+        Box::pin(async move {
+            cache
+                .send(msg)
+                .await
+                .unwrap_or(Err(FetchError::ProviderGone(provider)))
+        })
+    }
+}
+
+impl Handler<GetSecret> for Supervisor {
+    type Result = ResponseFuture<Result<Fetched, FetchError>>;
+
+    /// Reads one secret through the Cache (for `dso run` over the admin socket).
+    fn handle(&mut self, msg: GetSecret, _ctx: &mut Self::Context) -> Self::Result {
+        let provider = msg.source.provider.clone();
+        let Some(t) = &self.tree else {
+            return Box::pin(async move { Err(FetchError::ProviderGone(provider)) });
+        };
+        let cache = t.cache.clone();
         Box::pin(async move {
             cache
                 .send(msg)

@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod envrun;
 mod inject;
 mod limits;
 mod metrics;
