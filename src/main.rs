@@ -257,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             init_logging(log_format);
-            run_agent(cfg, name)
+            run_agent(cfg, name, cli.config.clone())
         }
         Command::Secret { provider, action } => {
             let (cfg, _) = match load_config(cli.config.as_deref()) {
@@ -551,6 +551,21 @@ fn doctor(config: Option<&std::path::Path>, json: bool) -> anyhow::Result<u8> {
             fix,
         })
     };
+    // Informational: the agent runs without it, with a warning.
+    match memory_lock_possible() {
+        Ok(()) => push(
+            "memory lock",
+            true,
+            "the agent can lock its memory (secret values never swapped out)".into(),
+            None,
+        ),
+        Err(why) => push(
+            "memory lock",
+            true,
+            format!("not available here ({why}); the agent runs unlocked"),
+            Some("grant CAP_IPC_LOCK (compose: cap_add: [IPC_LOCK]) or disable swap".into()),
+        ),
+    }
     let cfg = match Config::load(config) {
         Ok((cfg, source)) => {
             push("config", true, format!("{source} is valid"), None);
@@ -983,8 +998,12 @@ fn disable_core_dumps() {
     }
 }
 
-fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
+fn run_agent(cfg: Config, config_name: String, config_path: Option<PathBuf>) -> anyhow::Result<u8> {
     disable_core_dumps();
+    lock_memory();
+    let reexec = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reexec_flag = reexec.clone();
+    let running_cfg = cfg.clone();
     let system = actix::System::new();
     let host = cfg.agent.docker_host();
     let setup: anyhow::Result<Option<i32>> = system.block_on(async move {
@@ -1080,8 +1099,12 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
         }));
         tracing::info!(%addr, "admin endpoint listening (/metrics /healthz /readyz)");
         actix_rt::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("signal received; draining");
+            if wait_for_signal(&running_cfg, config_path.as_deref()).await == Stop::Reload {
+                reexec_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!("configuration changed; draining, then restarting in place with it");
+            } else {
+                tracing::info!("signal received; draining");
+            }
             let _ = stop_tx.send(());
             let _ = admin_stop_tx.send(());
             let _ = std::fs::remove_file(&socket_path);
@@ -1093,25 +1116,118 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
         return Ok(u8::try_from(code).unwrap_or(exit::FAILURE));
     }
     let code = system.run_with_code().context("actor system")?;
+    if reexec.load(std::sync::atomic::Ordering::SeqCst) && code == 0 {
+        return reexec_self();
+    }
     Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
 }
 
-async fn wait_for_signal() {
+/// Why the agent stops.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM / SIGINT: drain and exit 0.
+    Terminate,
+    /// SIGHUP with a valid, changed config: drain and re-exec with it.
+    Reload,
+}
+
+/// Waits for SIGTERM/SIGINT, or for a SIGHUP that brings a valid, changed config. A SIGHUP with
+/// an invalid config is refused (every problem logged) and the agent keeps running unchanged:
+/// a bad config is never half-applied.
+async fn wait_for_signal(running: &Config, path: Option<&std::path::Path>) -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return Stop::Terminate;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Stop::Terminate,
+            _ = int.recv() => return Stop::Terminate,
+            _ = hup.recv() => match Config::load(path) {
+                Err(e) => tracing::error!(
+                    problems = %e.problems.join("; "),
+                    "SIGHUP: the new configuration is invalid; keeping the running one (nothing applied)"
+                ),
+                Ok((new, _)) if new == *running => {
+                    tracing::info!("SIGHUP: configuration unchanged; nothing to do");
+                }
+                Ok(_) => return Stop::Reload,
+            },
         }
     }
+}
+
+/// Replaces this process with a fresh `dso` with the same arguments (same pid, so Docker and
+/// systemd see no restart). The new agent re-reads state from the containers: nothing is
+/// re-injected needlessly and no reload policy fires.
+fn reexec_self() -> anyhow::Result<u8> {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .exec();
+    Err(anyhow::anyhow!(
+        "restarting in place with the new configuration failed: {err}"
+    ))
+}
+
+/// Locks the agent's memory so secret values are never swapped out, where the OS allows it: with
+/// CAP_IPC_LOCK or an unlimited `memlock` ulimit, `mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`.
+/// Without either, locking everything would make allocations fail once the (small) limit is
+/// reached, so the agent warns instead and runs unlocked.
+fn lock_memory() {
+    match memory_lock_possible() {
+        Ok(()) => {
+            // SAFETY: mlockall only changes this process's paging; MCL_ONFAULT locks pages as
+            // they are touched, so reserved-but-unused memory (thread stacks) costs nothing.
+            let rc = unsafe {
+                libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT)
+            };
+            if rc == 0 {
+                tracing::info!("memory locked (mlockall): secret values are never swapped out");
+            } else {
+                tracing::warn!(
+                    error = %std::io::Error::last_os_error(),
+                    "could not lock memory (mlockall); secret values could be swapped out"
+                );
+            }
+        }
+        Err(why) => tracing::warn!(
+            "memory not locked ({why}): secret values could be swapped out; grant CAP_IPC_LOCK              (compose: cap_add: [IPC_LOCK]) or an unlimited memlock ulimit, or disable swap"
+        ),
+    }
+}
+
+/// Ok when `mlockall(MCL_FUTURE)` cannot starve the allocator; else why not.
+fn memory_lock_possible() -> Result<(), String> {
+    const CAP_IPC_LOCK: u32 = 14;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if cap_eff & (1 << CAP_IPC_LOCK) != 0 {
+        return Ok(());
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    if rc == 0 && lim.rlim_cur == libc::RLIM_INFINITY {
+        return Ok(());
+    }
+    Err(format!(
+        "no CAP_IPC_LOCK and the memlock ulimit is {} KiB",
+        lim.rlim_cur / 1024
+    ))
 }
 
 #[cfg(test)]

@@ -12,5 +12,6 @@ mod inject;
 mod limits;
 mod metrics;
 mod outage;
+mod reload;
 mod rotation;
 mod vault_provider;

@@ -353,6 +353,24 @@ impl Agent {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// The agent's pid (the same after a re-exec in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the agent.
+    pub fn signal(&self, signal: &str) {
+        let (ok, out, err) = run(Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string()));
+        assert!(ok, "kill -{signal}: {out}{err}");
+    }
+
+    /// True while the agent process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits until the logs contain `needle`; returns them.
     pub fn wait_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
