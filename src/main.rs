@@ -874,7 +874,10 @@ fn factory(name: &str, p: &ProviderConfig) -> BackendFactory {
             Arc::new(move || AwsBackend::new(&a).map(|b| Arc::new(b) as Arc<dyn SecretBackend>))
         }
         ProviderConfig::Process(p) => {
-            Arc::new(move || ProcessBackend::new(&p).map(|b| Arc::new(b) as Arc<dyn SecretBackend>))
+            let name = name.to_string();
+            Arc::new(move || {
+                ProcessBackend::new(&name, &p).map(|b| Arc::new(b) as Arc<dyn SecretBackend>)
+            })
         }
     }
 }
