@@ -620,7 +620,7 @@ async fn forward_stderr(stderr: impl AsyncRead + Unpin, name: String) {
             Ok(Line::Eof) | Err(_) => return,
         };
         let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches('\r').escape_debug().to_string();
+        let text = escape_controls(text.trim_end_matches('\r'));
         let text = truncate_chars(&text, MAX_STDERR_LINE);
         if truncated {
             tracing::info!(target: STDERR_TARGET, provider = %name, "{text} [… truncated]");
@@ -856,7 +856,7 @@ fn map_error(error: &Value) -> BackendError {
     let message = error
         .get("message")
         .and_then(Value::as_str)
-        .map(|m| truncate_chars(&m.escape_debug().to_string(), MAX_ERROR_TEXT))
+        .map(|m| truncate_chars(&escape_controls(m), MAX_ERROR_TEXT))
         .unwrap_or_default();
     match code {
         // The path is filled in by the caller, which knows it.
@@ -871,6 +871,19 @@ fn map_error(error: &Value) -> BackendError {
             "provider process answered an error without a numeric code: {message}"
         )),
     }
+}
+
+/// `s` with control characters (terminal escapes, newlines) escaped, everything else as is.
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// At most `max` characters of `s`.
@@ -1135,6 +1148,15 @@ def requests():
             };
             assert_eq!(e.metric_label(), want);
         }
+        let Ok(Parsed::Answer(2, Err(e))) = parse_answer(
+            br#"{"jsonrpc":"2.0","id":2,"error":{"code":-1,"message":"it's \u001b[31mred\nline"}}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            e.to_string(),
+            r"backend unavailable: provider process answered error -1: it's \u{1b}[31mred\nline"
+        );
         assert!(matches!(
             parse_answer(
                 br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse"}}"#

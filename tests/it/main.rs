@@ -11,5 +11,6 @@ mod inject;
 mod limits;
 mod metrics;
 mod outage;
+mod process_provider;
 mod rotation;
 mod vault_provider;
