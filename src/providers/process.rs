@@ -1004,7 +1004,6 @@ impl SecretBackend for ProcessBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     fn python() -> PathBuf {
@@ -1378,6 +1377,5 @@ for req in requests():
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(marker.exists(), "shutdown was not sent");
-        let _ = std::io::stderr().flush();
     }
 }
