@@ -14,7 +14,7 @@ pub mod vault;
 
 /// How the ProviderConnection named `name` builds (and, after failures, rebuilds) its backend.
 pub fn factory(name: &str, p: &ProviderConfig) -> BackendFactory {
-    let _ = name;
+    let name = name.to_string();
     match p.clone() {
         ProviderConfig::Vault(v) => Arc::new(move || {
             vault::VaultBackend::new(&v).map(|b| Arc::new(b) as Arc<dyn SecretBackend>)
@@ -28,7 +28,7 @@ pub fn factory(name: &str, p: &ProviderConfig) -> BackendFactory {
             aws::AwsBackend::new(&a).map(|b| Arc::new(b) as Arc<dyn SecretBackend>)
         }),
         ProviderConfig::Process(p) => Arc::new(move || {
-            process::ProcessBackend::new(&p).map(|b| Arc::new(b) as Arc<dyn SecretBackend>)
+            process::ProcessBackend::new(&name, &p).map(|b| Arc::new(b) as Arc<dyn SecretBackend>)
         }),
     }
 }

@@ -12,6 +12,7 @@ mod inject;
 mod limits;
 mod metrics;
 mod outage;
+mod process_provider;
 mod reload;
 mod rotation;
 mod vault_provider;
