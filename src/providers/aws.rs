@@ -1165,10 +1165,18 @@ fn aws_error(body: &[u8]) -> (Option<String>, Option<String>) {
         #[serde(alias = "Message")]
         message: Option<String>,
     }
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => (e.kind, e.message),
-        Err(_) => (None, None),
+    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
+        return (e.kind, e.message);
     }
+    // Some front ends (STS-style checks, moto's IAM layer) answer with an XML ErrorResponse.
+    let text = String::from_utf8_lossy(body);
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let len = text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..start + len].to_string())
+    };
+    (tag("Code"), tag("Message"))
 }
 
 /// `com.amazonaws…#ResourceNotFoundException` or `ResourceNotFoundException:http://…` →
@@ -2153,6 +2161,17 @@ mod tests {
                 "environment variables AWS_ACCESS_KEY_ID",
             ),
             (http("403 Forbidden", "", ""), "denied", "HTTP 403"),
+            (
+                http(
+                    "403 Forbidden",
+                    "",
+                    "<ErrorResponse><Errors><Error><Code>InvalidClientTokenId</Code>\
+                     <Message>The security token included in the request is invalid.</Message>\
+                     </Error></Errors></ErrorResponse>",
+                ),
+                "denied",
+                "HTTP 403 InvalidClientTokenId: The security token",
+            ),
             (
                 http(
                     "400 Bad Request",
