@@ -350,7 +350,8 @@ fn sigv4_authorization(
     );
     let mut key = Zeroizing::new(format!("AWS4{}", scope.secret_access_key).into_bytes());
     for part in [date, scope.region, scope.service, "aws4_request"] {
-        *key = hmac_sha256(&key, part.as_bytes());
+        // A new `Zeroizing` each round, so every intermediate key is wiped when replaced.
+        key = Zeroizing::new(hmac_sha256(&key, part.as_bytes()));
     }
     let signature = hex::encode(hmac_sha256(&key, string_to_sign.as_bytes()));
     format!(
