@@ -6,6 +6,7 @@
 mod support;
 
 mod admin;
+mod aws_provider;
 mod cli;
 mod envrun;
 mod inject;
