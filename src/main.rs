@@ -72,7 +72,11 @@ enum Command {
     /// Validate the config and print every problem with its path; exit 0 when valid, 4 when not.
     ///
     /// Example: dso check --config dso.toml
-    Check,
+    Check {
+        /// Machine-readable output: {"valid", "source", "providers": {name: type}, "problems": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage secrets in the local encrypted vault (a `file` provider).
     ///
     /// Example: printf 's3cret' | dso secret set app/db#password
@@ -236,7 +240,28 @@ fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), u8> {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Check => match Config::load(cli.config.as_deref()) {
+        Command::Check { json: true } => {
+            let out = match Config::load(cli.config.as_deref()) {
+                Ok((cfg, name)) => serde_json::json!({
+                    "valid": true,
+                    "source": name,
+                    "providers": cfg.providers.iter().map(|(n, p)| (n.clone(), p.type_name())).collect::<std::collections::BTreeMap<_, _>>(),
+                    "problems": [],
+                }),
+                Err(e) => serde_json::json!({
+                    "valid": false,
+                    "source": e.source_name,
+                    "problems": e.problems,
+                }),
+            };
+            println!("{out}");
+            Ok(if out["valid"] == true {
+                exit::OK
+            } else {
+                exit::CONFIG
+            })
+        }
+        Command::Check { json: false } => match Config::load(cli.config.as_deref()) {
             Ok((cfg, name)) => {
                 println!(
                     "{name}: valid ({} provider{}: {})",
@@ -795,7 +820,7 @@ fn report(checks: Vec<Check>, json: bool) -> anyhow::Result<u8> {
             .collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
-        let color = std::io::stdout().is_terminal();
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         for c in &checks {
             let mark = match (c.ok, color) {
                 (true, true) => "\x1b[32mok\x1b[0m  ",

@@ -45,6 +45,26 @@ address = "ftp://x"
     assert_eq!(code, Some(4));
     assert!(err.contains("agent.shards: 64 is out of range"), "{err}");
     assert!(err.contains("providers.v.address"), "{err}");
+    // --json for scripts: the same problems, machine-readable, same exit code.
+    let (code, out, _) = dso(&["check", "--json", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(4));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["valid"], false, "{out}");
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("agent.shards")),
+        "{out}"
+    );
+    let (code, out, _) = dso(&["check", "--json", "--config", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["valid"].clone(), v["providers"]["local"].clone()),
+        (true.into(), "file".into())
+    );
 
     let (code, _, err) = dso(&["check", "--config", "/nonexistent/dso.toml"]);
     assert_eq!(code, Some(4));
