@@ -731,9 +731,12 @@ fn doctor(config: Option<&std::path::Path>, json: bool) -> anyhow::Result<u8> {
                     false,
                     e.to_string(),
                     Some(match e {
-                        BackendError::Denied(_) => {
-                            "check the token / key file and its permissions".to_string()
-                        }
+                        BackendError::Denied(_) => match p {
+                            ProviderConfig::Aws(_) => "check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws/credentials profile, or the instance role) and the IAM policy (secretsmanager:GetSecretValue, DescribeSecret, ListSecrets)".to_string(),
+                            ProviderConfig::Process(_) => "check the credentials the provider program uses (its env / pass_env)".to_string(),
+                            ProviderConfig::File(_) => "check the key file / passphrase and its permissions".to_string(),
+                            ProviderConfig::Vault(_) => "check the Vault token (token_env / token_file) or AppRole credentials and the policy".to_string(),
+                        },
                         BackendError::Config(_) => {
                             "fix the provider's settings named above".to_string()
                         }
