@@ -1,6 +1,8 @@
 //! The `vault` provider against a real OpenBao dev server (`scripts/test` starts it and exports
 //! `DSO_TEST_VAULT_ADDR` / `DSO_TEST_VAULT_TOKEN`, with KV v2 at `secret/` and KV v1 at `kv1/`).
-//! Every test writes under its own unique path, so they run in parallel.
+//! Every test writes under its own unique path, so they run in parallel. AppRole tests create
+//! their own policy and role (unique names; AppRole is enabled at `approle/`), the namespace test
+//! its own namespace, the TLS test a private `bao server -dev -dev-tls` on its own port.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -734,17 +736,18 @@ async fn a_token_from_a_file_is_renewed_before_it_expires() {
     s.read_policy(&n, &prefix).await;
     let path = format!("{prefix}/db");
     s.put_v2(&path, json!({ "k": "renewed" })).await;
-    let token = s.token(&n, "6s").await;
+    // Margins of seconds on both sides: renewal due at 8s, the original TTL ends at 12s.
+    let token = s.token(&n, "12s").await;
     let (_dir, file) = token_file(&token);
     let mut cfg = config(&s.addr);
     cfg.token_file = Some(file);
     let b = VaultBackend::new(&cfg).unwrap();
     b.fetch(&path).await.unwrap();
-    // Past 2/3 of the TTL: the next request renews the token (for another 6s) first.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Past 2/3 of the TTL: the next request renews the token (for another 12s) first.
+    tokio::time::sleep(Duration::from_millis(8500)).await;
     b.fetch(&path).await.unwrap();
-    // Past the original 6s TTL (with seconds to spare before the renewed one ends): still valid.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past the original 12s TTL (seconds to spare before the renewed one ends): still valid.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
     assert_eq!(
         text(&b.fetch(&path).await.unwrap().select(Some("k")).unwrap()),
         "renewed"
