@@ -186,6 +186,8 @@ impl Default for CacheConfig {
 }
 
 /// One `[providers.<name>]` table; `type` selects the variant.
+// Parsed once per config load: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ProviderConfig {
