@@ -910,7 +910,7 @@ fn run_agent(cfg: Config, config_name: String) -> anyhow::Result<u8> {
         let mut attempt = 0u32;
         let engine = loop {
             match BollardEngine::connect(&host) {
-                Ok(e) => break e,
+                Ok(e) => break e.with_direct_writes(cfg.agent.write_mode == dso::config::WriteMode::Auto),
                 Err(e) if attempt < cfg.agent.docker_max_reconnects => {
                     attempt += 1;
                     let delay = dso_actors::watcher::backoff(attempt);

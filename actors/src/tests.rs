@@ -40,6 +40,7 @@ fn container(id: &str, labels: &[(&str, &str)], tmpfs: &[&str]) -> ContainerInfo
         upper_dir: None,
         started_at: Some("2026-11-29T00:00:00Z".into()),
         health: None,
+        pid: Some(4242),
     }
 }
 
