@@ -63,13 +63,15 @@ fn main() {
         .unwrap_or(30);
     let image =
         std::env::var("DSO_TEST_IMAGE").unwrap_or_else(|_| "dso-test/busybox:latest".into());
+    // `agent.write_mode`: `auto` (direct writes through /proc/<pid>/root) or `exec`.
+    let write_mode = std::env::var("DSO_BENCH_WRITE_MODE").unwrap_or_else(|_| "auto".into());
     let dir = tempfile::tempdir().expect("tempdir");
     let scope = format!("bench{}", std::process::id());
     let cfg = dir.path().join("dso.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nlisten = \"127.0.0.1:0\"\nscope = \"dso.bench={scope}\"\nreconcile_interval = \"0s\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\n\
+            "[agent]\nlisten = \"127.0.0.1:0\"\nscope = \"dso.bench={scope}\"\nreconcile_interval = \"0s\"\nstate_dir = \"{}\"\nadmin_socket = \"{}\"\nwrite_mode = \"{write_mode}\"\n\
              [providers.local]\ntype = \"file\"\npath = \"{}\"\nkey_file = \"{}\"\n",
             dir.path().join("state").display(),
             dir.path().join("dso.sock").display(),
@@ -240,8 +242,15 @@ fn main() {
         let _ = Command::new("docker").args(["rm", "-f", id]).output();
     }
 
-    println!("\nDSO injection benchmark: {n} containers × {SECRETS} secrets, warm cache, sequential starts");
-    let dso_med = summary("dso: event → 10 files in place (one exec)", durations);
+    println!("\nDSO injection benchmark: {n} containers × {SECRETS} secrets, warm cache, sequential starts, write_mode = \"{write_mode}\"");
+    let dso_med = summary(
+        if write_mode == "exec" {
+            "dso: event → 10 files in place (one exec)"
+        } else {
+            "dso: event → 10 files in place (direct)"
+        },
+        durations,
+    );
     let noop_med = summary("no-op docker exec (floor)", noop);
     let base_med = summary("baseline: one docker exec per secret (×10)", per_secret);
     println!(

@@ -13,7 +13,9 @@
 //! Run: `scripts/test-env.sh up && . target/test-env/env && cargo bench --bench rotation`.
 //! `DSO_BENCH_N` sets N (default 200), `DSO_BENCH_RUNS` the runs (default 3),
 //! `DSO_BENCH_DEBOUNCE` sets `rotation_debounce` (default: not set, the agent's default applies),
-//! `DSO_BENCH_PAR` the parallel `docker run`s while starting containers (default 8).
+//! `DSO_BENCH_PAR` the parallel `docker run`s while starting containers (default 8),
+//! `DSO_BENCH_WRITE_MODE` sets `agent.write_mode` (`auto`, the default: direct writes through
+//! `/proc/<pid>/root`; `exec`: one `docker exec` per container).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -341,6 +343,7 @@ fn main() {
     let debounce = std::env::var("DSO_BENCH_DEBOUNCE")
         .ok()
         .filter(|v| !v.is_empty());
+    let write_mode = env_or("DSO_BENCH_WRITE_MODE", "auto");
     let vault_addr = env_req("DSO_TEST_VAULT_ADDR");
     let vault_token = env_req("DSO_TEST_VAULT_TOKEN");
     let bao_bin = env_or("DSO_TEST_BAO_BIN", "bao");
@@ -374,7 +377,7 @@ fn main() {
         &cfg,
         format!(
             "[agent]\nlisten = \"127.0.0.1:0\"\nscope = \"{scope_label}\"\nreconcile_interval = \"0s\"\n\
-             state_dir = \"{}\"\nadmin_socket = \"{}\"\n{debounce_line}\n\
+             state_dir = \"{}\"\nadmin_socket = \"{}\"\nwrite_mode = \"{write_mode}\"\n{debounce_line}\n\
              [providers.{PROVIDER}]\ntype = \"vault\"\naddress = \"{vault_addr}\"\n\
              token_env = \"DSO_BENCH_BAO_TOKEN\"\nrefresh_interval = \"{REFRESH}\"\ntimeout = \"5s\"\n",
             dir.path().join("state").display(),
@@ -691,7 +694,9 @@ fn main() {
         "\nDSO rotation fan-out benchmark: 1 secret ({PROVIDER}: OpenBao KV v2), N = {n} containers, {runs} runs"
     );
     println!(
-        "config: refresh_interval = \"{REFRESH}\" (±10 % jitter), rotation_debounce = {}, shards/concurrency default",
+        "config: write_mode = \"{write_mode}\" (writes by mode: direct {}, exec {}), refresh_interval = \"{REFRESH}\" (±10 % jitter), rotation_debounce = {}, shards/concurrency default",
+        final_m.get("dso_injections_by_mode_total{mode=\"direct\"}"),
+        final_m.get("dso_injections_by_mode_total{mode=\"exec\"}"),
         debounce
             .as_ref()
             .map(|d| format!("\"{d}\" (set by DSO_BENCH_DEBOUNCE)"))

@@ -111,6 +111,20 @@ pub struct AgentConfig {
     /// Secret changes arriving within this window are applied together. Default `"2s"`.
     #[serde(with = "duration")]
     pub rotation_debounce: Duration,
+    /// How files get into containers: `"auto"` (through `/proc/<pid>/root`, no exec, when the
+    /// host allows it, else exec) or `"exec"` (always one `docker exec`). Default `"auto"`.
+    pub write_mode: WriteMode,
+}
+
+/// `agent.write_mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Direct writes through the container's mount namespace when possible, else exec.
+    #[default]
+    Auto,
+    /// Always exec.
+    Exec,
 }
 
 impl Default for AgentConfig {
@@ -131,6 +145,7 @@ impl Default for AgentConfig {
             restart_splay: Duration::from_secs(5),
             max_concurrent_rotations: 16,
             rotation_debounce: Duration::from_secs(2),
+            write_mode: WriteMode::Auto,
         }
     }
 }

@@ -1040,7 +1040,7 @@ fn run_agent(cfg: Config, config_name: String, config_path: Option<PathBuf>) -> 
         let mut attempt = 0u32;
         let engine = loop {
             match BollardEngine::connect(&host) {
-                Ok(e) => break e,
+                Ok(e) => break e.with_direct_writes(cfg.agent.write_mode == dso::config::WriteMode::Auto),
                 Err(e) if attempt < cfg.agent.docker_max_reconnects => {
                     attempt += 1;
                     let delay = dso_actors::watcher::backoff(attempt);

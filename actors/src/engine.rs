@@ -30,6 +30,8 @@ pub struct ContainerInfo {
     pub started_at: Option<String>,
     /// `State.Health.Status` (`starting`, `healthy`, `unhealthy`) when the image has a healthcheck.
     pub health: Option<String>,
+    /// `State.Pid`: the main process as the host sees it (None or 0 when not running).
+    pub pid: Option<u32>,
 }
 
 /// A container from `docker ps` (running only).
@@ -119,4 +121,9 @@ pub trait ContainerEngine: Send + Sync + 'static {
     async fn signal(&self, id: &str, signal: &str) -> Result<(), EngineError>;
     /// Restarts the container (Docker's own restart: stop with its timeout, then start).
     async fn restart(&self, id: &str) -> Result<(), EngineError>;
+    /// The writer that puts files straight into a container's filesystem, without exec
+    /// (`agent.write_mode = "auto"`). None (the default): every write is an exec.
+    fn direct_writer(&self) -> Option<&dyn crate::direct::DirectWriter> {
+        None
+    }
 }

@@ -9,11 +9,13 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::backend::{BackendError, SecretBackend};
+use crate::direct::{DirectError, DirectTarget, DirectWriter, FallbackReason, Written};
 use crate::engine::{
     ContainerEngine, ContainerInfo, ContainerSummary, EngineError, EngineEvent, EventStream,
     ExecOutput,
 };
-use crate::secret::SecretData;
+use crate::secret::{SecretData, SecretValue};
+use crate::spec::SecretFile;
 
 /// One recorded engine call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub struct FakeEngine {
     pub execs_in_flight: AtomicUsize,
     /// The most execs seen running at once.
     pub execs_max_in_flight: AtomicUsize,
+    /// The direct writer this engine offers (unset: exec only, like `write_mode = "exec"`).
+    pub direct: std::sync::OnceLock<Arc<dyn DirectWriter>>,
 }
 
 impl FakeEngine {
@@ -195,6 +199,117 @@ impl ContainerEngine for FakeEngine {
     async fn restart(&self, id: &str) -> Result<(), EngineError> {
         self.record(EngineCall::Restart(id.to_string()));
         Ok(())
+    }
+
+    fn direct_writer(&self) -> Option<&dyn DirectWriter> {
+        self.direct.get().map(|w| w.as_ref() as &dyn DirectWriter)
+    }
+}
+
+/// What [`FakeDirectWriter`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeDirect {
+    /// Acts like a real directory: `Unchanged` when the last digest written to this container
+    /// is the same, else `New` (replaced when something was written before).
+    Write,
+    /// Every write falls back to exec for this reason.
+    Fallback(FallbackReason),
+    /// The directory is not a tmpfs.
+    NotTmpfs,
+    /// The process exited.
+    Gone,
+    /// An I/O failure.
+    Fail,
+}
+
+/// One recorded direct write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectCall {
+    /// Container id.
+    pub id: String,
+    /// Pid given.
+    pub pid: u32,
+    /// Directory.
+    pub dir: String,
+    /// Digest.
+    pub digest: String,
+    /// File names, in order.
+    pub names: Vec<String>,
+}
+
+/// A recording fake of the direct write path.
+pub struct FakeDirectWriter {
+    /// How it answers.
+    pub respond: Mutex<FakeDirect>,
+    /// Calls, in order.
+    pub calls: Mutex<Vec<DirectCall>>,
+    /// Digest last written, per container.
+    pub held: Mutex<HashMap<String, String>>,
+}
+
+impl FakeDirectWriter {
+    /// A writer answering `respond`.
+    pub fn new(respond: FakeDirect) -> Arc<Self> {
+        Arc::new(Self {
+            respond: Mutex::new(respond),
+            calls: Mutex::new(Vec::new()),
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Recorded calls.
+    pub fn calls(&self) -> Vec<DirectCall> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+impl DirectWriter for FakeDirectWriter {
+    fn write(
+        &self,
+        target: &DirectTarget<'_>,
+        digest: &str,
+        files: &[(&SecretFile, &SecretValue)],
+    ) -> Result<Written, DirectError> {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(DirectCall {
+                id: target.container_id.to_string(),
+                pid: target.pid,
+                dir: target.dir.to_string(),
+                digest: digest.to_string(),
+                names: files.iter().map(|(f, _)| f.name.clone()).collect(),
+            });
+        }
+        let respond = self.respond.lock().map(|r| *r).unwrap_or(FakeDirect::Fail);
+        match respond {
+            FakeDirect::Write => {
+                let prev = self.held.lock().ok().and_then(|mut h| {
+                    h.insert(target.container_id.to_string(), digest.to_string())
+                });
+                Ok(match prev {
+                    Some(p) if p == digest => Written::Unchanged,
+                    Some(_) => Written::New { replaced: true },
+                    None => Written::New { replaced: false },
+                })
+            }
+            FakeDirect::Fallback(reason) => Err(DirectError::Fallback {
+                reason,
+                detail: "fake".to_string(),
+            }),
+            FakeDirect::NotTmpfs => Err(DirectError::NotTmpfs {
+                dir: target.dir.to_string(),
+                fs: "overlay".to_string(),
+            }),
+            FakeDirect::Gone => Err(DirectError::Gone {
+                pid: target.pid,
+                when: "during the write",
+            }),
+            FakeDirect::Fail => Err(DirectError::Io {
+                step: "writing",
+                name: "x".to_string(),
+                dir: target.dir.to_string(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            }),
+        }
     }
 }
 

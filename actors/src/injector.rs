@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::Fetched;
 use crate::cache::Cache;
+use crate::direct::{DirectError, DirectTarget, Written};
 use crate::engine::{ContainerAction, ContainerEngine, EngineError};
 use crate::messages::{
     AuditRecord, ContainerJob, ContainerStatus, Drain, FetchError, FileStatus, GetSecret,
@@ -294,6 +295,7 @@ impl Injector {
             self.engine.clone(),
             self.cache.clone(),
             self.settings.clone(),
+            self.metrics.clone(),
         );
         work.into_actor(self)
             .map(move |outcome, act, ctx| act.finish(job, outcome, ctx))
@@ -606,6 +608,7 @@ async fn run_job(
     engine: Arc<dyn ContainerEngine>,
     cache: Addr<Cache>,
     settings: InjectorSettings,
+    metrics: Arc<Metrics>,
 ) -> (String, Outcome) {
     if matches!(
         job.trigger,
@@ -624,10 +627,13 @@ async fn run_job(
         return (info.name, Outcome::Gone);
     }
     let name = info.name.clone();
-    (name, inject(job, prev, info, engine, cache, settings).await)
+    (
+        name,
+        inject(job, prev, info, engine, cache, settings, metrics).await,
+    )
 }
 
-/// Everything after `inspect`: spec, checks, fetch, one exec, reload policy.
+/// Everything after `inspect`: spec, checks, fetch, one write (direct or exec), reload policy.
 async fn inject(
     job: ContainerJob,
     prev: Option<(Option<String>, String)>,
@@ -635,6 +641,7 @@ async fn inject(
     engine: Arc<dyn ContainerEngine>,
     cache: Addr<Cache>,
     settings: InjectorSettings,
+    metrics: Arc<Metrics>,
 ) -> Outcome {
     if let Some(scope) = &settings.scope {
         if !scope.matches(&info.name, &info.labels) {
@@ -745,17 +752,149 @@ async fn inject(
             }
         }
     }
+    let names: Vec<String> = spec.files.iter().map(|f| f.name.clone()).collect();
+    let keys: Vec<(String, String)> = spec
+        .files
+        .iter()
+        .map(|f| (f.source.provider.clone(), f.source.path.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let written = match write_direct(&job, &info, &spec.dir, &digest, &pairs, &*engine, &metrics) {
+        Some(w) => w,
+        None => {
+            drop(pairs);
+            write_exec(&job, &info, &spec, &digest, values, &*engine, &metrics).await
+        }
+    };
+    let (changed, replaced) = match written {
+        Ok(w) => w,
+        Err(outcome) => return outcome,
+    };
+    // The policy runs only when values the application may have read were replaced — never on a
+    // first injection, never when nothing changed.
+    let reload = if replaced {
+        match &spec.reload {
+            ReloadPolicy::None => None,
+            ReloadPolicy::Signal(sig) => Some(
+                engine
+                    .signal(&job.id, sig)
+                    .await
+                    .map(|_| "signal")
+                    .map_err(|e| format!("sending {sig}: {e}")),
+            ),
+            ReloadPolicy::Restart => Some(match &settings.restarter {
+                Some(r) => r
+                    .try_send(crate::restarter::RequestRestart {
+                        id: job.id.clone(),
+                        group: crate::restarter::compose_group(&info.labels),
+                    })
+                    .map(|_| "restart")
+                    .map_err(|e| format!("scheduling the restart: {e}")),
+                None => engine
+                    .restart(&job.id)
+                    .await
+                    .map(|_| "restart")
+                    .map_err(|e| format!("restarting: {e}")),
+            }),
+        }
+    } else {
+        None
+    };
+    Outcome::Injected {
+        started_at: info.started_at,
+        names,
+        digest,
+        changed,
+        replaced,
+        keys,
+        files: file_status,
+        reload,
+    }
+}
+
+/// A write's result: (content changed, an earlier set was replaced), or the job's outcome.
+type WriteResult = Result<(bool, bool), Outcome>;
+
+/// The direct path (`/proc/<pid>/root`, no exec), when the engine offers it. None: use exec
+/// (not offered, or not usable for this container — each reason counted and logged once).
+fn write_direct(
+    job: &ContainerJob,
+    info: &crate::engine::ContainerInfo,
+    dir: &str,
+    digest: &str,
+    pairs: &[(&crate::spec::SecretFile, &SecretValue)],
+    engine: &dyn ContainerEngine,
+    metrics: &Metrics,
+) -> Option<WriteResult> {
+    let writer = engine.direct_writer()?;
+    let target = DirectTarget {
+        container_id: if info.id.is_empty() {
+            &job.id
+        } else {
+            &info.id
+        },
+        pid: info.pid.unwrap_or(0),
+        dir,
+    };
+    let result = match writer.write(&target, digest, pairs) {
+        Ok(Written::Unchanged) => Ok((false, false)),
+        Ok(Written::New { replaced }) => Ok((true, replaced)),
+        Err(DirectError::Fallback { reason, detail }) => {
+            if metrics.direct_fallback(reason.as_str()) {
+                tracing::info!(
+                    reason = reason.as_str(),
+                    container = %short(&job.id),
+                    "direct writes not possible: {}; using exec for such containers ({detail})",
+                    reason.explain()
+                );
+            }
+            return None;
+        }
+        Err(e @ DirectError::NotTmpfs { .. }) => Err(refused(
+            "not_tmpfs",
+            format!("container `{}`: {e}; nothing written", info.name),
+        )),
+        Err(e @ DirectError::Gone { .. }) => {
+            tracing::info!(container = %short(&job.id), "{e}; container gone");
+            Err(Outcome::Gone)
+        }
+        Err(e) => Err(refused(
+            "write_failed",
+            format!(
+                "container `{}`: writing through /proc/<pid>/root: {e}; the previous files (if any) are still in place",
+                info.name
+            ),
+        )),
+    };
+    if result.is_ok() {
+        metrics.injection_mode("direct");
+    }
+    Some(result)
+}
+
+/// The exec path: one `docker exec` of the in-container script with the tar on stdin (or, in an
+/// image without `tar`, base64 lines).
+async fn write_exec(
+    job: &ContainerJob,
+    info: &crate::engine::ContainerInfo,
+    spec: &crate::spec::ContainerSpec,
+    digest: &str,
+    values: Vec<SecretValue>,
+    engine: &dyn ContainerEngine,
+    metrics: &Metrics,
+) -> WriteResult {
+    let pairs: Vec<_> = spec.files.iter().zip(values.iter()).collect();
     let tar = match build_tar(&pairs) {
         Ok(t) => t,
-        Err(e) => return refused("tar_error", e.to_string()),
+        Err(e) => return Err(refused("tar_error", e.to_string())),
     };
     drop(pairs);
     let files: Vec<_> = spec.files.iter().collect();
-    let names: Vec<String> = spec.files.iter().map(|f| f.name.clone()).collect();
     let mut result = engine
         .exec(
             &job.id,
-            &inject_command(&spec.dir, &digest, &files, Transport::Tar),
+            &inject_command(&spec.dir, digest, &files, Transport::Tar),
             &tar,
         )
         .await;
@@ -766,76 +905,31 @@ async fn inject(
         result = engine
             .exec(
                 &job.id,
-                &inject_command(&spec.dir, &digest, &files, Transport::Base64Lines),
+                &inject_command(&spec.dir, digest, &files, Transport::Base64Lines),
                 &payload,
             )
             .await;
     }
     drop(values);
-    let keys: Vec<(String, String)> = spec
-        .files
-        .iter()
-        .map(|f| (f.source.provider.clone(), f.source.path.clone()))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
     match result {
         Ok(out) if out.exit_code == Some(0) || out.exit_code == Some(EXIT_UNCHANGED) => {
+            metrics.injection_mode("exec");
             let replaced = out.exit_code == Some(0)
                 && out.output.lines().any(|l| l.trim() == REPLACED_MARKER);
-            // The policy runs only when values the application may have read were replaced —
-            // never on a first injection, never when nothing changed.
-            let reload = if replaced {
-                match &spec.reload {
-                    ReloadPolicy::None => None,
-                    ReloadPolicy::Signal(sig) => Some(
-                        engine
-                            .signal(&job.id, sig)
-                            .await
-                            .map(|_| "signal")
-                            .map_err(|e| format!("sending {sig}: {e}")),
-                    ),
-                    ReloadPolicy::Restart => Some(match &settings.restarter {
-                        Some(r) => r
-                            .try_send(crate::restarter::RequestRestart {
-                                id: job.id.clone(),
-                                group: crate::restarter::compose_group(&info.labels),
-                            })
-                            .map(|_| "restart")
-                            .map_err(|e| format!("scheduling the restart: {e}")),
-                        None => engine
-                            .restart(&job.id)
-                            .await
-                            .map(|_| "restart")
-                            .map_err(|e| format!("restarting: {e}")),
-                    }),
-                }
-            } else {
-                None
-            };
-            Outcome::Injected {
-                started_at: info.started_at,
-                names,
-                digest,
-                changed: out.exit_code == Some(0),
-                replaced,
-                keys,
-                files: file_status,
-                reload,
-            }
+            Ok((out.exit_code == Some(0), replaced))
         }
-        Ok(out) if out.exit_code == Some(EXIT_NOT_TMPFS) => refused(
+        Ok(out) if out.exit_code == Some(EXIT_NOT_TMPFS) => Err(refused(
             "not_tmpfs",
             format!("container `{}`: {}; nothing written", info.name, out.output.trim()),
-        ),
-        Ok(out) if out.exit_code == Some(EXIT_NO_TAR) => refused(
+        )),
+        Ok(out) if out.exit_code == Some(EXIT_NO_TAR) => Err(refused(
             "no_tar",
             format!(
                 "container `{}` has neither `tar` nor `base64` (DSO streams the files into the container through `sh`); nothing written",
                 info.name
             ),
-        ),
-        Ok(out) => refused(
+        )),
+        Ok(out) => Err(refused(
             "exec_failed",
             format!(
                 "container `{}`: injection command exited with {}: {}",
@@ -843,9 +937,9 @@ async fn inject(
                 out.exit_code.map_or("no code".to_string(), |c| c.to_string()),
                 out.output.trim()
             ),
-        ),
-        Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => Outcome::Gone,
-        Err(e) => refused("exec_failed", format!("container `{}`: {e}", info.name)),
+        )),
+        Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => Err(Outcome::Gone),
+        Err(e) => Err(refused("exec_failed", format!("container `{}`: {e}", info.name))),
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod direct;
 pub mod engine;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

@@ -55,6 +55,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label set `{mode}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    /// direct / exec.
+    pub mode: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms … ~16 s
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
@@ -111,6 +118,12 @@ pub struct Metrics {
     pub cache_stale_served: Counter,
     /// `dso_secret_stale_seconds`: age of the last value served past its TTL.
     pub secret_stale_seconds: Gauge,
+    /// `dso_injections_by_mode_total{mode}`: writes into containers (new or unchanged), by path:
+    /// `direct` (through `/proc/<pid>/root`) or `exec`.
+    pub injections_by_mode: Family<ModeLabel, Counter>,
+    /// `dso_direct_fallbacks_total{reason}`: writes that went through exec because the direct
+    /// path was not usable for the container.
+    pub direct_fallbacks: Family<ReasonLabel, Counter>,
     version: String,
 }
 
@@ -151,6 +164,8 @@ impl Metrics {
             cache_stale_served: Counter::default(),
             provider_circuit_state: Family::default(),
             secret_stale_seconds: Gauge::default(),
+            injections_by_mode: Family::default(),
+            direct_fallbacks: Family::default(),
             version: version.to_string(),
         };
         m.build_info
@@ -277,6 +292,16 @@ impl Metrics {
             "Duration of reconciliation passes (listing and routing)",
             m.reconcile_duration.clone(),
         );
+        r.register(
+            "injections_by_mode",
+            "Writes into containers (new or unchanged content), by path: direct or exec",
+            m.injections_by_mode.clone(),
+        );
+        r.register(
+            "direct_fallbacks",
+            "Writes that used exec because the direct path was not usable, by reason",
+            m.direct_fallbacks.clone(),
+        );
         (Arc::new(m), r)
     }
 
@@ -297,11 +322,22 @@ impl Metrics {
             "provider_error",
             "no_tar",
             "exec_failed",
+            "write_failed",
             "engine_error",
             "container_gone",
         ] {
             let _ = self.injections.get_or_create(&ResultLabel {
                 result: result.to_string(),
+            });
+        }
+        for mode in ["direct", "exec"] {
+            let _ = self.injections_by_mode.get_or_create(&ModeLabel {
+                mode: mode.to_string(),
+            });
+        }
+        for reason in crate::direct::FallbackReason::ALL {
+            let _ = self.direct_fallbacks.get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
             });
         }
         for result in ["success", "unchanged", "failed"] {
@@ -358,6 +394,26 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Counts one write into a container by the path that did it (`direct` / `exec`).
+    pub fn injection_mode(&self, mode: &str) {
+        self.injections_by_mode
+            .get_or_create(&ModeLabel {
+                mode: mode.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one fallback from the direct path to exec; true the first time for this reason
+    /// (the caller logs it once).
+    pub fn direct_fallback(&self, reason: &str) -> bool {
+        self.direct_fallbacks
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc()
+            == 0
     }
 
     /// Counts dropped work.

@@ -40,6 +40,7 @@ fn container(id: &str, labels: &[(&str, &str)], tmpfs: &[&str]) -> ContainerInfo
         upper_dir: None,
         started_at: Some("2026-11-29T00:00:00Z".into()),
         health: None,
+        pid: Some(4242),
     }
 }
 
@@ -912,4 +913,117 @@ async fn versioned_backends_are_checked_by_version_and_status_shows_it() {
         "an unchanged file keeps its `since`"
     );
     assert!(pw.since > since_user, "a rotated file gets a new `since`");
+}
+
+/// The rig with a direct writer answering `respond`, and container `c1` asking for one file.
+fn direct_rig(respond: crate::fake::FakeDirect) -> (Rig, Arc<crate::fake::FakeDirectWriter>) {
+    let r = rig();
+    r.backend.put("app", map(&[("k", "v1")]));
+    r.engine.add(container(
+        "c1",
+        &[("dso.secret.f", "p/app#k"), ("dso.reload", "signal:SIGHUP")],
+        &["/run/secrets/dso"],
+    ));
+    let w = crate::fake::FakeDirectWriter::new(respond);
+    let _ = r
+        .engine
+        .direct
+        .set(w.clone() as Arc<dyn crate::direct::DirectWriter>);
+    (r, w)
+}
+
+#[actix_rt::test]
+async fn direct_writes_replace_exec_and_keep_unchanged_and_reload_semantics() {
+    let (r, w) = direct_rig(crate::fake::FakeDirect::Write);
+    let inj = injector(&r, 2, 10);
+    inj.send(job("c1", Trigger::Event(ContainerAction::Start)))
+        .await
+        .unwrap();
+    settle(|| w.calls().len() == 1).await;
+    let call = &w.calls()[0];
+    assert_eq!(
+        (
+            call.id.as_str(),
+            call.pid,
+            call.dir.as_str(),
+            call.names.clone()
+        ),
+        ("c1", 4242, "/run/secrets/dso", vec!["f".to_string()])
+    );
+    // Same content again (manual): unchanged, no reload. New content: replaced, reload.
+    inj.send(job("c1", Trigger::Manual)).await.unwrap();
+    settle(|| w.calls().len() == 2).await;
+    r.backend.put("app", map(&[("k", "v2")]));
+    r.cache
+        .send(crate::messages::CheckNow {
+            provider: "p".into(),
+            path: "app".into(),
+        })
+        .await
+        .ok();
+    inj.send(job("c1", Trigger::Manual)).await.unwrap();
+    settle(|| w.calls().len() == 3).await;
+    settle(|| {
+        r.engine
+            .calls()
+            .iter()
+            .any(|c| matches!(c, EngineCall::Signal(..)))
+    })
+    .await;
+    assert!(r.engine.execs().is_empty(), "no exec when direct works");
+    let signals = r
+        .engine
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, EngineCall::Signal(..)))
+        .count();
+    assert_eq!(signals, 1, "one reload, for the replacement only");
+    assert!(metric_line(&r, "dso_injections_by_mode_total{mode=\"direct\"}").ends_with(" 3"));
+    assert!(metric_line(&r, "dso_injections_by_mode_total{mode=\"exec\"}").ends_with(" 0"));
+    assert!(metric_line(&r, "dso_injections_total{result=\"unchanged\"}").ends_with(" 1"));
+}
+
+#[actix_rt::test]
+async fn a_fallback_reason_sends_the_write_through_exec_and_is_counted() {
+    let (r, w) = direct_rig(crate::fake::FakeDirect::Fallback(
+        crate::direct::FallbackReason::UserNamespace,
+    ));
+    let inj = injector(&r, 2, 10);
+    for _ in 0..2 {
+        inj.send(job("c1", Trigger::Manual)).await.unwrap();
+    }
+    settle(|| r.engine.execs().len() == 2).await;
+    assert_eq!(w.calls().len(), 2);
+    assert!(
+        metric_line(&r, "dso_direct_fallbacks_total{reason=\"user_namespace\"}").ends_with(" 2"),
+        "{}",
+        render(&r.registry)
+    );
+    assert!(metric_line(&r, "dso_injections_by_mode_total{mode=\"exec\"}").ends_with(" 2"));
+    assert!(metric_line(&r, "dso_direct_fallbacks_total{reason=\"proc_denied\"}").ends_with(" 0"));
+}
+
+#[actix_rt::test]
+async fn direct_refusals_do_not_fall_back_to_exec() {
+    for (respond, result) in [
+        (crate::fake::FakeDirect::NotTmpfs, "not_tmpfs"),
+        (crate::fake::FakeDirect::Gone, "container_gone"),
+        (crate::fake::FakeDirect::Fail, "write_failed"),
+    ] {
+        let (r, w) = direct_rig(respond);
+        let inj = injector(&r, 2, 10);
+        inj.send(job("c1", Trigger::Manual)).await.unwrap();
+        let series = format!("dso_injections_total{{result=\"{result}\"}}");
+        settle(|| metric_line(&r, &series).ends_with(" 1")).await;
+        assert!(
+            metric_line(&r, &series).ends_with(" 1"),
+            "{}",
+            render(&r.registry)
+        );
+        assert_eq!(w.calls().len(), 1);
+        assert!(
+            r.engine.execs().is_empty(),
+            "{result}: no exec after a refusal"
+        );
+    }
 }

@@ -337,6 +337,8 @@ fn sigterm_drains_and_exits_zero() {
 fn image_without_tar_gets_its_files_through_the_base64_fallback() {
     let ws = Workspace::new();
     ws.write_config("");
+    // The base64 fallback exists only on the exec path.
+    set_write_mode(&ws, "exec");
     let value = unique("notar-value");
     ws.set_secret("nt#k", &value);
     let agent = Agent::start(&ws.config());
@@ -369,6 +371,8 @@ fn image_without_tar_gets_its_files_through_the_base64_fallback() {
     assert_eq!(c.stat(&format!("{DIR}/k")), "444 0 0");
     c.assert_not_on_disk(&value);
     assert!(!agent.logs().contains(&value));
+    assert_eq!(by_mode(&agent, "exec"), 1.0);
+    assert_eq!(by_mode(&agent, "direct"), 0.0);
 }
 
 #[test]
@@ -482,4 +486,337 @@ fn an_unreachable_docker_makes_the_agent_exit_3_after_max_reconnects() {
         logs.contains("docker unreachable after 3 reconnect attempts"),
         "{logs}"
     );
+}
+
+/// Sets `agent.write_mode` in the workspace's config (after `write_config`).
+fn set_write_mode(ws: &Workspace, mode: &str) {
+    let cfg = std::fs::read_to_string(ws.config()).expect("read config");
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("write_mode"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = cfg.replacen(
+        "[agent]\n",
+        &format!("[agent]\nwrite_mode = \"{mode}\"\n"),
+        1,
+    );
+    std::fs::write(ws.config(), cfg).expect("write config");
+}
+
+/// Every entry of `dir` in the container: name, type, mode, owner, size, link target — with the
+/// digest replaced so that two containers holding the same content compare equal.
+fn layout(c: &Container, dir: &str) -> String {
+    let ready = c.read(&format!("{dir}/.ready")).unwrap_or_default();
+    let digest = ready.trim();
+    assert_eq!(digest.len(), 16, "digest in .ready: {ready:?}");
+    let out = docker(&[
+        "exec",
+        "-u",
+        "0",
+        &c.id,
+        "sh",
+        "-c",
+        &format!("cd {dir} && find . | sort | while read -r f; do stat -c '%n %F %a %u:%g %s %N' \"$f\"; done"),
+    ]);
+    out.replace(digest, "<digest>")
+}
+
+fn by_mode(agent: &Agent, mode: &str) -> f64 {
+    agent
+        .metric(&format!("dso_injections_by_mode_total{{mode=\"{mode}\"}}"))
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn direct_and_exec_write_the_same_layout_and_switching_modes_rewrites_nothing() {
+    let ws = Workspace::new();
+    ws.write_config("");
+    ws.set_secret("sw#a", "switch-value-a");
+    ws.set_secret("sw#b", "switch-value-b");
+    let args = [
+        "--tmpfs",
+        DIR,
+        "--user",
+        "1000:1000",
+        "--label",
+        "dso.secret.a=local/sw#a",
+        "--label",
+        "dso.secret.a.mode=0440",
+        "--label",
+        "dso.secret.b=local/sw#b",
+        "--label",
+        "dso.secret.b.uid=0",
+        "--label",
+        "dso.secret.b.gid=0",
+        "--label",
+        "dso.reload=signal:SIGHUP",
+    ];
+    // Auto mode: the agent runs as root on the host, so the write is direct (no exec).
+    set_write_mode(&ws, "auto");
+    let agent = Agent::start(&ws.config());
+    let direct_c = ws.container(&args);
+    direct_c.wait_for(&format!("{DIR}/.ready"), &agent);
+    eventually(&agent, "one direct write", || {
+        (by_mode(&agent, "direct") == 1.0).then_some(())
+    });
+    assert_eq!(by_mode(&agent, "exec"), 0.0, "{}", agent.get("/metrics").1);
+    assert_eq!(
+        direct_c.read(&format!("{DIR}/a")).as_deref(),
+        Some("switch-value-a")
+    );
+    drop(agent);
+
+    // Exec mode: a second container gets the same content through the script.
+    set_write_mode(&ws, "exec");
+    let agent = Agent::start(&ws.config());
+    let exec_c = ws.container(&args);
+    exec_c.wait_for(&format!("{DIR}/.ready"), &agent);
+    // The directly written container is found in place by the exec script: unchanged.
+    eventually(&agent, "both containers served by exec", || {
+        (by_mode(&agent, "exec") == 2.0).then_some(())
+    });
+    assert_eq!(
+        agent.metric("dso_injections_total{result=\"unchanged\"}"),
+        Some(1.0),
+        "{}",
+        agent.get("/metrics").1
+    );
+    assert_eq!(by_mode(&agent, "direct"), 0.0);
+    let direct_layout = layout(&direct_c, DIR);
+    let exec_layout = layout(&exec_c, DIR);
+    assert_eq!(
+        direct_layout, exec_layout,
+        "direct and exec must write the same names, types, modes, owners, sizes and links"
+    );
+    assert!(
+        exec_layout.contains("./a symbolic link 777 0:0"),
+        "{exec_layout}"
+    );
+    assert!(exec_layout.contains("440 1000:1000 14"), "{exec_layout}");
+    assert_eq!(
+        exec_c.read(&format!("{DIR}/.ready")),
+        direct_c.read(&format!("{DIR}/.ready"))
+    );
+    drop(agent);
+
+    // Back to auto: the exec-written container is unchanged too, and no reload fires.
+    set_write_mode(&ws, "auto");
+    let before = exec_c.ls(DIR);
+    let agent = Agent::start(&ws.config());
+    eventually(&agent, "both containers found in place", || {
+        agent
+            .metric("dso_injections_total{result=\"unchanged\"}")
+            .filter(|n| *n >= 2.0)
+    });
+    assert_eq!(
+        agent.metric("dso_injections_total{result=\"success\"}"),
+        Some(0.0),
+        "{}",
+        agent.get("/metrics").1
+    );
+    assert_eq!(by_mode(&agent, "direct"), 2.0);
+    assert_eq!(
+        agent.metric("dso_reloads_total{policy=\"signal\",result=\"ok\"}"),
+        Some(0.0)
+    );
+    assert_eq!(exec_c.ls(DIR), before);
+
+    // A rotation through the direct path replaces the set and fires the reload policy.
+    ws.set_secret("sw#a", "switch-value-a2");
+    let (code, out, err) = dso_with(Some(&ws.config()), &["rotate", "local/sw#a"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    eventually(&agent, "the new value, written directly", || {
+        (exec_c.read(&format!("{DIR}/a")).as_deref() == Some("switch-value-a2")).then_some(())
+    });
+    eventually(&agent, "the new value in the other container too", || {
+        (direct_c.read(&format!("{DIR}/a")).as_deref() == Some("switch-value-a2")).then_some(())
+    });
+    // Both containers held earlier values: one reload each.
+    eventually(&agent, "the reloads after replacement", || {
+        agent
+            .metric("dso_reloads_total{policy=\"signal\",result=\"ok\"}")
+            .filter(|n| *n == 2.0)
+    });
+    assert_eq!(by_mode(&agent, "exec"), 0.0);
+    assert_eq!(
+        exec_c
+            .ls(DIR)
+            .split_whitespace()
+            .filter(|e| e.starts_with("..data_"))
+            .count(),
+        1
+    );
+    exec_c.assert_not_on_disk("switch-value");
+    direct_c.assert_not_on_disk("switch-value");
+    assert!(!agent.logs().contains("switch-value"));
+}
+
+#[test]
+fn symlinks_planted_by_the_container_never_lead_the_direct_write_outside_its_tmpfs() {
+    let ws = Workspace::new();
+    ws.write_config("");
+    let agent = Agent::start(&ws.config());
+    let value = unique("planted-value");
+    // The secret does not exist yet: the first injection is refused, the container plants its
+    // links, then the secret appears and an injection is requested.
+    let plant = |script: &str, args: &[&str]| -> Container {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend_from_slice(&["--label", "dso.secret.k=local/planted#k"]);
+        let c = ws.container_cmd(&full, &["sh", "-c", script]);
+        eventually(&agent, "the refusal of the missing secret", || {
+            agent
+                .logs()
+                .lines()
+                .any(|l| l.contains(&c.name) && l.contains("provider_error"))
+                .then_some(())
+        });
+        eventually(&agent, "the planted links", || {
+            docker_try(&["exec", &c.id, "test", "-e", "/planted"])
+                .0
+                .then_some(())
+        });
+        c
+    };
+    // dso.dir is a symlink to /etc, or to /: resolved inside the container, on its overlay → refused.
+    let to_etc = plant(
+        "ln -s /etc /run/secrets/dso && touch /planted && exec sleep 600",
+        &[
+            "--tmpfs",
+            "/run/secrets",
+            "--label",
+            "dso.dir=/run/secrets/dso",
+        ],
+    );
+    let to_root = plant(
+        "ln -s ../../.. /run/secrets/dso && touch /planted && exec sleep 600",
+        &[
+            "--tmpfs",
+            "/run/secrets",
+            "--label",
+            "dso.dir=/run/secrets/dso",
+        ],
+    );
+    // `..data`, a stale generation and `.ready` point outside the tmpfs: replaced, never followed.
+    let data_out = plant(
+        "mkdir -p /outside && echo keep > /outside/victim && ln -s /outside /run/secrets/dso/..data && ln -s /outside /run/secrets/dso/..data_0000 && ln -s /outside/victim /run/secrets/dso/.ready && touch /planted && exec sleep 600",
+        &["--tmpfs", DIR],
+    );
+    let etc_before = to_etc.ls("/etc");
+    let root_before = to_root.ls("/");
+    ws.set_secret("planted#k", &value);
+    for c in [&to_etc, &to_root, &data_out] {
+        let (code, out, err) = dso_with(Some(&ws.config()), &["inject", &c.id]);
+        assert!(code.is_some(), "{out}{err}");
+    }
+    for c in [&to_etc, &to_root] {
+        let line = eventually(&agent, "a not_tmpfs refusal", || {
+            agent
+                .logs()
+                .lines()
+                .find(|l| l.contains(&c.name) && l.contains("not_tmpfs"))
+                .map(str::to_string)
+        });
+        assert!(
+            line.contains("not tmpfs") && line.contains("nothing written"),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        to_etc.ls("/etc"),
+        etc_before,
+        "nothing written into the container's /etc"
+    );
+    assert_eq!(
+        to_root.ls("/"),
+        root_before,
+        "nothing written into the container's /"
+    );
+    data_out.wait_for(&format!("{DIR}/k"), &agent);
+    eventually(&agent, "the value in place", || {
+        (data_out.read(&format!("{DIR}/k")).as_deref() == Some(value.as_str())).then_some(())
+    });
+    assert_eq!(data_out.ls("/outside"), "victim");
+    assert_eq!(data_out.read("/outside/victim").as_deref(), Some("keep\n"));
+    let links = docker(&["exec", &data_out.id, "readlink", &format!("{DIR}/..data")]);
+    assert!(links.starts_with("..data_"), "{links}");
+    assert!(!data_out.ls(DIR).contains("..data_0000"));
+    for c in [&to_etc, &to_root, &data_out] {
+        c.assert_not_on_disk(&value);
+    }
+    assert!(
+        agent.metric("dso_injections_by_mode_total{mode=\"direct\"}") >= Some(1.0),
+        "{}",
+        agent.get("/metrics").1
+    );
+    assert!(!agent.logs().contains(&value));
+}
+
+#[test]
+fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container() {
+    use dso_actors::direct::{
+        DirectError, DirectTarget, DirectWriter, FallbackReason, ProcRootWriter,
+    };
+    let ws = Workspace::new();
+    let a = ws.container(&["--tmpfs", DIR]);
+    let b = ws.container(&["--tmpfs", DIR]);
+    let pid = |c: &Container| -> u32 {
+        docker(&["inspect", "-f", "{{.State.Pid}}", &c.id])
+            .parse()
+            .expect("pid")
+    };
+    let file = dso_actors::spec::SecretFile {
+        name: "k".into(),
+        source: "local/x".parse().expect("ref"),
+        mode: 0o400,
+        uid: 0,
+        gid: 0,
+    };
+    let v = dso_actors::secret::SecretValue::from_str_copy("dead-value");
+    let w = ProcRootWriter::new();
+    // b's process is not a's.
+    let wrong = DirectTarget {
+        container_id: &a.id,
+        pid: pid(&b),
+        dir: DIR,
+    };
+    match w.write(&wrong, "00000000000000aa", &[(&file, &v)]) {
+        Err(DirectError::Fallback { reason, .. }) => {
+            assert_eq!(reason, FallbackReason::CgroupMismatch)
+        }
+        other => panic!("expected a cgroup mismatch, got {other:?}"),
+    }
+    assert_eq!(b.ls(DIR), "");
+    // a's own process: written.
+    let right = DirectTarget {
+        container_id: &a.id,
+        pid: pid(&a),
+        dir: DIR,
+    };
+    w.write(&right, "00000000000000aa", &[(&file, &v)])
+        .expect("direct write into a running container");
+    assert_eq!(a.read(&format!("{DIR}/k")).as_deref(), Some("dead-value"));
+    // a's main process exits: a clear "gone", nothing written anywhere.
+    let dead_pid = pid(&a);
+    docker(&["kill", &a.id]);
+    let dead = DirectTarget {
+        container_id: &a.id,
+        pid: dead_pid,
+        dir: DIR,
+    };
+    let r = w.write(&dead, "00000000000000bb", &[(&file, &v)]);
+    assert!(
+        matches!(
+            r,
+            Err(DirectError::Gone { .. })
+                | Err(DirectError::Fallback {
+                    reason: FallbackReason::CgroupMismatch,
+                    ..
+                })
+        ),
+        "{r:?}"
+    );
+    if let Err(e) = r {
+        assert!(!e.to_string().contains("dead-value"));
+    }
 }
