@@ -73,6 +73,12 @@ pub struct Workspace {
     pub scope: String,
 }
 
+/// `agent.write_mode` of test configs: `DSO_IT_WRITE_MODE` (`scripts/test` runs the writing tests a
+/// second time with `exec`), else `auto` (the tests run as root on the host: the direct path).
+pub fn default_write_mode() -> String {
+    std::env::var("DSO_IT_WRITE_MODE").unwrap_or_else(|_| "auto".to_string())
+}
+
 impl Workspace {
     pub fn new() -> Self {
         Self {
@@ -91,6 +97,7 @@ impl Workspace {
         let cfg = format!(
             r#"[agent]
 listen = "127.0.0.1:0"
+write_mode = "{write_mode}"
 scope = "dso.test={scope}"
 shards = 4
 reconcile_interval = "0s"
@@ -108,6 +115,7 @@ key_file = "{key}"
 {extra}
 "#,
             scope = self.scope,
+            write_mode = default_write_mode(),
             state = self.path("state").display(),
             socket = self.path("dso.sock").display(),
             vault = self.path("vault.enc").display(),
