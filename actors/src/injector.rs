@@ -453,6 +453,14 @@ impl Injector {
                 );
             }
             Outcome::Gone | Outcome::NotManaged => {
+                if matches!(outcome, Outcome::Gone)
+                    && !matches!(
+                        job.trigger,
+                        Trigger::Event(ContainerAction::Die | ContainerAction::Destroy)
+                    )
+                {
+                    tracing::info!(container = %short(&id), trigger = job.trigger.as_str(), "container stopped before its secrets were written; nothing to do");
+                }
                 self.status.remove(&id);
                 self.forget(&id);
             }

@@ -338,7 +338,7 @@ fn image_without_tar_gets_its_files_through_the_base64_fallback() {
     let ws = Workspace::new();
     ws.write_config("");
     // The base64 fallback exists only on the exec path.
-    set_write_mode(&ws, "exec");
+    ws.set_write_mode("exec");
     let value = unique("notar-value");
     ws.set_secret("nt#k", &value);
     let agent = Agent::start(&ws.config());
@@ -488,22 +488,6 @@ fn an_unreachable_docker_makes_the_agent_exit_3_after_max_reconnects() {
     );
 }
 
-/// Sets `agent.write_mode` in the workspace's config (after `write_config`).
-fn set_write_mode(ws: &Workspace, mode: &str) {
-    let cfg = std::fs::read_to_string(ws.config()).expect("read config");
-    let cfg: String = cfg
-        .lines()
-        .filter(|l| !l.starts_with("write_mode"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let cfg = cfg.replacen(
-        "[agent]\n",
-        &format!("[agent]\nwrite_mode = \"{mode}\"\n"),
-        1,
-    );
-    std::fs::write(ws.config(), cfg).expect("write config");
-}
-
 /// Every entry of `dir` in the container: name, type, mode, owner, size, link target — with the
 /// digest replaced so that two containers holding the same content compare equal.
 fn layout(c: &Container, dir: &str) -> String {
@@ -553,7 +537,7 @@ fn direct_and_exec_write_the_same_layout_and_switching_modes_rewrites_nothing() 
         "dso.reload=signal:SIGHUP",
     ];
     // Auto mode: the agent runs as root on the host, so the write is direct (no exec).
-    set_write_mode(&ws, "auto");
+    ws.set_write_mode("auto");
     let agent = Agent::start(&ws.config());
     let direct_c = ws.container(&args);
     direct_c.wait_for(&format!("{DIR}/.ready"), &agent);
@@ -568,7 +552,7 @@ fn direct_and_exec_write_the_same_layout_and_switching_modes_rewrites_nothing() 
     drop(agent);
 
     // Exec mode: a second container gets the same content through the script.
-    set_write_mode(&ws, "exec");
+    ws.set_write_mode("exec");
     let agent = Agent::start(&ws.config());
     let exec_c = ws.container(&args);
     exec_c.wait_for(&format!("{DIR}/.ready"), &agent);
@@ -601,7 +585,7 @@ fn direct_and_exec_write_the_same_layout_and_switching_modes_rewrites_nothing() 
     drop(agent);
 
     // Back to auto: the exec-written container is unchanged too, and no reload fires.
-    set_write_mode(&ws, "auto");
+    ws.set_write_mode("auto");
     let before = exec_c.ls(DIR);
     let agent = Agent::start(&ws.config());
     eventually(&agent, "both containers found in place", || {

@@ -9,6 +9,7 @@ mod admin;
 mod aws_provider;
 mod cli;
 mod envrun;
+mod faults;
 mod inject;
 mod limits;
 mod metrics;

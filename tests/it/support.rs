@@ -130,6 +130,22 @@ key_file = "{key}"
         self.path("dso.toml")
     }
 
+    /// Sets `agent.write_mode` in the config (after `write_config`).
+    pub fn set_write_mode(&self, mode: &str) {
+        let cfg = std::fs::read_to_string(self.config()).expect("read config");
+        let cfg: String = cfg
+            .lines()
+            .filter(|l| !l.starts_with("write_mode"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = cfg.replacen(
+            "[agent]\n",
+            &format!("[agent]\nwrite_mode = \"{mode}\"\n"),
+            1,
+        );
+        std::fs::write(self.config(), cfg).expect("write config");
+    }
+
     /// `dso secret set REF` with the value on stdin.
     pub fn set_secret(&self, reference: &str, value: &str) {
         let mut child = Command::new(dso_bin())
