@@ -313,7 +313,12 @@ impl Injector {
         if job.trigger == Trigger::Rotation {
             self.rotations_running = self.rotations_running.saturating_sub(1);
         }
-        if let Some(m) = outcome.metric() {
+        // A `die`/`destroy` job only forgets the container: it is not an injection attempt.
+        let forget_only = matches!(
+            job.trigger,
+            Trigger::Event(ContainerAction::Die | ContainerAction::Destroy)
+        );
+        if let Some(m) = outcome.metric().filter(|_| !forget_only) {
             self.metrics.injection(m);
         }
         match &outcome {
@@ -453,12 +458,7 @@ impl Injector {
                 );
             }
             Outcome::Gone | Outcome::NotManaged => {
-                if matches!(outcome, Outcome::Gone)
-                    && !matches!(
-                        job.trigger,
-                        Trigger::Event(ContainerAction::Die | ContainerAction::Destroy)
-                    )
-                {
+                if matches!(outcome, Outcome::Gone) && !forget_only {
                     tracing::info!(container = %short(&id), trigger = job.trigger.as_str(), "container stopped before its secrets were written; nothing to do");
                 }
                 self.status.remove(&id);
