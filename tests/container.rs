@@ -274,8 +274,22 @@ fn signal(pid: i32, sig: i32) {
     );
 }
 
+/// Fails with instructions when `docker-compose` (v1, Debian's package) is not installed.
+fn require_compose() {
+    let found = Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "docker-compose is not installed: run the tests with `scripts/test` (scripts/test-env.sh \
+         installs Debian's docker-compose package), or `apt-get install docker-compose`"
+    );
+}
+
 #[test]
 fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
+    require_compose();
     build_image();
     let p = Project::new();
     p.set_secret("app/db#password", "ct-password-41");
