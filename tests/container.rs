@@ -305,6 +305,29 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
     assert_eq!(before.0, "ct-password-41", "{}", p.context());
     assert_eq!(before.1, "ct-user-17", "{}", p.context());
     assert_eq!(before.3, "0", "no SIGHUP on a first injection");
+    let mounts = p.inspect(
+        &agent,
+        "{{range .Mounts}}{{.Destination}}={{if .RW}}rw{{else}}ro{{end}} {{end}}",
+    );
+    for m in [
+        "/etc/dso/dso.toml=ro",
+        "/var/lib/dso/vault.key=ro",
+        "/var/lib/dso=rw",
+        "/run/dso=rw",
+        "/var/run/docker.sock=rw",
+    ] {
+        assert!(
+            mounts.split_whitespace().any(|x| x == m),
+            "agent mount {m} (got {mounts})"
+        );
+    }
+    p.eventually(
+        "digest.key and audit.jsonl written in the (read-write) state dir",
+        || {
+            (p.path("state/digest.key").is_file() && p.path("state/audit.jsonl").is_file())
+                .then_some(())
+        },
+    );
     let first_logs = docker_try(&["logs", &agent]).2;
     assert!(
         first_logs.contains("memory locked (mlockall)"),
@@ -415,10 +438,12 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
         "one injection after the restart: the new container\n{}",
         p.context()
     );
+    let audit = std::fs::read_to_string(p.path("state/audit.jsonl")).unwrap_or_default();
+    let context = p.context();
     for secret in ["ct-password-41", "ct-user-17"] {
         assert!(
-            !p.context().contains(secret),
-            "a secret value in the logs or in docker inspect"
+            !context.contains(secret) && !audit.contains(secret),
+            "a secret value in the logs, docker inspect or the audit log"
         );
     }
 }
