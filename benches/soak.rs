@@ -322,6 +322,36 @@ fn print_row(s: &Sample, phase: &str) {
     let _ = std::io::stdout().flush();
 }
 
+/// A log message with what varies per line (`container names`, exit codes, Docker's own error
+/// text after the first colon that follows them) blanked, so that lines group by kind.
+fn shape(msg: &str) -> String {
+    let named = msg
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| if i % 2 == 1 { "…" } else { part })
+        .collect::<Vec<_>>()
+        .join("`");
+    let out = named
+        .split_whitespace()
+        .map(|w| {
+            let digits = w.trim_end_matches(':');
+            if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+                "N"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    // "...: injection command exited with N: <Docker's message naming the container>".
+    for cut in [" exited with N", " status code N"] {
+        if let Some(i) = out.find(cut) {
+            return out[..i + cut.len()].to_string();
+        }
+    }
+    out.chars().take(120).collect()
+}
+
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         f64::NAN
@@ -439,7 +469,7 @@ fn main() {
                             *levels
                                 .lock()
                                 .unwrap()
-                                .entry(format!("WARN {msg}"))
+                                .entry(format!("WARN {}", shape(msg)))
                                 .or_default() += 1;
                         }
                         Some("ERROR") => {
@@ -447,7 +477,7 @@ fn main() {
                             *levels
                                 .lock()
                                 .unwrap()
-                                .entry(format!("ERROR {msg}"))
+                                .entry(format!("ERROR {}", shape(msg)))
                                 .or_default() += 1;
                         }
                         _ => {}
@@ -624,6 +654,7 @@ fn main() {
                     }
                     next += rotate;
                     if in_outage.load(Ordering::SeqCst) {
+                        puts_failed.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     let idx = k % SECRETS.len();
@@ -763,7 +794,7 @@ fn main() {
                 .collect::<Vec<_>>()
         );
         println!(
-            "rotations: {} backend writes ({} refused while down or failed); dso_rotations_total success {:.0}, failed {:.0}, unchanged {:.0}; stale values served {:.0}; cache entries at the end {:.0}",
+            "rotations: {} backend writes ({} skipped while the backend was down, or failed); dso_rotations_total success {:.0}, failed {:.0}, unchanged {:.0}; stale values served {:.0}; cache entries at the end {:.0}",
             puts_ok.load(Ordering::Relaxed),
             puts_failed.load(Ordering::Relaxed),
             get(&last.rotations, "success"),
