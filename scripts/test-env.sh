@@ -48,6 +48,7 @@ install_missing() {
   [ -x /bin/busybox ] || pkgs+=(busybox-static)
   command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
   command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+  command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
   if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
     python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
