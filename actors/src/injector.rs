@@ -919,7 +919,7 @@ async fn write_exec(
             .await;
     }
     drop(values);
-    match result {
+    let written = match result {
         Ok(out) if out.exit_code == Some(0) || out.exit_code == Some(EXIT_UNCHANGED) => {
             metrics.injection_mode("exec");
             let replaced = out.exit_code == Some(0)
@@ -948,7 +948,26 @@ async fn write_exec(
         )),
         Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => Err(Outcome::Gone),
         Err(e) => Err(refused("exec_failed", format!("container `{}`: {e}", info.name))),
+    };
+    // An exec that failed because the container was being stopped or removed meanwhile (exit 137,
+    // "cannot exec in a stopped container", a 500 from a container being removed) is not a
+    // failure to report: the container is gone.
+    if matches!(
+        &written,
+        Err(Outcome::Refused {
+            result: "exec_failed",
+            ..
+        })
+    ) {
+        match engine.inspect(&job.id).await {
+            Ok(i) if i.running => {}
+            Ok(_) | Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => {
+                return Err(Outcome::Gone)
+            }
+            Err(_) => {}
+        }
     }
+    written
 }
 
 impl Actor for Injector {

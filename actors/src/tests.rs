@@ -1027,3 +1027,52 @@ async fn direct_refusals_do_not_fall_back_to_exec() {
         );
     }
 }
+
+#[actix_rt::test]
+async fn an_exec_that_fails_because_the_container_stopped_counts_as_gone_not_failed() {
+    let r = rig();
+    r.backend.put("db", map(&[("pw", "v1")]));
+    r.engine.add(container(
+        "c1",
+        &[("dso.secret.pw", "p/db#pw")],
+        &["/run/secrets/dso"],
+    ));
+    *r.engine.exec_exit.lock().unwrap() = 137;
+    *r.engine.exec_delay.lock().unwrap() = Duration::from_millis(200);
+    let inj = injector(&r, 4, 100);
+    inj.send(job("c1", Trigger::Event(ContainerAction::Start)))
+        .await
+        .unwrap();
+    // The container is stopped while the exec runs (docker rm -f during an injection).
+    settle(|| !r.engine.execs().is_empty()).await;
+    r.engine
+        .containers
+        .lock()
+        .unwrap()
+        .get_mut("c1")
+        .unwrap()
+        .running = false;
+    settle(|| render(&r.registry).contains("dso_injections_total{result=\"container_gone\"} 1"))
+        .await;
+    let text = render(&r.registry);
+    assert!(
+        text.contains("dso_injections_total{result=\"container_gone\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dso_injections_total{result=\"exec_failed\"} 0"),
+        "{text}"
+    );
+
+    // Still running: a failed exec is a failure.
+    r.engine.add(container(
+        "c2",
+        &[("dso.secret.pw", "p/db#pw")],
+        &["/run/secrets/dso"],
+    ));
+    inj.send(job("c2", Trigger::Event(ContainerAction::Start)))
+        .await
+        .unwrap();
+    settle(|| render(&r.registry).contains("dso_injections_total{result=\"exec_failed\"} 1")).await;
+    assert!(render(&r.registry).contains("dso_injections_total{result=\"exec_failed\"} 1"));
+}
