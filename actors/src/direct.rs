@@ -84,16 +84,21 @@ pub enum FallbackReason {
     CgroupMismatch,
     /// The engine reported no pid for the container.
     NoPid,
+    /// The container runs, but its pid does not exist here: the agent runs in a PID namespace of
+    /// its own (a container without `pid: host`), where the pids Docker reports mean nothing.
+    /// Decided by the Injector (the writer reports `Gone`; Docker says it runs).
+    PidNamespace,
 }
 
 impl FallbackReason {
     /// Every reason, for pre-created metric series.
-    pub const ALL: [FallbackReason; 5] = [
+    pub const ALL: [FallbackReason; 6] = [
         FallbackReason::ProcDenied,
         FallbackReason::UserNamespace,
         FallbackReason::NoOpenat2,
         FallbackReason::CgroupMismatch,
         FallbackReason::NoPid,
+        FallbackReason::PidNamespace,
     ];
 
     /// Metric label and log field.
@@ -104,6 +109,7 @@ impl FallbackReason {
             FallbackReason::NoOpenat2 => "no_openat2",
             FallbackReason::CgroupMismatch => "cgroup_mismatch",
             FallbackReason::NoPid => "no_pid",
+            FallbackReason::PidNamespace => "pid_namespace",
         }
     }
 
@@ -115,6 +121,7 @@ impl FallbackReason {
             FallbackReason::NoOpenat2 => "the kernel has no openat2 (Linux 5.6+ needed)",
             FallbackReason::CgroupMismatch => "the process at the container's pid is not in the container's cgroup (pid reused, or another cgroup namespace)",
             FallbackReason::NoPid => "the engine reported no pid for the container",
+            FallbackReason::PidNamespace => "the agent runs in its own PID namespace, where the pids Docker reports do not exist (give its container `pid: host`)",
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::Fetched;
 use crate::cache::Cache;
-use crate::direct::{DirectError, DirectTarget, Written};
+use crate::direct::{DirectError, DirectTarget, FallbackReason, Written};
 use crate::engine::{ContainerAction, ContainerEngine, EngineError};
 use crate::messages::{
     AuditRecord, ContainerJob, ContainerStatus, Drain, FetchError, FileStatus, GetSecret,
@@ -768,13 +768,14 @@ async fn inject(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let written = match write_direct(&job, &info, &spec.dir, &digest, &pairs, &*engine, &metrics) {
-        Some(w) => w,
-        None => {
-            drop(pairs);
-            write_exec(&job, &info, &spec, &digest, values, &*engine, &metrics).await
-        }
-    };
+    let written =
+        match write_direct(&job, &info, &spec.dir, &digest, &pairs, &*engine, &metrics).await {
+            Some(w) => w,
+            None => {
+                drop(pairs);
+                write_exec(&job, &info, &spec, &digest, values, &*engine, &metrics).await
+            }
+        };
     let (changed, replaced) = match written {
         Ok(w) => w,
         Err(outcome) => return outcome,
@@ -826,7 +827,7 @@ type WriteResult = Result<(bool, bool), Outcome>;
 
 /// The direct path (`/proc/<pid>/root`, no exec), when the engine offers it. None: use exec
 /// (not offered, or not usable for this container — each reason counted and logged once).
-fn write_direct(
+async fn write_direct(
     job: &ContainerJob,
     info: &crate::engine::ContainerInfo,
     dir: &str,
@@ -845,7 +846,24 @@ fn write_direct(
         pid: info.pid.unwrap_or(0),
         dir,
     };
-    let result = match writer.write(&target, digest, pairs) {
+    let mut written = writer.write(&target, digest, pairs);
+    if let Err(DirectError::Gone {
+        when: "before the write",
+        ..
+    }) = &written
+    {
+        // No /proc/<pid> although Docker said "running": exited meanwhile, or a pid this agent
+        // cannot see (its own PID namespace). Docker tells which.
+        if let Ok(again) = engine.inspect(&job.id).await {
+            if again.running && again.pid == info.pid {
+                written = Err(DirectError::Fallback {
+                    reason: FallbackReason::PidNamespace,
+                    detail: format!("pid {} is not visible to the agent", target.pid),
+                });
+            }
+        }
+    }
+    let result = match written {
         Ok(Written::Unchanged) => Ok((false, false)),
         Ok(Written::New { replaced }) => Ok((true, replaced)),
         Err(DirectError::Fallback { reason, detail }) => {

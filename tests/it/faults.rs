@@ -172,3 +172,31 @@ fn containers_that_exit_during_their_injection_get_a_clear_outcome_and_leave_not
         Some(value.as_str())
     );
 }
+
+#[test]
+fn an_agent_in_its_own_pid_namespace_falls_back_to_exec() {
+    // Like an agent container without `pid: host`: the pids Docker reports are not its own.
+    let ws = Workspace::new();
+    ws.write_config("");
+    ws.set_write_mode("auto");
+    ws.set_secret("pidns#k", "pidns-value");
+    let agent = Agent::start_wrapped(
+        &ws.config(),
+        &[],
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+    );
+    let c = ws.container(&["--tmpfs", DIR, "--label", "dso.secret.k=local/pidns#k"]);
+    c.wait_for(&format!("{DIR}/.ready"), &agent);
+    assert_eq!(c.read(&format!("{DIR}/k")).as_deref(), Some("pidns-value"));
+    assert_eq!(
+        agent.metric("dso_direct_fallbacks_total{reason=\"pid_namespace\"}"),
+        Some(1.0),
+        "{}",
+        agent.get("/metrics").1
+    );
+    assert_eq!(
+        agent.metric("dso_injections_by_mode_total{mode=\"exec\"}"),
+        Some(1.0)
+    );
+    agent.wait_log("own PID namespace");
+}

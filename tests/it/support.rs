@@ -301,7 +301,19 @@ impl Agent {
     }
 
     pub fn start_with_env(config: &Path, envs: &[(&str, &str)]) -> Agent {
-        let mut cmd = Command::new(dso_bin());
+        Self::start_wrapped(config, envs, &[])
+    }
+
+    /// Starts the agent under `wrapper` (e.g. `["unshare", "--pid", "--fork", "--mount-proc"]`).
+    pub fn start_wrapped(config: &Path, envs: &[(&str, &str)], wrapper: &[&str]) -> Agent {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(dso_bin());
+                c
+            }
+            None => Command::new(dso_bin()),
+        };
         cmd.arg("--config")
             .arg(config)
             .args(["agent", "--log-format", "json"])
