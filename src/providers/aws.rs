@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::wire;
 use async_trait::async_trait;
 use base64::Engine as _;
 use dso_actors::backend::{BackendError, Fetched, SecretBackend};
@@ -229,7 +230,7 @@ impl Environment {
                 Ok(v) => Zeroizing::new(v),
                 Err(std::env::VarError::NotPresent) => return None,
                 Err(std::env::VarError::NotUnicode(raw)) => {
-                    wipe_os(raw);
+                    wire::wipe_os(raw);
                     return None;
                 }
             },
@@ -667,7 +668,10 @@ impl AwsBackend {
             }
         };
         let build_error = |e: reqwest::Error| {
-            BackendError::Config(format!("cannot build the HTTP client: {}", chain(&e)))
+            BackendError::Config(format!(
+                "cannot build the HTTP client: {}",
+                wire::error_chain(&e)
+            ))
         };
         let client = reqwest::Client::builder()
             .use_rustls_tls()
@@ -817,7 +821,7 @@ impl AwsBackend {
             if e.is_timeout() {
                 format!("{what}: no answer within {IMDS_TIMEOUT:?} (not on EC2?)")
             } else {
-                format!("{what}: {}", chain(e))
+                format!("{what}: {}", wire::error_chain(e))
             }
         };
         let resp = self
@@ -1005,40 +1009,17 @@ impl AwsBackend {
     /// Reads at most `limit` bytes of body into a buffer that is zeroed when dropped.
     async fn read_body(
         &self,
-        mut resp: reqwest::Response,
+        resp: reqwest::Response,
         limit: usize,
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let too_big = || {
-            BackendError::Unavailable(format!(
+        wire::read_bounded(resp, limit).await.map_err(|e| match e {
+            wire::BodyError::TooBig => BackendError::Unavailable(format!(
                 "Secrets Manager at {} sent a response larger than {} KiB; refusing it",
                 self.endpoint,
                 limit / 1024
-            ))
-        };
-        let declared = resp.content_length().unwrap_or(0);
-        if declared > limit as u64 {
-            return Err(too_big());
-        }
-        // `declared <= limit`, so this conversion cannot truncate.
-        let mut buf = Zeroizing::new(Vec::with_capacity(declared as usize));
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e))? {
-            if buf.len() + chunk.len() > limit {
-                wipe_bytes(chunk);
-                return Err(too_big());
-            }
-            if buf.capacity() - buf.len() < chunk.len() {
-                // Grow by hand so the old buffer is zeroed rather than freed with data in it.
-                let cap = (buf.len() + chunk.len())
-                    .max(buf.capacity().saturating_mul(2))
-                    .min(limit);
-                let mut bigger = Zeroizing::new(Vec::with_capacity(cap));
-                bigger.extend_from_slice(&buf);
-                buf = bigger;
-            }
-            buf.extend_from_slice(&chunk);
-            wipe_bytes(chunk);
-        }
-        Ok(buf)
+            )),
+            wire::BodyError::Transport(e) => self.transport_error(&e),
+        })
     }
 
     /// The error for a non-200 answer, from its AWS error type (`__type` or
@@ -1136,18 +1117,13 @@ impl AwsBackend {
         BackendError::Unavailable(format!(
             "cannot reach Secrets Manager at {}: {}",
             self.endpoint,
-            chain(e)
+            wire::error_chain(e)
         ))
     }
 
     /// A decode error without serde's text, which can quote the (secret) input.
     fn decode_error(&self, e: &serde_json::Error, subject: &str) -> BackendError {
-        let kind = match e.classify() {
-            serde_json::error::Category::Io => "I/O error",
-            serde_json::error::Category::Syntax => "invalid JSON",
-            serde_json::error::Category::Data => "unexpected JSON structure",
-            serde_json::error::Category::Eof => "truncated JSON",
-        };
+        let kind = wire::json_error_kind(e);
         BackendError::Unavailable(format!(
             "Secrets Manager at {} answered `{subject}` with {kind} (line {}, column {})",
             self.endpoint,
@@ -1425,38 +1401,6 @@ impl SecretBackend for AwsBackend {
         drop(body);
         Ok(())
     }
-}
-
-/// Best-effort wipe of a rejected (non-UTF-8) env value.
-fn wipe_os(raw: std::ffi::OsString) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStringExt;
-        raw.into_vec().zeroize();
-    }
-    #[cfg(not(unix))]
-    drop(raw);
-}
-
-/// Wipes a received chunk when this is its only owner (hyper may share the allocation).
-fn wipe_bytes(chunk: bytes::Bytes) {
-    if let Ok(mut m) = chunk.try_into_mut() {
-        m[..].zeroize();
-    }
-}
-
-/// An error and its sources, `": "`-joined, without repeats.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

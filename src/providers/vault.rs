@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::wire;
 use async_trait::async_trait;
 use dso_actors::backend::{BackendError, Fetched, SecretBackend};
 use dso_actors::secret::zeroize_json;
@@ -257,7 +258,7 @@ fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
         Err(e) => Err(format!(
             "`{}` is not valid PEM ({}): {hint}",
             path.display(),
-            chain(&e)
+            wire::error_chain(&e)
         )),
     }
 }
@@ -723,7 +724,7 @@ impl VaultBackend {
         let client = builder.build().map_err(|e| {
             BackendError::Config(format!(
                 "cannot build the HTTP client: {}{}",
-                chain(&e),
+                wire::error_chain(&e),
                 if cfg.ca_file.is_some() {
                     " (check that ca_file holds valid PEM certificates)"
                 } else {
@@ -1203,40 +1204,17 @@ impl VaultBackend {
     /// Reads at most `limit` bytes of body into a buffer that is zeroed when dropped.
     async fn read_body(
         &self,
-        mut resp: reqwest::Response,
+        resp: reqwest::Response,
         limit: usize,
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let too_big = || {
-            BackendError::Unavailable(format!(
+        wire::read_bounded(resp, limit).await.map_err(|e| match e {
+            wire::BodyError::TooBig => BackendError::Unavailable(format!(
                 "Vault at {} sent a response larger than {} MiB; refusing it",
                 self.address,
                 limit / (1024 * 1024)
-            ))
-        };
-        let declared = resp.content_length().unwrap_or(0);
-        if declared > limit as u64 {
-            return Err(too_big());
-        }
-        // `declared <= limit`, so this conversion cannot truncate.
-        let mut buf = Zeroizing::new(Vec::with_capacity(declared as usize));
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e))? {
-            if buf.len() + chunk.len() > limit {
-                wipe_bytes(chunk);
-                return Err(too_big());
-            }
-            if buf.capacity() - buf.len() < chunk.len() {
-                // Grow by hand so the old buffer is zeroed rather than freed with data in it.
-                let cap = (buf.len() + chunk.len())
-                    .max(buf.capacity().saturating_mul(2))
-                    .min(limit);
-                let mut bigger = Zeroizing::new(Vec::with_capacity(cap));
-                bigger.extend_from_slice(&buf);
-                buf = bigger;
-            }
-            buf.extend_from_slice(&chunk);
-            wipe_bytes(chunk);
-        }
-        Ok(buf)
+            )),
+            wire::BodyError::Transport(e) => self.transport_error(&e),
+        })
     }
 
     /// The error for a non-200 answer. Reads Vault's `errors` list (not secret) for context.
@@ -1321,7 +1299,7 @@ impl VaultBackend {
         if e.is_timeout() {
             return BackendError::Timeout(self.timeout);
         }
-        let cause = chain(e);
+        let cause = wire::error_chain(e);
         let lower = cause.to_ascii_lowercase();
         let hint = if lower.contains("certificate") || lower.contains("unknownissuer") {
             " (TLS: Vault's certificate is not trusted for this name: set ca_file to the PEM \
@@ -1341,12 +1319,7 @@ impl VaultBackend {
 
     /// A decode error without serde's text, which can quote the (secret) input.
     fn decode_error(&self, e: &serde_json::Error) -> BackendError {
-        let kind = match e.classify() {
-            serde_json::error::Category::Io => "I/O error",
-            serde_json::error::Category::Syntax => "invalid JSON",
-            serde_json::error::Category::Data => "unexpected JSON structure",
-            serde_json::error::Category::Eof => "truncated JSON",
-        };
+        let kind = wire::json_error_kind(e);
         BackendError::Unavailable(format!(
             "Vault at {} answered with {kind} (line {}, column {})",
             self.address,
@@ -1516,7 +1489,7 @@ impl AppRole {
                     )))
                 }
                 Err(std::env::VarError::NotUnicode(raw)) => {
-                    wipe_os(raw);
+                    wire::wipe_os(raw);
                     return Err(BackendError::Config(format!(
                         "environment variable {var} is not valid UTF-8: it must hold an AppRole \
                          secret id"
@@ -1574,7 +1547,7 @@ fn read_token(source: &TokenSource) -> Result<Zeroizing<String>, BackendError> {
                 )))
             }
             Err(std::env::VarError::NotUnicode(raw)) => {
-                wipe_os(raw);
+                wire::wipe_os(raw);
                 return Err(BackendError::Config(format!(
                     "environment variable {var} is not valid UTF-8: it must hold a Vault token"
                 )));
@@ -1614,17 +1587,6 @@ fn read_token(source: &TokenSource) -> Result<Zeroizing<String>, BackendError> {
         )));
     }
     Ok(token)
-}
-
-/// Best-effort wipe of a rejected (non-UTF-8) env value.
-fn wipe_os(raw: std::ffi::OsString) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStringExt;
-        raw.into_vec().zeroize();
-    }
-    #[cfg(not(unix))]
-    drop(raw);
 }
 
 /// Follows at most 5 redirects, only to the same host and never from https to http (the token
@@ -1668,27 +1630,6 @@ fn take_values(
             (k.clone(), value)
         })
         .collect()
-}
-
-/// Wipes a received chunk when this is its only owner (hyper may share the allocation).
-fn wipe_bytes(chunk: bytes::Bytes) {
-    if let Ok(mut m) = chunk.try_into_mut() {
-        m[..].zeroize();
-    }
-}
-
-/// An error and its sources, `": "`-joined, without repeats.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
