@@ -19,8 +19,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,13 +37,6 @@ const DEFAULT_DEBOUNCE: &str = "2s";
 const SAMPLE: usize = 5;
 const TARGET_SECS: f64 = 5.0;
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
 fn env_req(name: &str) -> String {
     std::env::var(name)
         .ok()
@@ -50,36 +46,11 @@ fn env_req(name: &str) -> String {
         })
 }
 
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// `docker ARGS` → (ok, stdout, stderr).
-fn docker_try(args: &[&str]) -> (bool, String, String) {
-    match Command::new("docker").args(args).output() {
-        Ok(out) => (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ),
-        Err(e) => (false, String::new(), e.to_string()),
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let (ok, out, err) = docker_try(args);
-    assert!(ok, "docker {args:?}: {err}");
-    out
 }
 
 /// `bao kv put -mount=secret PATH password=VALUE`.
@@ -101,6 +72,11 @@ fn bao_put(bin: &str, addr: &str, token: &str, path: &str, value: &str) {
     );
 }
 
+/// One scrape of `/metrics`.
+fn scrape(addr: &str) -> Metrics {
+    Metrics(http_get(addr, "/metrics"))
+}
+
 /// Minimal HTTP/1.0 GET → body.
 fn http_get(addr: &str, path: &str) -> String {
     let mut s =
@@ -112,24 +88,6 @@ fn http_get(addr: &str, path: &str) -> String {
     resp.split_once("\r\n\r\n")
         .map(|x| x.1.to_string())
         .unwrap_or_default()
-}
-
-/// One scrape of `/metrics`.
-struct Metrics(String);
-
-impl Metrics {
-    fn scrape(addr: &str) -> Self {
-        Metrics(http_get(addr, "/metrics"))
-    }
-
-    /// The value of one series (exact text before the value); an absent series is 0.
-    fn get(&self, series: &str) -> f64 {
-        self.0
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0)
-    }
 }
 
 fn rotations(result: &str) -> String {
@@ -183,37 +141,6 @@ fn line_time(v: &serde_json::Value, arrived: f64) -> f64 {
 /// Agent log lines with the Unix time the bench read them.
 type Lines = Arc<Mutex<Vec<(f64, String)>>>;
 
-/// Kills the agent and removes every container of the bench's scope, also on panic.
-struct Cleanup {
-    agent: Option<Child>,
-    scope_label: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        let filter = format!("label={}", self.scope_label);
-        let (_, ids, _) = docker_try(&["ps", "-aq", "--filter", &filter]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        for chunk in ids.chunks(50) {
-            let mut args = vec!["rm", "-f"];
-            args.extend_from_slice(chunk);
-            let _ = docker_try(&args);
-        }
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     v.sort_by(|a, b| a.total_cmp(b));
@@ -225,20 +152,6 @@ fn max(v: &[f64]) -> f64 {
         .copied()
         .filter(|x| x.is_finite())
         .fold(f64::NAN, f64::max)
-}
-
-/// CPU seconds (user + system) the process has used, from `/proc/PID/stat` (100 Hz ticks).
-fn proc_cpu_secs(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the `(comm)`; utime and stime are fields 14 and 15.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-            Some(ticks / 100.0)
-        })
-        .unwrap_or(f64::NAN)
 }
 
 /// Host CPU (busy, total) jiffies from the first line of `/proc/stat`.
@@ -476,7 +389,7 @@ fn main() {
     };
 
     // N containers, `par` `docker run`s at a time.
-    let m0 = Metrics::scrape(&admin);
+    let m0 = scrape(&admin);
     let inj0 = m0.get("dso_injections_total{result=\"success\"}");
     let req_start0 = all_requests(&m0);
     let ids = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -519,7 +432,7 @@ fn main() {
     assert_eq!(ids.len(), n, "not every container started");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let got = Metrics::scrape(&admin).get("dso_injections_total{result=\"success\"}") - inj0;
+        let got = scrape(&admin).get("dso_injections_total{result=\"success\"}") - inj0;
         if got >= n as f64 {
             break;
         }
@@ -531,7 +444,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let ready_secs = t_start.elapsed().as_secs_f64();
-    let req_startup = all_requests(&Metrics::scrape(&admin)) - req_start0;
+    let req_startup = all_requests(&scrape(&admin)) - req_start0;
     let sample: Vec<&String> = (0..SAMPLE.min(n))
         .map(|k| &ids[k * (n - 1) / (SAMPLE.min(n) - 1).max(1)])
         .collect();
@@ -546,7 +459,7 @@ fn main() {
         // Start each run between two refreshes' worth of quiet: let the previous settle.
         std::thread::sleep(Duration::from_millis(1500));
         let value = format!("v{r}-{uniq}");
-        let before = Metrics::scrape(&admin);
+        let before = scrape(&admin);
         let (rot0, fail0) = (
             before.get(&rotations("success")),
             before.get(&rotations("failed")),
@@ -564,7 +477,7 @@ fn main() {
         let t0 = Instant::now();
         bao_put(&bao_bin, &vault_addr, &vault_token, &secret_path, &value);
         let deadline = t0 + Duration::from_secs(60);
-        let (mut complete, mut after) = (false, Metrics::scrape(&admin));
+        let (mut complete, mut after) = (false, scrape(&admin));
         loop {
             if after.get(&rotations("success")) - rot0 >= n as f64 {
                 complete = true;
@@ -574,7 +487,7 @@ fn main() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(25));
-            after = Metrics::scrape(&admin);
+            after = scrape(&admin);
             sample_cpu(&mut cpu);
         }
         let polled = t0.elapsed().as_secs_f64();
@@ -661,10 +574,10 @@ fn main() {
 
     // Steady state: requests over a quiet window, independent of N.
     let quiet = Duration::from_secs(5);
-    let q0 = all_requests(&Metrics::scrape(&admin));
+    let q0 = all_requests(&scrape(&admin));
     std::thread::sleep(quiet);
-    let quiet_req = all_requests(&Metrics::scrape(&admin)) - q0;
-    let final_m = Metrics::scrape(&admin);
+    let quiet_req = all_requests(&scrape(&admin)) - q0;
+    let final_m = scrape(&admin);
     // Exec floor: the same fan-out without the agent's work, at the agent's default parallelism
     // (8 shards × 4) and at 8.
     let floor32 = exec_floor(&ids, 32);

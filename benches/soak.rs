@@ -22,6 +22,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::*;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -34,32 +37,6 @@ const PROVIDER: &str = "bao";
 const TOKEN: &str = "soak-root";
 const SECRETS: [&str; 3] = ["a", "b", "c"];
 const LOG_TAIL: usize = 200;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-/// `docker ARGS` → (ok, stdout, stderr).
-fn docker_try(args: &[&str]) -> (bool, String, String) {
-    match Command::new("docker").args(args).output() {
-        Ok(out) => (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ),
-        Err(e) => (false, String::new(), e.to_string()),
-    }
-}
 
 /// Minimal HTTP/1.0 request → (status, body); None when the server cannot be reached.
 fn http(addr: &str, method: &str, path: &str, token: &str, body: &str) -> Option<(u16, String)> {
@@ -148,69 +125,6 @@ impl Drop for Bao {
     }
 }
 
-/// Kills the agent and removes every container of the soak's scope, also on panic.
-struct Cleanup {
-    agent: Option<Child>,
-    scope_label: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        let filter = format!("label={}", self.scope_label);
-        let (_, ids, _) = docker_try(&["ps", "-aq", "--filter", &filter]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        for chunk in ids.chunks(50) {
-            let mut args = vec!["rm", "-f"];
-            args.extend_from_slice(chunk);
-            let _ = docker_try(&args);
-        }
-    }
-}
-
-/// One scrape of `/metrics`.
-struct Metrics(String);
-
-impl Metrics {
-    fn scrape(addr: &str) -> Self {
-        Metrics(
-            http(addr, "GET", "/metrics", "", "")
-                .map(|r| r.1)
-                .unwrap_or_default(),
-        )
-    }
-
-    /// The value of one series (exact text before the value); an absent series is 0.
-    fn get(&self, series: &str) -> f64 {
-        self.0
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// `{label value → sample}` of a family with one label, e.g. `dso_injections_total{result=`.
-    fn by_label(&self, prefix: &str) -> BTreeMap<String, f64> {
-        self.0
-            .lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix(prefix)?.strip_prefix('"')?;
-                let (label, rest) = rest.split_once('"')?;
-                let v = rest
-                    .strip_prefix('}')?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some((label.to_string(), v))
-            })
-            .collect()
-    }
-}
-
 /// `VmRSS`, `VmHWM` (KiB) and `Threads` from /proc/PID/status.
 fn proc_status(pid: u32) -> (u64, u64, u64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -225,19 +139,6 @@ fn proc_status(pid: u32) -> (u64, u64, u64) {
 
 fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
-}
-
-/// CPU seconds (user + system) the process has used, from /proc/PID/stat (100 Hz ticks).
-fn proc_cpu_secs(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-            Some(ticks / 100.0)
-        })
-        .unwrap_or(f64::NAN)
 }
 
 struct Sample {
@@ -258,7 +159,11 @@ struct Sample {
 
 fn sample(pid: u32, admin: &str, t: f64, running: usize) -> Sample {
     let (rss_kb, hwm_kb, threads) = proc_status(pid);
-    let m = Metrics::scrape(admin);
+    let m = Metrics(
+        http(admin, "GET", "/metrics", "", "")
+            .map(|r| r.1)
+            .unwrap_or_default(),
+    );
     Sample {
         t,
         rss_kb,
