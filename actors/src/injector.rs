@@ -127,6 +127,8 @@ pub enum Outcome {
     AlreadyInjected,
     /// The container asks for nothing (or is out of scope).
     NotManaged,
+    /// A `die`/`destroy` event: forget the container (not an injection attempt, not counted).
+    Stopped,
     /// The container stopped or vanished.
     Gone,
     /// Refused before anything was written; the message says why.
@@ -144,7 +146,7 @@ impl Outcome {
             Outcome::Injected { changed: true, .. } => Some("success"),
             Outcome::Injected { changed: false, .. } => Some("unchanged"),
             Outcome::AlreadyInjected => Some("duplicate"),
-            Outcome::NotManaged => None,
+            Outcome::NotManaged | Outcome::Stopped => None,
             Outcome::Gone => Some("container_gone"),
             Outcome::Refused { result, .. } => Some(result),
         }
@@ -313,12 +315,7 @@ impl Injector {
         if job.trigger == Trigger::Rotation {
             self.rotations_running = self.rotations_running.saturating_sub(1);
         }
-        // A `die`/`destroy` job only forgets the container: it is not an injection attempt.
-        let forget_only = matches!(
-            job.trigger,
-            Trigger::Event(ContainerAction::Die | ContainerAction::Destroy)
-        );
-        if let Some(m) = outcome.metric().filter(|_| !forget_only) {
+        if let Some(m) = outcome.metric() {
             self.metrics.injection(m);
         }
         match &outcome {
@@ -457,8 +454,8 @@ impl Injector {
                     "secrets injected"
                 );
             }
-            Outcome::Gone | Outcome::NotManaged => {
-                if matches!(outcome, Outcome::Gone) && !forget_only {
+            Outcome::Gone | Outcome::NotManaged | Outcome::Stopped => {
+                if matches!(outcome, Outcome::Gone) {
                     tracing::info!(container = %short(&id), trigger = job.trigger.as_str(), "container stopped before its secrets were written; nothing to do");
                 }
                 self.status.remove(&id);
@@ -622,7 +619,7 @@ async fn run_job(
         job.trigger,
         Trigger::Event(ContainerAction::Die | ContainerAction::Destroy)
     ) {
-        return (String::new(), Outcome::Gone);
+        return (String::new(), Outcome::Stopped);
     }
     let info = match engine.inspect(&job.id).await {
         Ok(i) => i,
@@ -739,6 +736,15 @@ async fn inject(
 
     let pairs: Vec<_> = spec.files.iter().zip(values.iter()).collect();
     let digest = digest(&settings.digest_key, &pairs);
+    // This very start of the container already got this very content: nothing to do.
+    if job.trigger != Trigger::Manual {
+        if let Some((prev_started, prev_digest)) = &prev {
+            if prev_started.is_some() && *prev_started == info.started_at && *prev_digest == digest
+            {
+                return Outcome::AlreadyInjected;
+            }
+        }
+    }
     // Per file: its source, backend version and a keyed digest of its own content (status, audit).
     let file_status: Vec<FileStatus> = pairs
         .iter()
@@ -751,15 +757,6 @@ async fn inject(
             since: None,
         })
         .collect();
-    // This very start of the container already got this very content: nothing to do.
-    if job.trigger != Trigger::Manual {
-        if let Some((prev_started, prev_digest)) = &prev {
-            if prev_started.is_some() && *prev_started == info.started_at && *prev_digest == digest
-            {
-                return Outcome::AlreadyInjected;
-            }
-        }
-    }
     let names: Vec<String> = spec.files.iter().map(|f| f.name.clone()).collect();
     let keys: Vec<(String, String)> = spec
         .files
