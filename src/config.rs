@@ -36,6 +36,11 @@ use crate::providers::file::FileConfig;
 use crate::providers::process::ProcessConfig;
 use crate::providers::vault::VaultConfig;
 
+/// Default per-request `timeout` of every provider (30 s).
+pub fn default_provider_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
 /// Default `refresh_interval` of every provider.
 pub fn default_refresh_interval() -> Duration {
     Duration::from_secs(60)

@@ -79,7 +79,10 @@ pub struct AwsConfig {
     #[serde(default)]
     pub profile: Option<String>,
     /// Per-request timeout, default 30s.
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
+    #[serde(
+        default = "crate::config::default_provider_timeout",
+        with = "crate::config::duration"
+    )]
     pub timeout: Duration,
     /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
     #[serde(
@@ -93,10 +96,6 @@ pub struct AwsConfig {
     /// Requests allowed at once above the rate (bucket size). Default 50.
     #[serde(default = "crate::config::default_burst")]
     pub burst: u32,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
 }
 
 impl AwsConfig {

@@ -84,10 +84,6 @@ fn default_path() -> PathBuf {
     PathBuf::from(DEFAULT_PATH)
 }
 
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
 /// Configuration of a `type = "file"` provider.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -103,7 +99,10 @@ pub struct FileConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase_env: Option<String>,
     /// Per-request timeout, default 30s.
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
+    #[serde(
+        default = "crate::config::default_provider_timeout",
+        with = "crate::config::duration"
+    )]
     pub timeout: Duration,
     /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
     #[serde(
@@ -125,7 +124,7 @@ impl Default for FileConfig {
             path: default_path(),
             key_file: None,
             passphrase_env: None,
-            timeout: default_timeout(),
+            timeout: crate::config::default_provider_timeout(),
             refresh_interval: crate::config::default_refresh_interval(),
             rate_limit: crate::config::default_rate_limit(),
             burst: crate::config::default_burst(),

@@ -95,7 +95,10 @@ pub struct ProcessConfig {
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
     /// Per-request timeout, default 30s (also bounds `initialize`).
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
+    #[serde(
+        default = "crate::config::default_provider_timeout",
+        with = "crate::config::duration"
+    )]
     pub timeout: Duration,
     /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
     #[serde(
@@ -126,10 +129,6 @@ impl fmt::Debug for ProcessConfig {
             .field("burst", &self.burst)
             .finish()
     }
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
 }
 
 fn default_max_response_bytes() -> usize {

@@ -122,7 +122,10 @@ pub struct VaultConfig {
     #[serde(default = "default_kv_version")]
     pub kv_version: u8,
     /// Per-request timeout, default 30s.
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
+    #[serde(
+        default = "crate::config::default_provider_timeout",
+        with = "crate::config::duration"
+    )]
     pub timeout: Duration,
     /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
     #[serde(
@@ -148,10 +151,6 @@ fn default_approle_mount() -> String {
 
 fn default_kv_version() -> u8 {
     2
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
 }
 
 /// Where the token is read from (`auth = "token"`).
