@@ -20,22 +20,14 @@ use dso_actors::secret::SecretValue;
 use dso_actors::supervisor::{AgentSettings, ProviderSpec, Supervisor};
 use zeroize::Zeroizing;
 
-/// Exit codes (also in README).
+/// Exit codes (also in README): the numbers of [`dso_actors::exit::ExitCode`].
 mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// A runtime failure (message on stderr).
-    pub const FAILURE: u8 = 1;
-    /// Bad command line (clap's own code).
-    #[allow(dead_code)]
-    pub const USAGE: u8 = 2;
-    /// Docker unreachable for `agent.docker_max_reconnects` attempts.
-    #[allow(dead_code)]
-    pub const DOCKER: u8 = 3;
-    /// The configuration is invalid.
-    pub const CONFIG: u8 = 4;
-    /// The secret asked for does not exist.
-    pub const NOT_FOUND: u8 = 5;
+    use dso_actors::exit::ExitCode;
+    pub const OK: u8 = ExitCode::Ok.code();
+    pub const FAILURE: u8 = ExitCode::Failure.code();
+    pub const USAGE: u8 = ExitCode::Usage.code();
+    pub const CONFIG: u8 = ExitCode::Config.code();
+    pub const NOT_FOUND: u8 = ExitCode::NotFound.code();
 }
 
 #[derive(Parser)]
@@ -1052,7 +1044,7 @@ fn run_agent(cfg: Config, config_name: String, config_path: Option<PathBuf>) -> 
                         "docker unreachable after {} reconnect attempts: {e}",
                         cfg.agent.docker_max_reconnects
                     );
-                    return Ok(Some(dso_actors::watcher::EXIT_DOCKER_UNREACHABLE));
+                    return Ok(Some(dso_actors::exit::ExitCode::DockerUnreachable.as_i32()));
                 }
             }
         };

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod cache;
 pub mod direct;
 pub mod engine;
+pub mod exit;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod injector;

@@ -99,8 +99,8 @@ pub struct Shutdown;
 pub struct Fatal {
     /// What happened.
     pub reason: String,
-    /// Process exit code.
-    pub code: i32,
+    /// How the process exits.
+    pub code: crate::exit::ExitCode,
 }
 
 /// HTTP `/readyz` → Supervisor: Docker reachable and every provider up?

@@ -296,7 +296,7 @@ impl Handler<Shutdown> for Supervisor {
             .into_actor(self)
             .map(|_, _, _| {
                 tracing::info!("shutdown complete");
-                System::current().stop_with_code(0);
+                System::current().stop_with_code(crate::exit::ExitCode::Ok.as_i32());
             }),
         )
     }
@@ -306,8 +306,8 @@ impl Handler<Fatal> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Fatal, _ctx: &mut Self::Context) {
-        tracing::error!(code = msg.code, "fatal: {}", msg.reason);
-        System::current().stop_with_code(msg.code);
+        tracing::error!(code = msg.code.code(), "fatal: {}", msg.reason);
+        System::current().stop_with_code(msg.code.as_i32());
     }
 }
 

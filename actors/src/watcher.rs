@@ -17,9 +17,6 @@ use crate::injector::ShardRouter;
 use crate::messages::{ContainerJob, Fatal, IsUp, Reconcile, Trigger};
 use crate::metrics::{ActionLabel, Metrics};
 
-/// Exit code when Docker stays unreachable.
-pub const EXIT_DOCKER_UNREACHABLE: i32 = 3;
-
 /// Stop following events (shutdown).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -121,7 +118,7 @@ impl EventWatcher {
             tracing::error!("{reason}");
             let _ = self.fatal.try_send(Fatal {
                 reason,
-                code: EXIT_DOCKER_UNREACHABLE,
+                code: crate::exit::ExitCode::DockerUnreachable,
             });
             return;
         }
