@@ -84,6 +84,24 @@ impl BollardEngine {
     pub fn api_version(&self) -> String {
         self.docker.client_version().to_string()
     }
+
+    /// An image's `Config.Entrypoint` and `Config.Cmd`; `None` when the image is not on the host.
+    pub async fn image_command(
+        &self,
+        image: &str,
+    ) -> Result<Option<(Vec<String>, Vec<String>)>, EngineError> {
+        match self.docker.inspect_image(image).await.map_err(map_err) {
+            Ok(r) => {
+                let c = r.config.unwrap_or_default();
+                Ok(Some((
+                    c.entrypoint.unwrap_or_default(),
+                    c.cmd.unwrap_or_default(),
+                )))
+            }
+            Err(EngineError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn map_err(e: bollard::errors::Error) -> EngineError {

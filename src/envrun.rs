@@ -224,6 +224,33 @@ pub fn resolve_via_agent(socket: &Path, refs: &[EnvRef]) -> Result<Resolved, Age
     Ok(out)
 }
 
+/// Resolves through the agent on `socket` when one answers (unless `no_agent`), else against the
+/// backends of `cfg` directly. Fails only when an agent answered but could not be used.
+pub fn resolve(
+    cfg: &Config,
+    socket: &Path,
+    no_agent: bool,
+    refs: &[EnvRef],
+) -> Result<Resolved, AgentResolveError> {
+    if !no_agent {
+        match resolve_via_agent(socket, refs) {
+            Ok(r) => return Ok(r),
+            Err(AgentResolveError::NoAgent(_) | AgentResolveError::Unsupported(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Ok(rt.block_on(resolve_direct(cfg, refs))),
+        Err(e) => Ok(refs
+            .iter()
+            .map(|r| Err(unresolved(r, format!("cannot start a runtime: {e}"), false)))
+            .collect()),
+    }
+}
+
 /// One failed reference in a `/v1/resolve` answer.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ResolveFailure {

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod compose;
 pub mod config;
 pub mod docker;
 pub mod envrun;
