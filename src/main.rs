@@ -152,6 +152,35 @@ enum Command {
         )]
         command: Vec<std::ffi::OsString>,
     },
+    /// Docker Compose with `dsofile://` and `dso://` references in `environment` (also `docker dso`).
+    ///
+    /// Compose normalises the project (`config`); DSO rewrites the model (files on a tmpfs,
+    /// written before the entrypoint starts; `dso://` values through Compose's environment) and
+    /// runs the real Compose with it on stdin. Only up/run/create/start/restart resolve references.
+    ///
+    /// Example: dso compose up -d
+    #[command(disable_help_flag = true)]
+    Compose {
+        /// Compose's own arguments.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMPOSE ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Install the Docker CLI plugin (`docker dso …`): a link `docker-dso` to this binary in
+    /// ~/.docker/cli-plugins (or /usr/local/lib/docker/cli-plugins with --system).
+    ///
+    /// Example: dso install-plugin && docker dso up -d
+    InstallPlugin {
+        /// For every user: /usr/local/lib/docker/cli-plugins.
+        #[arg(long)]
+        system: bool,
+        /// Another plugin directory.
+        #[arg(long, conflicts_with = "system")]
+        dir: Option<PathBuf>,
+    },
     /// Print a shell completion script.
     ///
     /// Example: dso completions bash > /etc/bash_completion.d/dso
@@ -213,6 +242,11 @@ enum SecretAction {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) =
+        dso::compose::main_if_plugin(std::env::var_os("DSO_CONFIG").map(PathBuf::from).as_deref())
+    {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -317,6 +351,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             admin_post(cli.config.as_deref(), socket, &path, None)
         }
         Command::Doctor { json } => doctor(cli.config.as_deref(), json),
+        Command::Compose { args } => Ok(dso::compose::main(cli.config.as_deref(), args)),
+        Command::InstallPlugin { system, dir } => Ok(dso::compose::install_plugin(system, dir)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "dso", &mut std::io::stdout());

@@ -474,3 +474,59 @@ fn wrap_services(
     }
     Ok(())
 }
+
+/// The CLI's `dso compose ARGS…` (and `docker dso ARGS…`): runs, prints any error, returns the
+/// exit code.
+pub fn main(config: Option<&Path>, args: Vec<String>) -> u8 {
+    match run(config, args) {
+        Ok(code) => code,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("dso: {line}");
+            }
+            e.exit_code()
+        }
+    }
+}
+
+/// `Some(exit code)` when this process was started by Docker as the `docker-dso` CLI plugin.
+pub fn main_if_plugin(config: Option<&Path>) -> Option<u8> {
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match plugin::plugin_call(&argv)? {
+        plugin::PluginCall::Metadata => {
+            println!("{}", plugin::metadata());
+            Some(0)
+        }
+        plugin::PluginCall::Compose(args) => Some(main(config, args)),
+    }
+}
+
+/// The CLI's `dso install-plugin [--system] [--dir DIR]`.
+pub fn install_plugin(system: bool, dir: Option<PathBuf>) -> u8 {
+    let Some(dir) = dir.or_else(|| plugin::plugin_dir(system)) else {
+        eprintln!("dso: {}", plugin::InstallError::NoDir);
+        return ExitCode::Usage.code();
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("dso: cannot tell where the dso binary is: {e}");
+            return ExitCode::Failure.code();
+        }
+    };
+    match plugin::install(&dir, &exe) {
+        Ok(link) => {
+            println!("{} -> {}", link.display(), exe.display());
+            if let Err(e) = find_wait_helper() {
+                eprintln!("dso: note: {e}");
+            }
+            ExitCode::Ok.code()
+        }
+        Err(e) => {
+            eprintln!("dso: {e}");
+            ExitCode::Failure.code()
+        }
+    }
+}

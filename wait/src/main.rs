@@ -114,7 +114,11 @@ fn main() -> ExitCode {
             );
             told = true;
         }
-        let step = if waited < Duration::from_secs(2) { 10 } else { 100 };
+        let step = if waited < Duration::from_secs(2) {
+            10
+        } else {
+            100
+        };
         std::thread::sleep(Duration::from_millis(step));
     }
     let err = Command::new(&args.program).args(&args.args).exec();
@@ -139,7 +143,16 @@ mod tests {
 
     #[test]
     fn arguments() {
-        let a = p(&["--timeout", "7", "/run/secrets/dso", "--", "app", "-x", "--"]).unwrap();
+        let a = p(&[
+            "--timeout",
+            "7",
+            "/run/secrets/dso",
+            "--",
+            "app",
+            "-x",
+            "--",
+        ])
+        .unwrap();
         assert_eq!(a.timeout, Duration::from_secs(7));
         assert_eq!(a.dir, PathBuf::from("/run/secrets/dso"));
         assert_eq!(a.program, "app");
