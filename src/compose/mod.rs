@@ -202,20 +202,44 @@ pub fn run(config: Option<&Path>, args: Vec<String>) -> Result<u8, ComposeError>
     }
 
     // 4. The real Compose, model on stdin.
-    let mut c = model_command(&compose, &inv, &project, &project_dir);
+    let via = Via::for_subcommand(&sub);
+    let mut c = model_command(&compose, &inv, &project, &project_dir, via);
     c.arg(&sub).args(&inv.rest);
     c.envs(env_values.iter().map(|(k, v)| (k, v)));
     let json = serde_json::to_vec(&rw.model).map_err(|e| ComposeError::Normalise {
         program: compose.join(" "),
         reason: e.to_string(),
     })?;
-    let code = wait_child(&mut c, &compose, Some(json));
+    let code = wait_child(&mut c, &compose, Some((json, via)));
     drop(env_values);
     code
 }
 
+/// How the model reaches Compose: its stdin (`-f -`), or — for `run` and `exec`, whose stdin
+/// belongs to the terminal — a pipe on fd 3 (`-f /dev/fd/3`). Never a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Stdin,
+    Fd3,
+}
+
+impl Via {
+    fn for_subcommand(sub: &str) -> Self {
+        match sub {
+            "run" | "exec" => Via::Fd3,
+            _ => Via::Stdin,
+        }
+    }
+}
+
 /// `compose [globals] -p NAME --project-directory DIR -f -`, run in DIR.
-fn model_command(compose: &[String], inv: &Invocation, project: &str, dir: &Path) -> Command {
+fn model_command(
+    compose: &[String],
+    inv: &Invocation,
+    project: &str,
+    dir: &Path,
+    via: Via,
+) -> Command {
     let mut c = command(compose);
     c.args(&inv.global)
         .arg("-p")
@@ -223,29 +247,91 @@ fn model_command(compose: &[String], inv: &Invocation, project: &str, dir: &Path
         .arg("--project-directory")
         .arg(dir)
         .arg("-f")
-        .arg("-")
+        .arg(match via {
+            Via::Stdin => "-",
+            Via::Fd3 => "/dev/fd/3",
+        })
         .current_dir(dir);
     c
 }
 
-/// Spawns `c` (with `stdin` bytes when given, else the terminal), waits, returns its exit code.
-/// While Compose runs, `dso` ignores SIGINT/SIGQUIT (Compose gets them from the terminal).
+/// Spawns `c` (feeding it `model` when given), waits, returns its exit code. While Compose runs,
+/// `dso` ignores SIGINT/SIGQUIT (Compose gets them from the terminal).
 fn wait_child(
     c: &mut Command,
     compose: &[String],
-    stdin: Option<Vec<u8>>,
+    model: Option<(Vec<u8>, Via)>,
 ) -> Result<u8, ComposeError> {
-    if stdin.is_some() {
-        c.stdin(Stdio::piped());
+    let spawn_err = |e| spawn_error(compose, e);
+    let mut writer: Option<std::fs::File> = None;
+    match &model {
+        Some((_, Via::Stdin)) => {
+            c.stdin(Stdio::piped());
+        }
+        Some((_, Via::Fd3)) => {
+            let (read, write) = cloexec_pipe().map_err(spawn_err)?;
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&read);
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(c, move || {
+                    if raw == 3 {
+                        if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(raw, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            writer = Some(std::fs::File::from(write));
+            // `read` stays open until after the spawn (below), then closes here.
+            let mut child = c.spawn().map_err(spawn_err)?;
+            drop(read);
+            return finish(&mut child, compose, writer, model.map(|m| m.0));
+        }
+        None => {}
     }
-    let mut child = c.spawn().map_err(|e| spawn_error(compose, e))?;
+    let mut child = c.spawn().map_err(spawn_err)?;
+    if matches!(model, Some((_, Via::Stdin))) {
+        writer = child
+            .stdin
+            .take()
+            .map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s)));
+    }
+    finish(&mut child, compose, writer, model.map(|m| m.0))
+}
+
+fn finish(
+    child: &mut std::process::Child,
+    compose: &[String],
+    writer: Option<std::fs::File>,
+    bytes: Option<Vec<u8>>,
+) -> Result<u8, ComposeError> {
     ignore_interrupts();
-    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+    if let (Some(mut w), Some(bytes)) = (writer, bytes) {
         // Compose may exit early (bad option): a broken pipe is then not our error.
-        let _ = pipe.write_all(&bytes);
+        let _ = w.write_all(&bytes);
     }
     let status = child.wait().map_err(|e| spawn_error(compose, e))?;
     Ok(status_code(&status))
+}
+
+/// A pipe whose both ends are close-on-exec.
+fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 fn ignore_interrupts() {
@@ -433,10 +519,10 @@ fn wrap_services(
                 program: compose.join(" "),
                 reason: e.to_string(),
             })?;
-            let mut c = model_command(compose, inv, project, project_dir);
+            let mut c = model_command(compose, inv, project, project_dir, Via::Stdin);
             c.arg(verb).args(&services);
             c.envs(rw.envs.iter().map(|e| (e.placeholder.clone(), "")));
-            let code = wait_child(&mut c, compose, Some(json))?;
+            let code = wait_child(&mut c, compose, Some((json, Via::Stdin)))?;
             if code != 0 {
                 return Err(ComposeError::Docker(format!(
                     "`{} {verb} {}` failed (exit {code}); the image's entrypoint is needed to wait \
