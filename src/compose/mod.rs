@@ -162,8 +162,19 @@ pub fn run(config: Option<&Path>, args: Vec<String>) -> Result<u8, ComposeError>
             reason: e.to_string(),
         })?;
 
-    // 2. Rewrite.
-    let mut rw = model::rewrite(model, &project)?;
+    // 2. Rewrite (references read against the config's providers when the model has any).
+    // A command that resolves nothing still runs with an unreadable config (e.g. `down`).
+    let cfg = if has_references(&model) {
+        match Config::load(config) {
+            Ok((c, _)) => Some(c),
+            Err(e) if inv.resolves() => return Err(ComposeError::Config(e.to_string())),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let providers = cfg.as_ref().map(providers_of).unwrap_or_default();
+    let mut rw = model::rewrite(model, &project, &providers)?;
     if let Some(n) = &rw.name {
         project = n.clone();
     }
@@ -173,7 +184,9 @@ pub fn run(config: Option<&Path>, args: Vec<String>) -> Result<u8, ComposeError>
     // 3. Resolve (only for subcommands that start containers).
     let mut env_values: Vec<(String, OsString)> = Vec::new();
     if inv.resolves() {
-        env_values = resolve_all(config, &rw)?;
+        if let Some(cfg) = &cfg {
+            env_values = resolve_all(cfg, &rw)?;
+        }
         note_env_visibility(&rw);
     } else {
         env_values.extend(
@@ -353,10 +366,7 @@ fn status_code(s: &std::process::ExitStatus) -> u8 {
 
 /// Resolves every reference (files too: an unresolvable file would keep its service waiting);
 /// returns the Compose process's extra environment (`DSO_REF_n` = value).
-fn resolve_all(
-    config: Option<&Path>,
-    rw: &Rewritten,
-) -> Result<Vec<(String, OsString)>, ComposeError> {
+fn resolve_all(cfg: &Config, rw: &Rewritten) -> Result<Vec<(String, OsString)>, ComposeError> {
     let label = |service: &str, var: &str| format!("service `{service}`, variable {var}");
     let mut refs: Vec<EnvRef> = rw
         .envs
@@ -376,9 +386,8 @@ fn resolve_all(
     if refs.is_empty() {
         return Ok(Vec::new());
     }
-    let (cfg, _) = Config::load(config).map_err(|e| ComposeError::Config(e.to_string()))?;
     let socket = cfg.agent.admin_socket.clone();
-    let mut resolved = envrun::resolve(&cfg, &socket, false, &refs)?;
+    let mut resolved = envrun::resolve(cfg, &socket, false, &refs)?;
     let file_results = resolved.split_off(n_env);
     let mut errors: Vec<RunError> = file_results.into_iter().filter_map(Result::err).collect();
     let env = match envrun::resolved_env(&refs[..n_env], resolved) {
@@ -397,6 +406,28 @@ fn resolve_all(
     } else {
         Err(ComposeError::Unresolved(errors))
     }
+}
+
+/// True when any string in the model starts with a reference scheme.
+fn has_references(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.starts_with(model::FILE_SCHEME) || s.starts_with(model::ENV_SCHEME),
+        Value::Array(a) => a.iter().any(has_references),
+        Value::Object(o) => o.values().any(has_references),
+        _ => false,
+    }
+}
+
+/// The providers of `cfg` and the default one for references without a provider: the only
+/// provider when there is exactly one.
+fn providers_of(cfg: &Config) -> model::Providers {
+    let names: std::collections::BTreeSet<String> = cfg.providers.keys().cloned().collect();
+    let default = if names.len() == 1 {
+        names.iter().next().cloned()
+    } else {
+        None
+    };
+    model::Providers { names, default }
 }
 
 /// Says once which `dso://` variables will be visible in `docker inspect`.

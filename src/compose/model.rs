@@ -128,20 +128,52 @@ pub fn file_name(var: &str) -> String {
     }
 }
 
+/// What references are read against: the configured providers and the one a reference without a
+/// provider (the old tool's `dso://path`) uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Providers {
+    /// Configured provider names (empty: not known, references are taken as written).
+    pub names: std::collections::BTreeSet<String>,
+    /// `agent.default_provider` (or the only provider).
+    pub default: Option<String>,
+}
+
+impl Providers {
+    /// `<provider>/<path>[#<key>]` when the first segment names a provider; otherwise, with a
+    /// default provider, the whole text is a path under it (`app/db#password` →
+    /// `vault/app/db#password`).
+    pub fn parse(&self, text: &str) -> Result<SecretRef, String> {
+        let first = text.split(['/', '#']).next().unwrap_or("");
+        let known = self.names.is_empty() || self.names.contains(first);
+        match (&self.default, known && text.contains('/')) {
+            (Some(def), false) => format!("{def}/{text}")
+                .parse::<SecretRef>()
+                .map_err(|e| e.to_string()),
+            (None, false) if !self.names.is_empty() => Err(format!(
+                "no provider `{first}` in the config ({}), and no agent.default_provider for \
+                 references without one",
+                self.names.iter().cloned().collect::<Vec<_>>().join(", ")
+            )),
+            _ => text.parse::<SecretRef>().map_err(|e| e.to_string()),
+        }
+    }
+}
+
 fn parse_ref(
+    providers: &Providers,
     service: &str,
     var: &str,
     raw: &str,
     scheme: &'static str,
 ) -> Result<SecretRef, ModelError> {
-    raw[scheme.len()..]
-        .parse::<SecretRef>()
-        .map_err(|e| ModelError::BadReference {
+    providers
+        .parse(&raw[scheme.len()..])
+        .map_err(|reason| ModelError::BadReference {
             service: service.into(),
             var: var.into(),
             raw: raw.into(),
             scheme,
-            reason: e.to_string(),
+            reason,
         })
 }
 
@@ -162,8 +194,13 @@ fn env_map(v: &mut Value) -> Option<&mut Map<String, Value>> {
     v.as_object_mut()
 }
 
-/// Rewrites `model` (see the module doc). `project` names built images like Compose does.
-pub fn rewrite(mut model: Value, project: &str) -> Result<Rewritten, ModelError> {
+/// Rewrites `model` (see the module doc). `project` names built images like Compose does;
+/// references are read against `providers`.
+pub fn rewrite(
+    mut model: Value,
+    project: &str,
+    providers: &Providers,
+) -> Result<Rewritten, ModelError> {
     let name = model
         .get("name")
         .and_then(Value::as_str)
@@ -197,7 +234,7 @@ pub fn rewrite(mut model: Value, project: &str) -> Result<Rewritten, ModelError>
             for (var, val) in env.iter_mut() {
                 let Some(raw) = val.as_str() else { continue };
                 if raw.starts_with(FILE_SCHEME) {
-                    let source = match parse_ref(service, var, raw, FILE_SCHEME) {
+                    let source = match parse_ref(providers, service, var, raw, FILE_SCHEME) {
                         Ok(s) => s,
                         Err(e) => {
                             errors.push(e);
@@ -224,7 +261,7 @@ pub fn rewrite(mut model: Value, project: &str) -> Result<Rewritten, ModelError>
                     });
                     any_file = true;
                 } else if raw.starts_with(ENV_SCHEME) {
-                    let source = match parse_ref(service, var, raw, ENV_SCHEME) {
+                    let source = match parse_ref(providers, service, var, raw, ENV_SCHEME) {
                         Ok(s) => s,
                         Err(e) => {
                             errors.push(e);
@@ -504,7 +541,7 @@ mod tests {
 
     #[test]
     fn rewrites_files_and_env_without_values() {
-        let r = rewrite(issue_model(), "proj").unwrap();
+        let r = rewrite(issue_model(), "proj", &Providers::default()).unwrap();
         let db = &r.model["services"]["db"];
         assert_eq!(
             db["environment"]["POSTGRES_PASSWORD_FILE"],
@@ -545,7 +582,7 @@ mod tests {
             "tmpfs": "/secrets",
             "environment": {"K": "dsofile://p/x"}
         }}});
-        let r = rewrite(m, "p").unwrap();
+        let r = rewrite(m, "p", &Providers::default()).unwrap();
         let a = &r.model["services"]["a"];
         assert_eq!(a["environment"]["K"], "/secrets/k");
         assert_eq!(a["tmpfs"], "/secrets", "the service's own tmpfs is used");
@@ -553,14 +590,18 @@ mod tests {
 
         let m = json!({"services": {"a": {"image": "i", "environment": {
             "K": "dsofile://p/x", "K_FILE": "dsofile://p/y"}}}});
-        let e = rewrite(m, "p").unwrap_err().to_string();
+        let e = rewrite(m, "p", &Providers::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("K and K_FILE") && e.contains("/run/secrets/dso/k"),
             "{e}"
         );
 
         let m = json!({"services": {"a": {"image": "i", "environment": {"K": "dso://nopath"}}}});
-        let e = rewrite(m, "p").unwrap_err().to_string();
+        let e = rewrite(m, "p", &Providers::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("service `a`, variable K: `dso://nopath`"),
             "{e}"
@@ -569,13 +610,15 @@ mod tests {
         let m = json!({"services": {"a": {"image": "i",
             "labels": {"dso.secret.k": "other/ref"},
             "environment": {"K": "dsofile://p/x"}}}});
-        let e = rewrite(m, "p").unwrap_err().to_string();
+        let e = rewrite(m, "p", &Providers::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("label dso.secret.k=other/ref"), "{e}");
     }
 
     #[test]
     fn wraps_the_image_entrypoint_and_keeps_the_command() {
-        let r = rewrite(issue_model(), "proj").unwrap();
+        let r = rewrite(issue_model(), "proj", &Providers::default()).unwrap();
         let mut model = r.model.clone();
         let need = r.waits.iter().find(|w| w.service == "db").unwrap();
         let image = ImageCommand {
@@ -615,6 +658,44 @@ mod tests {
         assert!(
             e.to_string().contains("neither an Entrypoint nor a Cmd"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn references_without_a_provider_use_the_default() {
+        let p = Providers {
+            names: ["vault".to_string(), "local".to_string()].into(),
+            default: Some("vault".into()),
+        };
+        assert_eq!(p.parse("local/a/b#k").unwrap().to_string(), "local/a/b#k");
+        assert_eq!(
+            p.parse("app/db#password").unwrap().to_string(),
+            "vault/app/db#password"
+        );
+        assert_eq!(
+            p.parse("db_password").unwrap().to_string(),
+            "vault/db_password"
+        );
+        let no_default = Providers {
+            default: None,
+            ..p.clone()
+        };
+        let e = no_default.parse("app/db").unwrap_err();
+        assert!(
+            e.contains("no provider `app`") && e.contains("default_provider"),
+            "{e}"
+        );
+        assert_eq!(
+            Providers::default().parse("app/db").unwrap().to_string(),
+            "app/db",
+            "without a config, as written"
+        );
+        let m =
+            json!({"services": {"a": {"image": "i", "environment": {"K": "dsofile://app/db#pw"}}}});
+        let r = rewrite(m, "p", &p).unwrap();
+        assert_eq!(
+            r.model["services"]["a"]["labels"]["dso.secret.k"],
+            "vault/app/db#pw"
         );
     }
 
