@@ -160,7 +160,12 @@ refresh_interval = "1s"
 
     /// `docker dso ARGS` in the project dir: (exit code, stdout, stderr).
     fn docker_dso(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let out = Command::new("docker")
+        self.docker_dso_stdin(args, "")
+    }
+
+    /// `docker dso ARGS` with `input` on its stdin.
+    fn docker_dso_stdin(&self, args: &[&str], input: &str) -> (Option<i32>, String, String) {
+        let mut child = Command::new("docker")
             .arg("dso")
             .args(args)
             .current_dir(self.dir.path())
@@ -170,9 +175,17 @@ refresh_interval = "1s"
             .env("DSO_COMPOSE", self.path("compose-wrapper"))
             .env("COMPOSE_PROJECT_NAME", &self.name)
             .env_remove("DSO_IT_BAO_TOKEN")
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run docker dso");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let out = child.wait_with_output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -400,6 +413,20 @@ fn project_name_several_files_and_unresolvable_references() {
     let logs = p.wait_logs(&project, "app", "started-with-file");
     assert!(logs.contains(&password), "the app read the file: {logs}");
     assert_eq!(p.containers(&project, "app").len(), 1);
+    // `run` keeps its stdin (the model goes through /dev/fd/3) and waits for the file too.
+    let mut run_args = files.to_vec();
+    run_args.extend([
+        "run",
+        "--rm",
+        "-T",
+        "app",
+        "sh",
+        "-c",
+        "read x; echo \"$x\"; cat \"$PW_FILE\"",
+    ]);
+    let (code, out, err) = p.docker_dso_stdin(&run_args, "from-stdin\n");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), format!("from-stdin\n{password}"), "{err}");
     let mut down = files.to_vec();
     down.extend(["down", "-t", "1"]);
     p.ok(&down);
