@@ -7,6 +7,7 @@ pub mod engine;
 pub mod exit;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod hints;
 pub mod injector;
 pub mod messages;
 pub mod metrics;
