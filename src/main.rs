@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use dso::config::{Config, ProviderConfig};
+use dso::config::Config;
 use dso::docker::BollardEngine;
 use dso::http::{serve, AdminState};
 use dso::providers::file::FileVault;
@@ -679,7 +679,7 @@ fn doctor(config: Option<&std::path::Path>, json: bool) -> anyhow::Result<u8> {
             }
         };
         for (name, p) in &cfg.providers {
-            if let ProviderConfig::File(f) = p {
+            if let dso::config::ProviderSpec::File(f) = &p.spec {
                 if let Some(k) = f.effective_key_file() {
                     match std::fs::metadata(&k) {
                         Ok(m) => {
@@ -723,12 +723,7 @@ fn doctor(config: Option<&std::path::Path>, json: bool) -> anyhow::Result<u8> {
                     false,
                     e.to_string(),
                     Some(match e {
-                        BackendError::Denied(_) => match p {
-                            ProviderConfig::Aws(_) => "check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws/credentials profile, or the instance role) and the IAM policy (secretsmanager:GetSecretValue, DescribeSecret, ListSecrets)".to_string(),
-                            ProviderConfig::Process(_) => "check the credentials the provider program uses (its env / pass_env)".to_string(),
-                            ProviderConfig::File(_) => "check the key file / passphrase and its permissions".to_string(),
-                            ProviderConfig::Vault(_) => "check the Vault token (token_env / token_file) or AppRole credentials and the policy".to_string(),
-                        },
+                        BackendError::Denied(_) => p.kind().credentials_hint().to_string(),
                         BackendError::Config(_) => {
                             "fix the provider's settings named above".to_string()
                         }

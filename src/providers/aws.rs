@@ -78,24 +78,6 @@ pub struct AwsConfig {
     /// Profile of the shared credentials/config files. Default `AWS_PROFILE`, else `"default"`.
     #[serde(default)]
     pub profile: Option<String>,
-    /// Per-request timeout, default 30s.
-    #[serde(
-        default = "crate::config::default_provider_timeout",
-        with = "crate::config::duration"
-    )]
-    pub timeout: Duration,
-    /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
-    #[serde(
-        default = "crate::config::default_refresh_interval",
-        with = "crate::config::duration"
-    )]
-    pub refresh_interval: Duration,
-    /// Most backend requests per second (token bucket; 0: unlimited). Default 100.
-    #[serde(default = "crate::config::default_rate_limit")]
-    pub rate_limit: f64,
-    /// Requests allowed at once above the rate (bucket size). Default 50.
-    #[serde(default = "crate::config::default_burst")]
-    pub burst: u32,
 }
 
 impl AwsConfig {
@@ -120,11 +102,6 @@ impl AwsConfig {
             errs.push(format!(
                 "{prefix}.profile: is empty: name a profile of ~/.aws/credentials (e.g. \
                  \"default\"), or remove the field"
-            ));
-        }
-        if self.timeout.is_zero() {
-            errs.push(format!(
-                "{prefix}.timeout: must be more than zero: write it like \"30s\""
             ));
         }
         errs
@@ -633,12 +610,16 @@ impl AwsBackend {
     ///
     /// An invalid config (see [`AwsConfig::validate`]) or no region anywhere is a
     /// [`BackendError::Config`] naming the field.
-    pub fn new(cfg: &AwsConfig) -> Result<Self, BackendError> {
-        Self::with_environment(cfg, Environment::process())
+    pub fn new(cfg: &AwsConfig, timeout: Duration) -> Result<Self, BackendError> {
+        Self::with_environment(cfg, timeout, Environment::process())
     }
 
     /// As [`AwsBackend::new`], with environment variables (`AWS_*`, `HOME`) read from `env`.
-    pub fn with_environment(cfg: &AwsConfig, env: Environment) -> Result<Self, BackendError> {
+    pub fn with_environment(
+        cfg: &AwsConfig,
+        timeout: Duration,
+        env: Environment,
+    ) -> Result<Self, BackendError> {
         let problems = cfg.validate("aws");
         if !problems.is_empty() {
             return Err(BackendError::Config(problems.join("; ")));
@@ -674,8 +655,8 @@ impl AwsBackend {
         };
         let client = reqwest::Client::builder()
             .use_rustls_tls()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout)
+            .timeout(timeout)
+            .connect_timeout(timeout)
             .user_agent(concat!("dso/", env!("CARGO_PKG_VERSION")))
             // Signed requests are never replayed elsewhere.
             .redirect(reqwest::redirect::Policy::none())
@@ -698,7 +679,7 @@ impl AwsBackend {
             region,
             profile,
             env,
-            timeout: cfg.timeout,
+            timeout,
             creds: tokio::sync::Mutex::new(None),
         })
     }
@@ -1406,6 +1387,8 @@ impl SecretBackend for AwsBackend {
 mod tests {
     use super::*;
 
+    const T: Duration = Duration::from_secs(30);
+
     fn cfg() -> AwsConfig {
         toml::from_str("").unwrap()
     }
@@ -1542,7 +1525,6 @@ mod tests {
         assert_eq!(c.region, None);
         assert_eq!(c.endpoint, None);
         assert!(!c.allow_http);
-        assert_eq!(c.timeout, Duration::from_secs(30));
         assert!(c.validate("p").is_empty());
         let err = toml::from_str::<AwsConfig>("regoin = \"x\"")
             .unwrap_err()
@@ -1568,18 +1550,14 @@ mod tests {
         bad.region = Some("EU West".into());
         bad.endpoint = Some("http://sm.internal:80".into());
         bad.profile = Some(" ".into());
-        bad.timeout = Duration::ZERO;
         let errs = bad.validate("providers.aws");
-        assert_eq!(errs.len(), 4, "{errs:#?}");
-        for (e, field) in errs
-            .iter()
-            .zip(["region", "endpoint", "profile", "timeout"])
-        {
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        for (e, field) in errs.iter().zip(["region", "endpoint", "profile"]) {
             assert!(e.starts_with(&format!("providers.aws.{field}: ")), "{e}");
         }
         assert!(errs[1].contains("allow_http"), "{}", errs[1]);
         bad.allow_http = true;
-        assert_eq!(bad.validate("p").len(), 3);
+        assert_eq!(bad.validate("p").len(), 2);
         for e in [
             "ftp://h",
             "http://",
@@ -1600,13 +1578,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().display().to_string();
         let env = Environment::fixed([("HOME", home.as_str())]);
-        let err = AwsBackend::with_environment(&cfg(), env.clone()).unwrap_err();
+        let err = AwsBackend::with_environment(&cfg(), T, env.clone()).unwrap_err();
         assert!(
             matches!(&err, BackendError::Config(m) if m.contains("aws.region") && m.contains("AWS_REGION")),
             "{err}"
         );
         let b = AwsBackend::with_environment(
             &cfg(),
+            T,
             Environment::fixed([("AWS_DEFAULT_REGION", "eu-central-1")]),
         )
         .unwrap();
@@ -1617,6 +1596,7 @@ mod tests {
         );
         let b = AwsBackend::with_environment(
             &cfg(),
+            T,
             Environment::fixed([("AWS_REGION", "cn-north-1"), ("AWS_DEFAULT_REGION", "x")]),
         )
         .unwrap();
@@ -1631,17 +1611,17 @@ mod tests {
             "[default]\nregion = us-west-2\n[profile ci]\nregion = ap-south-1\n",
         )
         .unwrap();
-        let b = AwsBackend::with_environment(&cfg(), env.clone()).unwrap();
+        let b = AwsBackend::with_environment(&cfg(), T, env.clone()).unwrap();
         assert_eq!(b.region(), "us-west-2");
         let mut c = cfg();
         c.profile = Some("ci".into());
         assert_eq!(
-            AwsBackend::with_environment(&c, env).unwrap().region(),
+            AwsBackend::with_environment(&c, T, env).unwrap().region(),
             "ap-south-1"
         );
         c.region = Some("sa-east-1".into());
         assert_eq!(
-            AwsBackend::with_environment(&c, Environment::fixed([("AWS_REGION", "us-east-1")]))
+            AwsBackend::with_environment(&c, T, Environment::fixed([("AWS_REGION", "us-east-1")]))
                 .unwrap()
                 .region(),
             "sa-east-1"
@@ -1676,8 +1656,7 @@ mod tests {
         let mut c = cfg();
         c.region = Some("us-east-1".into());
         c.endpoint = Some(endpoint.into());
-        c.timeout = Duration::from_secs(5);
-        AwsBackend::with_environment(&c, Environment::fixed(all)).unwrap()
+        AwsBackend::with_environment(&c, Duration::from_secs(5), Environment::fixed(all)).unwrap()
     }
 
     #[tokio::test]

@@ -43,7 +43,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
@@ -98,24 +97,6 @@ pub struct FileConfig {
     /// Name of an environment variable holding a passphrase, used instead of the key file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase_env: Option<String>,
-    /// Per-request timeout, default 30s.
-    #[serde(
-        default = "crate::config::default_provider_timeout",
-        with = "crate::config::duration"
-    )]
-    pub timeout: Duration,
-    /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
-    #[serde(
-        default = "crate::config::default_refresh_interval",
-        with = "crate::config::duration"
-    )]
-    pub refresh_interval: Duration,
-    /// Most backend requests per second (token bucket; 0: unlimited). Default 100.
-    #[serde(default = "crate::config::default_rate_limit")]
-    pub rate_limit: f64,
-    /// Requests allowed at once above the rate (bucket size). Default 50.
-    #[serde(default = "crate::config::default_burst")]
-    pub burst: u32,
 }
 
 impl Default for FileConfig {
@@ -124,10 +105,6 @@ impl Default for FileConfig {
             path: default_path(),
             key_file: None,
             passphrase_env: None,
-            timeout: crate::config::default_provider_timeout(),
-            refresh_interval: crate::config::default_refresh_interval(),
-            rate_limit: crate::config::default_rate_limit(),
-            burst: crate::config::default_burst(),
         }
     }
 }
@@ -184,11 +161,6 @@ impl FileConfig {
                     "{prefix}.passphrase_env: `{var}` is not a valid environment variable name; use a name such as \"DSO_VAULT_PASSPHRASE\""
                 ));
             }
-        }
-        if self.timeout.is_zero() {
-            errs.push(format!(
-                "{prefix}.timeout: must be greater than zero; write it like \"30s\""
-            ));
         }
         errs
     }
@@ -1677,14 +1649,12 @@ mod tests {
         let d: FileConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(d, FileConfig::default());
         assert_eq!(d.path, PathBuf::from(DEFAULT_PATH));
-        assert_eq!(d.timeout, Duration::from_secs(30));
         assert_eq!(
             d.effective_key_file(),
             Some(PathBuf::from(DEFAULT_KEY_FILE))
         );
         assert!(d.validate("providers.local").is_empty());
-        let t: FileConfig = serde_json::from_str(r#"{"timeout":"5s","key_file":"/k"}"#).unwrap();
-        assert_eq!(t.timeout, Duration::from_secs(5));
+        let t: FileConfig = serde_json::from_str(r#"{"key_file":"/k"}"#).unwrap();
         assert_eq!(t.effective_key_file(), Some(PathBuf::from("/k")));
         assert!(serde_json::from_str::<FileConfig>(r#"{"nope":1}"#).is_err());
         let back: FileConfig = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
@@ -1694,14 +1664,10 @@ mod tests {
             path: PathBuf::from("rel/vault.enc"),
             key_file: Some(PathBuf::from("/k")),
             passphrase_env: Some("A=B".to_string()),
-            timeout: Duration::ZERO,
-            refresh_interval: Duration::from_secs(60),
-            rate_limit: crate::config::default_rate_limit(),
-            burst: crate::config::default_burst(),
         };
         let errs = bad.validate("providers.local");
-        assert_eq!(errs.len(), 4, "{errs:?}");
-        for field in ["path", "passphrase_env", "timeout"] {
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        for field in ["path", "passphrase_env"] {
             assert!(
                 errs.iter()
                     .any(|e| e.starts_with(&format!("providers.local.{field}: "))),

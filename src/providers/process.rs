@@ -94,24 +94,6 @@ pub struct ProcessConfig {
     /// breaks the connection.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
-    /// Per-request timeout, default 30s (also bounds `initialize`).
-    #[serde(
-        default = "crate::config::default_provider_timeout",
-        with = "crate::config::duration"
-    )]
-    pub timeout: Duration,
-    /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
-    #[serde(
-        default = "crate::config::default_refresh_interval",
-        with = "crate::config::duration"
-    )]
-    pub refresh_interval: Duration,
-    /// Most backend requests per second (token bucket; 0: unlimited). Default 100.
-    #[serde(default = "crate::config::default_rate_limit")]
-    pub rate_limit: f64,
-    /// Requests allowed at once above the rate (bucket size). Default 50.
-    #[serde(default = "crate::config::default_burst")]
-    pub burst: u32,
 }
 
 impl fmt::Debug for ProcessConfig {
@@ -123,10 +105,6 @@ impl fmt::Debug for ProcessConfig {
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("pass_env", &self.pass_env)
             .field("max_response_bytes", &self.max_response_bytes)
-            .field("timeout", &self.timeout)
-            .field("refresh_interval", &self.refresh_interval)
-            .field("rate_limit", &self.rate_limit)
-            .field("burst", &self.burst)
             .finish()
     }
 }
@@ -187,11 +165,6 @@ impl ProcessConfig {
                 self.max_response_bytes
             ));
         }
-        if self.timeout.is_zero() {
-            errs.push(format!(
-                "{prefix}.timeout: must be more than zero: write it like \"30s\""
-            ));
-        }
         errs
     }
 }
@@ -236,6 +209,8 @@ fn check_command(command: &std::path::Path) -> Result<(), String> {
 pub struct ProcessBackend {
     name: String,
     cfg: ProcessConfig,
+    /// Longest wait for the program to start and answer `initialize`, and for each request.
+    timeout: Duration,
     /// The running program, spawned by the first request or probe.
     conn: OnceCell<Result<Arc<Conn>, BackendError>>,
 }
@@ -253,7 +228,7 @@ impl ProcessBackend {
     /// Checks the configuration of provider `name` (see [`ProcessConfig::validate`]); the program
     /// is spawned lazily, by the first request or probe. An invalid config is a
     /// [`BackendError::Config`] naming the field.
-    pub fn new(name: &str, cfg: &ProcessConfig) -> Result<Self, BackendError> {
+    pub fn new(name: &str, cfg: &ProcessConfig, timeout: Duration) -> Result<Self, BackendError> {
         let problems = cfg.validate(&format!("providers.{name}"));
         if !problems.is_empty() {
             return Err(BackendError::Config(problems.join("; ")));
@@ -261,6 +236,7 @@ impl ProcessBackend {
         Ok(Self {
             name: name.to_string(),
             cfg: cfg.clone(),
+            timeout,
             conn: OnceCell::new(),
         })
     }
@@ -270,11 +246,9 @@ impl ProcessBackend {
     async fn conn(&self) -> Result<Arc<Conn>, BackendError> {
         self.conn
             .get_or_init(|| async {
-                match tokio::time::timeout(self.cfg.timeout, Conn::start(&self.name, &self.cfg))
-                    .await
-                {
+                match tokio::time::timeout(self.timeout, Conn::start(&self.name, &self.cfg)).await {
                     Ok(r) => r.map(Arc::new),
-                    Err(_) => Err(BackendError::Timeout(self.cfg.timeout)),
+                    Err(_) => Err(BackendError::Timeout(self.timeout)),
                 }
             })
             .await
@@ -1005,6 +979,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    const T: Duration = Duration::from_secs(20);
+
     fn python() -> PathBuf {
         let out = std::process::Command::new("python3")
             .args(["-c", "import sys; print(sys.executable)"])
@@ -1020,10 +996,6 @@ mod tests {
             env: BTreeMap::new(),
             pass_env: Vec::new(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
-            timeout: Duration::from_secs(20),
-            refresh_interval: crate::config::default_refresh_interval(),
-            rate_limit: crate::config::default_rate_limit(),
-            burst: crate::config::default_burst(),
         }
     }
 
@@ -1033,7 +1005,7 @@ mod tests {
         let file = dir.path().join("provider.py");
         std::fs::write(&file, src).unwrap();
         let c = cfg(python(), vec![file.display().to_string()]);
-        (ProcessBackend::new("t", &c).unwrap(), dir)
+        (ProcessBackend::new("t", &c, T).unwrap(), dir)
     }
 
     /// Python prelude: `send(obj)`, `requests()` yields parsed lines, `init(msg)` answers.
@@ -1062,7 +1034,6 @@ def requests():
         )
         .unwrap();
         assert_eq!(c.max_response_bytes, 1024 * 1024);
-        assert_eq!(c.timeout, Duration::from_secs(30));
         assert!(c.args.is_empty() && c.pass_env.is_empty());
         assert!(c.validate("p").is_empty(), "{:?}", c.validate("p"));
         let shown = format!("{c:?}");
@@ -1103,7 +1074,6 @@ def requests():
         c.env.insert("OK".into(), "v\0".into());
         c.pass_env.push("".into());
         c.max_response_bytes = 0;
-        c.timeout = Duration::ZERO;
         let errs = c.validate("p");
         let fields: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
         assert_eq!(
@@ -1114,11 +1084,10 @@ def requests():
                 "p.env",
                 "p.pass_env",
                 "p.max_response_bytes",
-                "p.timeout"
             ],
             "{errs:#?}"
         );
-        let err = ProcessBackend::new("ext", &cfg("rel".into(), vec![])).unwrap_err();
+        let err = ProcessBackend::new("ext", &cfg("rel".into(), vec![]), T).unwrap_err();
         assert!(
             matches!(&err, BackendError::Config(m) if m.contains("providers.ext.command")),
             "{err}"
@@ -1269,7 +1238,7 @@ for req in requests():
         .unwrap();
         let mut c = cfg(python(), vec![file.display().to_string()]);
         c.max_response_bytes = 4096;
-        let b = ProcessBackend::new("t", &c).unwrap();
+        let b = ProcessBackend::new("t", &c, T).unwrap();
         assert_eq!(
             b.fetch("100").await.unwrap().select(None).unwrap().len(),
             100

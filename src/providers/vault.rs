@@ -121,24 +121,6 @@ pub struct VaultConfig {
     /// KV engine version: 1 or 2, default 2.
     #[serde(default = "default_kv_version")]
     pub kv_version: u8,
-    /// Per-request timeout, default 30s.
-    #[serde(
-        default = "crate::config::default_provider_timeout",
-        with = "crate::config::duration"
-    )]
-    pub timeout: Duration,
-    /// How often secrets in use are re-checked for changes, default `1m` (±10 % jitter).
-    #[serde(
-        default = "crate::config::default_refresh_interval",
-        with = "crate::config::duration"
-    )]
-    pub refresh_interval: Duration,
-    /// Most backend requests per second (token bucket; 0: unlimited). Default 100.
-    #[serde(default = "crate::config::default_rate_limit")]
-    pub rate_limit: f64,
-    /// Requests allowed at once above the rate (bucket size). Default 50.
-    #[serde(default = "crate::config::default_burst")]
-    pub burst: u32,
 }
 
 fn default_mount() -> String {
@@ -453,11 +435,6 @@ impl VaultConfig {
                 self.mount
             ));
         }
-        if self.timeout.is_zero() {
-            errs.push(format!(
-                "{prefix}.timeout: must be more than zero: write it like \"30s\""
-            ));
-        }
         errs
     }
 
@@ -672,7 +649,7 @@ impl VaultBackend {
     /// An invalid config (see [`VaultConfig::validate`]), or a missing, unreadable or empty
     /// credential, is a [`BackendError::Config`] naming the field, variable or file (never the
     /// value).
-    pub fn new(cfg: &VaultConfig) -> Result<Self, BackendError> {
+    pub fn new(cfg: &VaultConfig, timeout: Duration) -> Result<Self, BackendError> {
         let problems = cfg.validate("vault");
         if !problems.is_empty() {
             return Err(BackendError::Config(problems.join("; ")));
@@ -697,8 +674,8 @@ impl VaultBackend {
         }
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout)
+            .timeout(timeout)
+            .connect_timeout(timeout)
             .user_agent(concat!("dso/", env!("CARGO_PKG_VERSION")))
             .redirect(redirect_policy());
         if let Some(ca) = &cfg.ca_file {
@@ -747,7 +724,7 @@ impl VaultBackend {
             namespace,
             mount: split_path(&cfg.mount),
             kv_version: cfg.kv_version,
-            timeout: cfg.timeout,
+            timeout,
             state: tokio::sync::Mutex::new(state),
         })
     }
@@ -1635,6 +1612,8 @@ fn take_values(
 mod tests {
     use super::*;
 
+    const T: Duration = Duration::from_secs(30);
+
     fn cfg(address: &str) -> VaultConfig {
         VaultConfig {
             address: address.to_string(),
@@ -1652,10 +1631,6 @@ mod tests {
             tls_server_name: None,
             mount: default_mount(),
             kv_version: 2,
-            timeout: Duration::from_secs(30),
-            refresh_interval: crate::config::default_refresh_interval(),
-            rate_limit: crate::config::default_rate_limit(),
-            burst: crate::config::default_burst(),
         }
     }
 
@@ -1673,7 +1648,6 @@ mod tests {
             token_file = "/run/token"
             mount = "kv"
             kv_version = 1
-            timeout = "5s"
             "#,
         )
         .unwrap();
@@ -1681,7 +1655,6 @@ mod tests {
             c.auth_spec(),
             Auth::Token(TokenSource::File("/run/token".into()))
         );
-        assert_eq!(c.timeout, Duration::from_secs(5));
         assert!(c.validate("p").is_empty());
         let back: VaultConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
@@ -1703,12 +1676,11 @@ mod tests {
         c.token_file = Some("/t".into());
         c.kv_version = 3;
         c.mount = "/".into();
-        c.timeout = Duration::ZERO;
         let errs = c.validate("providers.vault");
-        assert_eq!(errs.len(), 5, "{errs:#?}");
-        for (e, field) in
-            errs.iter()
-                .zip(["address", "token_env", "kv_version", "mount", "timeout"])
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        for (e, field) in errs
+            .iter()
+            .zip(["address", "token_env", "kv_version", "mount"])
         {
             assert!(
                 e.starts_with(&format!("providers.vault.{field}: ")),
@@ -1738,14 +1710,14 @@ mod tests {
     fn new_refuses_invalid_config_and_missing_token() {
         let mut c = cfg("nope");
         c.token_env = Some("DSO_VAULT_UNIT_TEST_SURELY_UNSET".into());
-        let err = VaultBackend::new(&c).unwrap_err();
+        let err = VaultBackend::new(&c, T).unwrap_err();
         assert!(
             matches!(&err, BackendError::Config(m) if m.contains("vault.address")),
             "{err}"
         );
         let mut c = cfg("http://127.0.0.1:1");
         c.token_env = Some("DSO_VAULT_UNIT_TEST_SURELY_UNSET".into());
-        let err = VaultBackend::new(&c).unwrap_err();
+        let err = VaultBackend::new(&c, T).unwrap_err();
         assert!(
             matches!(&err, BackendError::Config(m) if m.contains("DSO_VAULT_UNIT_TEST_SURELY_UNSET")),
             "{err}"
@@ -1779,8 +1751,7 @@ mod tests {
         std::fs::write(&file, token).unwrap();
         let mut c = cfg(address);
         c.token_file = Some(file);
-        c.timeout = Duration::from_secs(5);
-        (VaultBackend::new(&c).unwrap(), dir)
+        (VaultBackend::new(&c, Duration::from_secs(5)).unwrap(), dir)
     }
 
     #[test]
@@ -1972,7 +1943,7 @@ mod tests {
                 && !errs[0].contains("inline-secret-value"),
             "{errs:?}"
         );
-        let err = VaultBackend::new(&c).unwrap_err().to_string();
+        let err = VaultBackend::new(&c, T).unwrap_err().to_string();
         assert!(err.contains("secret_id") && !err.contains("inline-secret-value"));
     }
 
@@ -2157,7 +2128,7 @@ mod tests {
     fn new_reads_approle_credentials_and_names_missing_ones() {
         let dir = tempfile::tempdir().unwrap();
         let c = approle_cfg(dir.path());
-        let b = VaultBackend::new(&c).unwrap();
+        let b = VaultBackend::new(&c, T).unwrap();
         let shown = format!("{b:?}");
         assert!(
             shown.contains("AppRole") && !shown.contains("s3cret-id"),
@@ -2165,7 +2136,7 @@ mod tests {
         );
         let mut c2 = c.clone();
         c2.secret_id_file = Some(dir.path().join("nope"));
-        let err = VaultBackend::new(&c2).unwrap_err();
+        let err = VaultBackend::new(&c2, T).unwrap_err();
         assert!(
             matches!(&err, BackendError::Config(m) if m.contains("secret id file") && m.contains("nope")),
             "{err}"
@@ -2173,7 +2144,7 @@ mod tests {
         std::fs::write(dir.path().join("empty"), " \n").unwrap();
         let mut c3 = c.clone();
         c3.secret_id_file = Some(dir.path().join("empty"));
-        let err = VaultBackend::new(&c3).unwrap_err().to_string();
+        let err = VaultBackend::new(&c3, T).unwrap_err().to_string();
         assert!(
             err.contains("secret_id_file") && err.contains("empty"),
             "{err}"
@@ -2181,7 +2152,7 @@ mod tests {
         let mut c4 = c;
         c4.secret_id_file = None;
         c4.secret_id_env = Some("DSO_VAULT_UNIT_TEST_SECRET_ID_SURELY_UNSET".into());
-        let err = VaultBackend::new(&c4).unwrap_err().to_string();
+        let err = VaultBackend::new(&c4, T).unwrap_err().to_string();
         assert!(
             err.contains("DSO_VAULT_UNIT_TEST_SECRET_ID_SURELY_UNSET"),
             "{err}"
@@ -2249,7 +2220,7 @@ mod tests {
         let mut c = approle_cfg(dir.path());
         c.address = addr;
         c.namespace = Some("team-a/".into());
-        let b = VaultBackend::new(&c).unwrap();
+        let b = VaultBackend::new(&c, T).unwrap();
         let got = b.fetch_versioned("app").await.unwrap();
         assert_eq!(got.version.as_deref(), Some("3"));
         b.fetch("app").await.unwrap();
@@ -2283,7 +2254,7 @@ mod tests {
         .await;
         let mut c = approle_cfg(dir.path());
         c.address = addr.clone();
-        let b = VaultBackend::new(&c).unwrap();
+        let b = VaultBackend::new(&c, T).unwrap();
         let err = b.fetch("app").await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, BackendError::Denied(_)), "{err:?}");
