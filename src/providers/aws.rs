@@ -1150,28 +1150,16 @@ fn error_type_name(t: &str) -> String {
 
 /// An AWS error message, one line, shortened, with the credentials scrubbed out.
 fn scrub(message: &str, creds: &Credentials) -> String {
-    let mut text = message.trim().replace(['\n', '\r'], " ");
-    for secret in [
+    let secrets: Vec<&str> = [
         Some(&creds.secret_access_key),
         creds.session_token.as_ref(),
         Some(&creds.access_key_id),
     ]
     .into_iter()
     .flatten()
-    {
-        if !secret.is_empty() && text.contains(secret.as_str()) {
-            text = text.replace(secret.as_str(), "[redacted]");
-        }
-    }
-    if text.len() > MAX_ERROR_TEXT {
-        let mut end = MAX_ERROR_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
+    .map(|s| s.as_str())
+    .collect();
+    wire::safe_text(message.trim(), &secrets, MAX_ERROR_TEXT)
 }
 
 /// The credentials file and config file: `AWS_SHARED_CREDENTIALS_FILE` / `AWS_CONFIG_FILE`, else

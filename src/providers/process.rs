@@ -46,6 +46,8 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot, watch, Notify, OnceCell};
 use zeroize::{Zeroize, Zeroizing};
 
+use super::wire;
+
 /// The protocol version DSO speaks (`initialize.params.protocol`).
 pub const PROTOCOL_VERSION: u64 = 1;
 /// How long a dropped backend waits for its process to exit after `shutdown` before killing it.
@@ -593,8 +595,7 @@ async fn forward_stderr(stderr: impl AsyncRead + Unpin, name: String) {
             Ok(Line::Eof) | Err(_) => return,
         };
         let text = String::from_utf8_lossy(&line);
-        let text = escape_controls(text.trim_end_matches('\r'));
-        let text = truncate_chars(&text, MAX_STDERR_LINE);
+        let text = wire::safe_text(text.trim_end_matches('\r'), &[], MAX_STDERR_LINE);
         if truncated {
             tracing::info!(target: STDERR_TARGET, provider = %name, "{text} [… truncated]");
         } else {
@@ -829,7 +830,7 @@ fn map_error(error: &Value) -> BackendError {
     let message = error
         .get("message")
         .and_then(Value::as_str)
-        .map(|m| truncate_chars(&escape_controls(m), MAX_ERROR_TEXT))
+        .map(|m| wire::safe_text(m, &[], MAX_ERROR_TEXT))
         .unwrap_or_default();
     match code {
         // The path is filled in by the caller, which knows it.
@@ -843,27 +844,6 @@ fn map_error(error: &Value) -> BackendError {
         None => BackendError::Unavailable(format!(
             "provider process answered an error without a numeric code: {message}"
         )),
-    }
-}
-
-/// `s` with control characters (terminal escapes, newlines) escaped, everything else as is.
-fn escape_controls(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-/// At most `max` characters of `s`.
-fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
     }
 }
 

@@ -1248,27 +1248,14 @@ impl VaultBackend {
         let Ok(e) = serde_json::from_slice::<Errors>(body) else {
             return String::new();
         };
-        let mut text = e
+        let text = e
             .errors
             .into_iter()
             .chain(e.warnings.unwrap_or_default())
-            .map(|s| s.trim().replace('\n', " "))
+            .map(|s| s.trim().to_string())
             .collect::<Vec<_>>()
             .join("; ");
-        for secret in scrub {
-            if !secret.is_empty() && text.contains(secret) {
-                text = text.replace(secret, "[redacted]");
-            }
-        }
-        if text.len() > MAX_ERROR_TEXT {
-            let mut end = MAX_ERROR_TEXT;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push('…');
-        }
-        text
+        wire::safe_text(&text, scrub, MAX_ERROR_TEXT)
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> BackendError {

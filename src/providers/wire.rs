@@ -1,6 +1,7 @@
-//! What the HTTP backends (`vault`, `aws`) share: response bodies read into bounded buffers that
-//! are zeroed when dropped, best-effort wiping of received chunks and OS strings, and error texts
-//! that never quote a body.
+//! What the backends share on the wire: response bodies read into bounded buffers that are
+//! zeroed when dropped (`vault`, `aws`), best-effort wiping of received chunks and OS strings,
+//! error texts that never quote a body, and one way to make backend text safe to show
+//! ([`safe_text`]: one line, escaped, secrets redacted, bounded; `vault`, `aws`, `process`).
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -83,5 +84,45 @@ pub(crate) fn json_error_kind(e: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Syntax => "invalid JSON",
         serde_json::error::Category::Data => "unexpected JSON structure",
         serde_json::error::Category::Eof => "truncated JSON",
+    }
+}
+
+/// Text a backend sent (an error message, a line its program printed), made safe to show: one
+/// line (control characters, line breaks and terminal escapes included, are escaped), every non-empty entry of `secrets` replaced by `[redacted]`, and at most `max`
+/// characters, `…` marking a cut.
+pub(crate) fn safe_text(text: &str, secrets: &[&str], max: usize) -> String {
+    let mut text = text.to_string();
+    for secret in secrets {
+        if !secret.is_empty() && text.contains(secret) {
+            text = text.replace(secret, "[redacted]");
+        }
+    }
+    let mut out = String::with_capacity(text.len().min(max + 4));
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_text;
+
+    #[test]
+    fn safe_text_is_one_short_line_without_secrets_or_escapes() {
+        assert_eq!(
+            safe_text("denied for s3cr3t\nsee\x1b[31m docs", &["s3cr3t", ""], 100),
+            "denied for [redacted]\\nsee\\u{1b}[31m docs"
+        );
+        assert_eq!(safe_text("héllo wörld", &[], 5), "héllo…");
+        assert_eq!(safe_text("short", &[], 5), "short");
     }
 }
