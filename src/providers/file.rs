@@ -39,7 +39,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -816,14 +815,10 @@ fn lock_exclusive(path: &Path) -> Result<LockGuard, FileVaultError> {
         .open(path)
         .map_err(io_err(path, "open lock file"))?;
     loop {
-        // SAFETY: flock on a descriptor we own and keep open for the guard's lifetime.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if rc == 0 {
-            return Ok(LockGuard { _file: f });
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(io_err(path, "lock")(e));
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive) {
+            Ok(()) => return Ok(LockGuard { _file: f }),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io_err(path, "lock")(e.into())),
         }
     }
 }

@@ -1313,8 +1313,8 @@ for req in requests():
         // Generous wait: the grace period is 3 s.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            // SAFETY: kill(pid, 0) only checks for existence.
-            let alive = unsafe { libc::kill(pid, 0) } == 0;
+            let alive = rustix::process::Pid::from_raw(pid)
+                .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
             if !alive {
                 break;
             }
