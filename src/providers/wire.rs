@@ -3,6 +3,7 @@
 //! error texts that never quote a body, and one way to make backend text safe to show
 //! ([`safe_text`]: one line, escaped, secrets redacted, bounded; `vault`, `aws`, `process`).
 
+use dso_actors::backend::BackendError;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Why a body could not be read.
@@ -43,6 +44,33 @@ pub(crate) async fn read_bounded(
         wipe_bytes(chunk);
     }
     Ok(buf)
+}
+
+/// [`read_bounded`] with its errors as [`BackendError`]s: a body over `limit` is `Unavailable`,
+/// naming `server` (e.g. "Vault at https://…"); a failed transfer goes through `transport`.
+pub(crate) async fn read_body(
+    resp: reqwest::Response,
+    limit: usize,
+    server: &str,
+    transport: impl FnOnce(&reqwest::Error) -> BackendError,
+) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    read_bounded(resp, limit).await.map_err(|e| match e {
+        BodyError::TooBig => BackendError::Unavailable(format!(
+            "{server} sent a response larger than {}; refusing it",
+            size_text(limit)
+        )),
+        BodyError::Transport(e) => transport(&e),
+    })
+}
+
+/// A size as `"16 MiB"` (whole mebibytes) or `"64 KiB"`.
+fn size_text(bytes: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
 }
 
 /// Wipes a received chunk when this is its only owner (hyper may share the allocation).

@@ -205,14 +205,8 @@ impl AwsBackend {
         resp: reqwest::Response,
         limit: usize,
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        wire::read_bounded(resp, limit).await.map_err(|e| match e {
-            wire::BodyError::TooBig => BackendError::Unavailable(format!(
-                "Secrets Manager at {} sent a response larger than {} KiB; refusing it",
-                self.endpoint,
-                limit / 1024
-            )),
-            wire::BodyError::Transport(e) => self.transport_error(&e),
-        })
+        let server = format!("Secrets Manager at {}", self.endpoint);
+        wire::read_body(resp, limit, &server, |e| self.transport_error(e)).await
     }
 
     /// The error for a non-200 answer, from its AWS error type (`__type` or

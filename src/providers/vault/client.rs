@@ -275,14 +275,8 @@ impl VaultBackend {
         resp: reqwest::Response,
         limit: usize,
     ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        wire::read_bounded(resp, limit).await.map_err(|e| match e {
-            wire::BodyError::TooBig => BackendError::Unavailable(format!(
-                "Vault at {} sent a response larger than {} MiB; refusing it",
-                self.address,
-                limit / (1024 * 1024)
-            )),
-            wire::BodyError::Transport(e) => self.transport_error(&e),
-        })
+        let server = format!("Vault at {}", self.address);
+        wire::read_body(resp, limit, &server, |e| self.transport_error(e)).await
     }
 
     /// The error for a non-200 answer. Reads Vault's `errors` list (not secret) for context.
