@@ -248,6 +248,30 @@ mod tests {
         );
     }
 
+    /// `config` depends on the providers, never the other way round.
+    #[test]
+    fn no_provider_source_imports_config() {
+        fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if text.contains(&["crate", "::config"].concat()) {
+                        found.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/providers"),
+            &mut found,
+        );
+        assert!(found.is_empty(), "these import the config module: {found:?}");
+    }
+
     #[test]
     fn common_settings_are_taken_out_of_the_table() {
         let t: toml::Table =
