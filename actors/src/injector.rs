@@ -17,13 +17,15 @@ use tokio::sync::oneshot;
 
 use crate::backend::Fetched;
 use crate::cache::Cache;
+use crate::direct::DirectWriter;
 use crate::direct::{DirectError, DirectTarget, FallbackReason, Written};
-use crate::engine::{ContainerAction, ContainerEngine, EngineError};
+use crate::engine::{ContainerEngine, EngineError};
 use crate::messages::{
     AuditRecord, ContainerJob, ContainerStatus, Drain, FetchError, FileStatus, GetSecret,
     GetShardStatus, Reconcile, SecretChanged, Subscribe, Trigger, Unsubscribe,
 };
 use crate::metrics::Metrics;
+use crate::model::{ContainerAction, ContainerInfo, SecretFile};
 use crate::secret::SecretValue;
 use crate::spec::{build_spec, dir_on_tmpfs, ReloadPolicy, SecretRule, SpecError, Target};
 use crate::tarball::{
@@ -99,6 +101,8 @@ pub struct InjectorSettings {
     pub audit: Option<Recipient<AuditRecord>>,
     /// Who applies the `restart` policy (one container of a Compose service at a time).
     pub restarter: Option<Recipient<crate::restarter::RequestRestart>>,
+    /// The direct write path (`agent.write_mode = "auto"`); None: every write is an exec.
+    pub direct: Option<Arc<dyn DirectWriter>>,
 }
 
 /// How one job ended.
@@ -642,7 +646,7 @@ async fn run_job(
 async fn inject(
     job: ContainerJob,
     prev: Option<(Option<String>, String)>,
-    info: crate::engine::ContainerInfo,
+    info: ContainerInfo,
     engine: Arc<dyn ContainerEngine>,
     cache: Addr<Cache>,
     settings: InjectorSettings,
@@ -765,14 +769,17 @@ async fn inject(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let written =
-        match write_direct(&job, &info, &spec.dir, &digest, &pairs, &*engine, &metrics).await {
-            Some(w) => w,
-            None => {
-                drop(pairs);
-                write_exec(&job, &info, &spec, &digest, values, &*engine, &metrics).await
-            }
-        };
+    let written = match write_direct(
+        &job, &info, &spec.dir, &digest, &pairs, &settings, &*engine, &metrics,
+    )
+    .await
+    {
+        Some(w) => w,
+        None => {
+            drop(pairs);
+            write_exec(&job, &info, &spec, &digest, values, &*engine, &metrics).await
+        }
+    };
     let (changed, replaced) = match written {
         Ok(w) => w,
         Err(outcome) => return outcome,
@@ -822,18 +829,20 @@ async fn inject(
 /// A write's result: (content changed, an earlier set was replaced), or the job's outcome.
 type WriteResult = Result<(bool, bool), Outcome>;
 
-/// The direct path (`/proc/<pid>/root`, no exec), when the engine offers it. None: use exec
-/// (not offered, or not usable for this container — each reason counted and logged once).
+/// The direct path (`/proc/<pid>/root`, no exec), when the agent has a writer. None: use exec
+/// (no writer, or not usable for this container — each reason counted and logged once).
+#[allow(clippy::too_many_arguments)]
 async fn write_direct(
     job: &ContainerJob,
-    info: &crate::engine::ContainerInfo,
+    info: &ContainerInfo,
     dir: &str,
     digest: &str,
-    pairs: &[(&crate::spec::SecretFile, &SecretValue)],
+    pairs: &[(&SecretFile, &SecretValue)],
+    settings: &InjectorSettings,
     engine: &dyn ContainerEngine,
     metrics: &Metrics,
 ) -> Option<WriteResult> {
-    let writer = engine.direct_writer()?;
+    let writer = settings.direct.as_deref()?;
     let target = DirectTarget {
         container_id: if info.id.is_empty() {
             &job.id
@@ -900,7 +909,7 @@ async fn write_direct(
 /// image without `tar`, base64 lines).
 async fn write_exec(
     job: &ContainerJob,
-    info: &crate::engine::ContainerInfo,
+    info: &ContainerInfo,
     spec: &crate::spec::ContainerSpec,
     digest: &str,
     values: Vec<SecretValue>,

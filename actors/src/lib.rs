@@ -10,6 +10,7 @@ pub mod fake;
 pub mod injector;
 pub mod messages;
 pub mod metrics;
+pub mod model;
 pub mod provider;
 pub mod reconciler;
 pub mod restarter;

@@ -5,7 +5,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::backend::{BackendError, Fetched};
-use crate::engine::ContainerAction;
+use crate::model::ContainerAction;
 use crate::secret::SecretRef;
 
 /// Why an injection job exists.

@@ -18,6 +18,7 @@ use futures_util::future::join_all;
 
 use crate::backend::Fetched;
 use crate::cache::{Cache, CacheSettings};
+use crate::direct::DirectWriter;
 use crate::engine::ContainerEngine;
 use crate::injector::{Injector, InjectorSettings, ShardRouter};
 use crate::messages::{
@@ -85,6 +86,7 @@ pub struct AgentSettings {
 /// The root actor.
 pub struct Supervisor {
     engine: Arc<dyn ContainerEngine>,
+    direct: Option<Arc<dyn DirectWriter>>,
     providers: Vec<ProviderSpec>,
     settings: AgentSettings,
     metrics: Arc<Metrics>,
@@ -107,15 +109,18 @@ pub struct Handles {
 }
 
 impl Supervisor {
-    /// A supervisor for this engine and these providers.
+    /// A supervisor for this engine and these providers. `direct`: the writer of the direct
+    /// path, handed to every injector shard (None: every write is an exec, `write_mode = "exec"`).
     pub fn new(
         engine: Arc<dyn ContainerEngine>,
+        direct: Option<Arc<dyn DirectWriter>>,
         providers: Vec<ProviderSpec>,
         settings: AgentSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             engine,
+            direct,
             providers,
             settings,
             metrics,
@@ -185,6 +190,7 @@ impl Actor for Supervisor {
                 .max(1),
             audit: self.settings.audit.clone(),
             restarter: Some(restarter.recipient()),
+            direct: self.direct.clone(),
         };
         let shards: Vec<Addr<Injector>> = (0..self.settings.shards)
             .map(|i| {

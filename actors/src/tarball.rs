@@ -7,8 +7,8 @@
 
 use zeroize::Zeroizing;
 
+use crate::model::{SecretFile, READY_MARKER};
 use crate::secret::SecretValue;
-use crate::spec::{SecretFile, READY_MARKER};
 
 /// Exit code of the in-container script when the directory is not a tmpfs.
 pub const EXIT_NOT_TMPFS: i64 = 64;

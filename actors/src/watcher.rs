@@ -12,10 +12,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use rand::Rng;
 
-use crate::engine::{ContainerEngine, EngineError, EngineEvent};
+use crate::engine::{ContainerEngine, EngineError};
 use crate::injector::ShardRouter;
 use crate::messages::{ContainerJob, Fatal, IsUp, Reconcile, Trigger};
 use crate::metrics::{ActionLabel, Metrics};
+use crate::model::EngineEvent;
 
 /// Stop following events (shutdown).
 #[derive(Debug, Message)]
