@@ -294,3 +294,18 @@ pub struct Prune {
     /// Ids of every running container.
     pub running: std::sync::Arc<std::collections::HashSet<String>>,
 }
+
+/// Supervisor → EventWatcher: stop following events (shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopWatching;
+
+/// Injector → Restarter: restart this container (after its secrets changed).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct RequestRestart {
+    /// Container id.
+    pub id: String,
+    /// Restart group (Compose project/service); None: the container alone.
+    pub group: Option<String>,
+}

@@ -13,17 +13,8 @@ use actix::prelude::*;
 use rand::Rng;
 
 use crate::engine::ContainerEngine;
+use crate::messages::RequestRestart;
 use crate::metrics::Metrics;
-
-/// Injector → Restarter: restart this container (after its secrets changed).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct RequestRestart {
-    /// Container id.
-    pub id: String,
-    /// Restart group (Compose project/service); None: the container alone.
-    pub group: Option<String>,
-}
 
 /// The restart group of a container from its labels.
 pub fn compose_group(labels: &HashMap<String, String>) -> Option<String> {

@@ -24,13 +24,13 @@ use crate::injector::{Injector, InjectorSettings, ShardRouter};
 use crate::messages::{
     AgentStatus, CheckNow, ContainerJob, Drain, Fatal, FetchError, GetReadiness, GetSecret,
     GetShardStatus, GetStatus, InjectNow, IsUp, ProviderStatus, Readiness, Reconcile,
-    SecretChanged, Shutdown, Trigger,
+    SecretChanged, Shutdown, StopWatching, Trigger,
 };
 use crate::metrics::Metrics;
 use crate::provider::{BackendFactory, ProviderConnection};
 use crate::reconciler::Reconciler;
 use crate::spec::{SecretRule, Target};
-use crate::watcher::{EventWatcher, StopWatching};
+use crate::watcher::EventWatcher;
 
 /// One configured backend.
 pub struct ProviderSpec {

@@ -621,7 +621,8 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
 
 #[actix_rt::test]
 async fn restarts_of_one_compose_service_go_one_at_a_time() {
-    use crate::restarter::{RequestRestart, Restarter, RestarterSettings};
+    use crate::messages::RequestRestart;
+    use crate::restarter::{Restarter, RestarterSettings};
     let engine = FakeEngine::new();
     for id in ["w1", "w2", "w3", "solo"] {
         let mut c = container(id, &[], &[]);

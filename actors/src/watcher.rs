@@ -14,14 +14,9 @@ use rand::Rng;
 
 use crate::engine::{ContainerEngine, EngineError};
 use crate::injector::ShardRouter;
-use crate::messages::{ContainerJob, Fatal, IsUp, Reconcile, Trigger};
+use crate::messages::{ContainerJob, Fatal, IsUp, Reconcile, StopWatching, Trigger};
 use crate::metrics::{ActionLabel, Metrics};
 use crate::model::EngineEvent;
-
-/// Stop following events (shutdown).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct StopWatching;
 
 /// The actor.
 pub struct EventWatcher {

@@ -62,7 +62,7 @@ pub struct InjectorSettings {
     /// Where deliveries, rotations and refusals are recorded (None: nowhere).
     pub audit: Option<Recipient<AuditRecord>>,
     /// Who applies the `restart` policy (one container of a Compose service at a time).
-    pub restarter: Option<Recipient<crate::restarter::RequestRestart>>,
+    pub restarter: Option<Recipient<crate::messages::RequestRestart>>,
     /// The direct write path (`agent.write_mode = "auto"`); None: every write is an exec.
     pub direct: Option<Arc<dyn DirectWriter>>,
 }

@@ -42,7 +42,7 @@ pub(super) async fn run(
         ReloadPolicy::Restart => (
             match &settings.restarter {
                 Some(r) => r
-                    .try_send(crate::restarter::RequestRestart {
+                    .try_send(crate::messages::RequestRestart {
                         id: id.to_string(),
                         group: crate::restarter::compose_group(&info.labels),
                     })
