@@ -51,7 +51,10 @@ pub struct ProviderSpec {
 pub struct AgentSettings {
     /// Number of injector shards (4–32).
     pub shards: usize,
-    /// Mailbox and queue capacity of each actor.
+    /// Mailbox and queue capacity (`agent.queue_capacity`) of the Supervisor, each Injector shard
+    /// (and its job queue), the Cache, each ProviderConnection and the Restarter. The EventWatcher
+    /// and the Reconciler have small fixed ones ([`crate::watcher::WATCHER_MAILBOX`],
+    /// [`crate::reconciler::RECONCILER_MAILBOX`]): see why there.
     pub queue_capacity: usize,
     /// Containers injected at once by one shard.
     pub shard_concurrency: usize,
@@ -134,6 +137,11 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let cap = self.settings.queue_capacity;
+        // Mailbox: `agent.queue_capacity`. The Supervisor takes the Cache's `SecretChanged`
+        // announcements (a burst when many keys rotate together; a full mailbox there is counted
+        // and repaired by a reconcile) and the admin and HTTP requests (`send`: they wait for
+        // room). The operator's one knob for work waiting per actor bounds it, like the others.
+        ctx.set_mailbox_capacity(cap);
         let mut provider_addrs = Vec::new();
         let mut by_name = HashMap::new();
         let mut refresh = HashMap::new();
@@ -173,6 +181,7 @@ impl Actor for Supervisor {
             crate::restarter::RestarterSettings {
                 splay: self.settings.restart_splay,
                 ready_timeout: Duration::from_secs(120),
+                mailbox: cap,
             },
         )
         .start();

@@ -641,6 +641,7 @@ async fn restarts_of_one_compose_service_go_one_at_a_time() {
         RestarterSettings {
             splay: Duration::from_millis(30),
             ready_timeout: Duration::from_secs(5),
+            mailbox: 100,
         },
     )
     .start();

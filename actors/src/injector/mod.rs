@@ -197,6 +197,8 @@ impl Actor for Injector {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // `agent.queue_capacity`: the watcher `try_send`s (full: dropped, counted, reconcile),
+        // the reconciler `send`s (waits for room).
         ctx.set_mailbox_capacity(self.mailbox);
     }
 }
