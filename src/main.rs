@@ -2,7 +2,6 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,21 +13,12 @@ use dso::http::{serve, AdminState};
 use dso::providers::file::FileVault;
 use dso_actors::backend::BackendError;
 use dso_actors::engine::ContainerEngine;
+use dso_actors::exit::ExitCode;
 use dso_actors::messages::Shutdown;
 use dso_actors::metrics::Metrics;
 use dso_actors::secret::SecretValue;
 use dso_actors::supervisor::{AgentSettings, ProviderSpec, Supervisor};
 use zeroize::Zeroizing;
-
-/// Exit codes (also in README): the numbers of [`dso_actors::exit::ExitCode`].
-mod exit {
-    use dso_actors::exit::ExitCode;
-    pub const OK: u8 = ExitCode::Ok.code();
-    pub const FAILURE: u8 = ExitCode::Failure.code();
-    pub const USAGE: u8 = ExitCode::Usage.code();
-    pub const CONFIG: u8 = ExitCode::Config.code();
-    pub const NOT_FOUND: u8 = ExitCode::NotFound.code();
-}
 
 #[derive(Parser)]
 #[command(
@@ -212,25 +202,27 @@ enum SecretAction {
     },
 }
 
-fn main() -> ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         Err(e) => {
             eprintln!("dso: {e:#}");
-            ExitCode::from(exit::FAILURE)
+            ExitCode::Failure.into()
         }
     }
 }
 
-fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), u8> {
+fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("dso: {e}");
-        exit::CONFIG
+        ExitCode::Config
     })
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Runs one command. `agent` and `run` can end with numbers of their own (the actor system's
+/// code, a command that cannot be executed); every other command ends with an [`ExitCode`].
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Check { json: true } => {
             let out = match Config::load(cli.config.as_deref()) {
@@ -248,10 +240,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             println!("{out}");
             Ok(if out["valid"] == true {
-                exit::OK
+                ExitCode::Ok
             } else {
-                exit::CONFIG
-            })
+                ExitCode::Config
+            }
+            .into())
         }
         Command::Check { json: false } => match Config::load(cli.config.as_deref()) {
             Ok((cfg, name)) => {
@@ -261,17 +254,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     if cfg.providers.len() == 1 { "" } else { "s" },
                     cfg.providers.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
-                Ok(exit::OK)
+                Ok(ExitCode::Ok.into())
             }
             Err(e) => {
                 eprintln!("{e}");
-                Ok(exit::CONFIG)
+                Ok(ExitCode::Config.into())
             }
         },
         Command::Agent { log_format } => {
             let (cfg, name) = match load_config(cli.config.as_deref()) {
                 Ok(c) => c,
-                Err(code) => return Ok(code),
+                Err(code) => return Ok(code.into()),
             };
             init_logging(log_format);
             run_agent(cfg, name, cli.config.clone())
@@ -279,26 +272,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Secret { provider, action } => {
             let (cfg, _) = match load_config(cli.config.as_deref()) {
                 Ok(c) => c,
-                Err(code) => return Ok(code),
+                Err(code) => return Ok(code.into()),
             };
-            secret_cmd(&cfg, provider.as_deref(), action)
+            secret_cmd(&cfg, provider.as_deref(), action).map(Into::into)
         }
         Command::Status { json, socket } => {
             let socket = match admin_socket(cli.config.as_deref(), socket) {
                 Ok(s) => s,
-                Err(code) => return Ok(code),
+                Err(code) => return Ok(code.into()),
             };
             let (code, body) = dso::admin::request(&socket, "GET", "/v1/status", None)?;
             if code != 200 {
                 eprintln!("dso: agent answered {code}: {}", body.trim());
-                return Ok(exit::FAILURE);
+                return Ok(ExitCode::Failure.into());
             }
             if json {
                 print!("{body}");
             } else {
                 print_status(&body)?;
             }
-            Ok(exit::OK)
+            Ok(ExitCode::Ok.into())
         }
         Command::Run {
             socket,
@@ -306,36 +299,39 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             command,
         } => run_command(cli.config.as_deref(), socket, no_agent, command),
         Command::Reconcile { socket } => {
-            admin_post(cli.config.as_deref(), socket, "/v1/reconcile", None)
+            admin_post(cli.config.as_deref(), socket, "/v1/reconcile", None).map(Into::into)
         }
         Command::Rotate { reference, socket } => {
             let body = serde_json::json!({ "ref": reference }).to_string();
-            admin_post(cli.config.as_deref(), socket, "/v1/rotate", Some(&body))
+            admin_post(cli.config.as_deref(), socket, "/v1/rotate", Some(&body)).map(Into::into)
         }
         Command::Inject { container, socket } => {
             let path = format!("/v1/containers/{container}/inject");
-            admin_post(cli.config.as_deref(), socket, &path, None)
+            admin_post(cli.config.as_deref(), socket, &path, None).map(Into::into)
         }
-        Command::Doctor { json } => doctor(cli.config.as_deref(), json),
+        Command::Doctor { json } => doctor(cli.config.as_deref(), json).map(Into::into),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "dso", &mut std::io::stdout());
-            Ok(exit::OK)
+            Ok(ExitCode::Ok.into())
         }
         Command::Health { addr } => {
             let addr = match addr {
                 Some(a) => a,
                 None => match load_config(cli.config.as_deref()) {
                     Ok((c, _)) => c.agent.listen.to_string(),
-                    Err(code) => return Ok(code),
+                    Err(code) => return Ok(code.into()),
                 },
             };
-            health(&addr)
+            health(&addr).map(Into::into)
         }
     }
 }
 
-fn admin_socket(config: Option<&std::path::Path>, given: Option<PathBuf>) -> Result<PathBuf, u8> {
+fn admin_socket(
+    config: Option<&std::path::Path>,
+    given: Option<PathBuf>,
+) -> Result<PathBuf, ExitCode> {
     match given {
         Some(s) => Ok(s),
         None => load_config(config).map(|(c, _)| c.agent.admin_socket),
@@ -347,7 +343,7 @@ fn admin_post(
     socket: Option<PathBuf>,
     path: &str,
     body: Option<&str>,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<ExitCode> {
     let socket = match admin_socket(config, socket) {
         Ok(s) => s,
         Err(code) => return Ok(code),
@@ -355,13 +351,13 @@ fn admin_post(
     let (code, body) = dso::admin::request(&socket, "POST", path, body)?;
     if (200..300).contains(&code) {
         print!("{body}");
-        Ok(exit::OK)
+        Ok(ExitCode::Ok)
     } else {
         eprintln!("dso: agent answered {code}: {}", body.trim());
         Ok(if code == 404 {
-            exit::NOT_FOUND
+            ExitCode::NotFound
         } else {
-            exit::FAILURE
+            ExitCode::Failure
         })
     }
 }
@@ -447,12 +443,16 @@ fn split_ref(reference: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> anyhow::Result<u8> {
+fn secret_cmd(
+    cfg: &Config,
+    provider: Option<&str>,
+    action: SecretAction,
+) -> anyhow::Result<ExitCode> {
     let (name, fcfg) = match cfg.file_provider(provider) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("dso: {e}");
-            return Ok(exit::CONFIG);
+            return Ok(ExitCode::Config);
         }
     };
     let vault = FileVault::open(&fcfg).with_context(|| format!("opening provider `{name}`"))?;
@@ -462,19 +462,19 @@ fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> any
             let value = read_value(&reference)?;
             vault.set(path, key, value)?;
             eprintln!("stored {reference} in provider `{name}`");
-            Ok(exit::OK)
+            Ok(ExitCode::Ok)
         }
         SecretAction::Get { reference } => {
             let (path, key) = split_ref(&reference);
             let Some(data) = vault.get(path)? else {
                 eprintln!("dso: `{path}` not found in provider `{name}`");
-                return Ok(exit::NOT_FOUND);
+                return Ok(ExitCode::NotFound);
             };
             let value = match data.select(key) {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("dso: `{reference}`: {e}");
-                    return Ok(exit::NOT_FOUND);
+                    return Ok(ExitCode::NotFound);
                 }
             };
             let mut out = std::io::stdout().lock();
@@ -483,7 +483,7 @@ fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> any
                 out.write_all(b"\n")?;
             }
             out.flush()?;
-            Ok(exit::OK)
+            Ok(ExitCode::Ok)
         }
         SecretAction::List { json } => {
             let list = vault.list()?;
@@ -502,7 +502,7 @@ fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> any
                     }
                 }
             }
-            Ok(exit::OK)
+            Ok(ExitCode::Ok)
         }
         SecretAction::Import { file, path } => {
             let text = Zeroizing::new(
@@ -513,7 +513,7 @@ fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> any
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("dso: {}: {e}", file.display());
-                    return Ok(exit::FAILURE);
+                    return Ok(ExitCode::Failure);
                 }
             };
             for (key, value) in &pairs {
@@ -534,16 +534,16 @@ fn secret_cmd(cfg: &Config, provider: Option<&str>, action: SecretAction) -> any
                 "reference them as {name}/{path}#KEY; the plaintext file {} is still on disk: delete it (shred -u)",
                 file.display()
             );
-            Ok(exit::OK)
+            Ok(ExitCode::Ok)
         }
         SecretAction::Rm { reference } => {
             let (path, key) = split_ref(&reference);
             if vault.remove(path, key)? {
                 eprintln!("removed {reference} from provider `{name}`");
-                Ok(exit::OK)
+                Ok(ExitCode::Ok)
             } else {
                 eprintln!("dso: `{reference}` not found in provider `{name}`");
-                Ok(exit::NOT_FOUND)
+                Ok(ExitCode::NotFound)
             }
         }
     }
@@ -557,7 +557,7 @@ struct Check {
     fix: Option<String>,
 }
 
-fn doctor(config: Option<&std::path::Path>, json: bool) -> anyhow::Result<u8> {
+fn doctor(config: Option<&std::path::Path>, json: bool) -> anyhow::Result<ExitCode> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut checks: Vec<Check> = Vec::new();
     let mut push = |name: &str, ok: bool, detail: String, fix: Option<String>| {
@@ -806,7 +806,7 @@ fn doctor(config: Option<&std::path::Path>, json: bool) -> anyhow::Result<u8> {
     report(checks, json)
 }
 
-fn report(checks: Vec<Check>, json: bool) -> anyhow::Result<u8> {
+fn report(checks: Vec<Check>, json: bool) -> anyhow::Result<ExitCode> {
     let failed = checks.iter().filter(|c| !c.ok).count();
     if json {
         let v: Vec<_> = checks
@@ -829,7 +829,11 @@ fn report(checks: Vec<Check>, json: bool) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(if failed == 0 { exit::OK } else { exit::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::Ok
+    } else {
+        ExitCode::Failure
+    })
 }
 
 /// Parses a `.env` file: `KEY=VALUE` lines, optional `export `, `#` comments, single or double
@@ -914,7 +918,7 @@ fn read_value(reference: &str) -> anyhow::Result<SecretValue> {
     Ok(SecretValue::new(std::mem::take(&mut *buf)))
 }
 
-fn health(addr: &str) -> anyhow::Result<u8> {
+fn health(addr: &str) -> anyhow::Result<ExitCode> {
     use std::net::TcpStream;
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -923,15 +927,20 @@ fn health(addr: &str) -> anyhow::Result<u8> {
     s.read_to_string(&mut resp)?;
     if resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200") {
         println!("ok");
-        Ok(exit::OK)
+        Ok(ExitCode::Ok)
     } else {
         eprintln!(
             "dso: unhealthy: {}",
             resp.lines().next().unwrap_or("no answer")
         );
-        Ok(exit::FAILURE)
+        Ok(ExitCode::Failure)
     }
 }
+
+/// `dso run` when the command is not found (the shell's convention).
+const COMMAND_NOT_FOUND: u8 = 127;
+/// `dso run` when the command exists but cannot be executed (the shell's convention).
+const CANNOT_EXECUTE: u8 = 126;
 
 /// `dso run`: resolve the environment's references, then exec the command.
 fn run_command(
@@ -939,7 +948,7 @@ fn run_command(
     socket: Option<PathBuf>,
     no_agent: bool,
     command: Vec<std::ffi::OsString>,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<std::process::ExitCode> {
     use dso::envrun::{self, AgentResolveError};
     use std::os::unix::process::CommandExt;
     let (refs, mut errors) = envrun::find_refs(std::env::vars_os());
@@ -947,7 +956,7 @@ fn run_command(
     if errors.is_empty() && !refs.is_empty() {
         let cfg = match load_config(config) {
             Ok((c, _)) => c,
-            Err(code) => return Ok(code),
+            Err(code) => return Ok(code.into()),
         };
         let socket = socket.unwrap_or_else(|| cfg.agent.admin_socket.clone());
         let via_agent = if no_agent {
@@ -958,7 +967,7 @@ fn run_command(
                 Err(AgentResolveError::NoAgent(_) | AgentResolveError::Unsupported(_)) => None,
                 Err(e) => {
                     eprintln!("dso: {e}");
-                    return Ok(exit::FAILURE);
+                    return Ok(ExitCode::Failure.into());
                 }
             }
         };
@@ -988,15 +997,15 @@ fn run_command(
                 .unwrap_or_default()
         );
         let code = if errors.iter().all(|e| e.is_not_found()) {
-            exit::NOT_FOUND
+            ExitCode::NotFound
         } else {
-            exit::FAILURE
+            ExitCode::Failure
         };
-        return Ok(code);
+        return Ok(code.into());
     }
     let Some((program, args)) = command.split_first() else {
         eprintln!("dso: no command given: dso run -- COMMAND [ARGS…]");
-        return Ok(exit::USAGE);
+        return Ok(ExitCode::Usage.into());
     };
     let mut cmd = std::process::Command::new(program);
     cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
@@ -1005,9 +1014,10 @@ fn run_command(
     drop(env);
     eprintln!("dso: cannot run {}: {err}", program.to_string_lossy());
     Ok(match err.kind() {
-        std::io::ErrorKind::NotFound => 127,
-        _ => 126,
-    })
+        std::io::ErrorKind::NotFound => COMMAND_NOT_FOUND,
+        _ => CANNOT_EXECUTE,
+    }
+    .into())
 }
 
 fn disable_core_dumps() {
@@ -1018,7 +1028,11 @@ fn disable_core_dumps() {
     }
 }
 
-fn run_agent(cfg: Config, config_name: String, config_path: Option<PathBuf>) -> anyhow::Result<u8> {
+fn run_agent(
+    cfg: Config,
+    config_name: String,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
     disable_core_dumps();
     lock_memory();
     let reexec = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1044,7 +1058,7 @@ fn run_agent(cfg: Config, config_name: String, config_path: Option<PathBuf>) -> 
                         "docker unreachable after {} reconnect attempts: {e}",
                         cfg.agent.docker_max_reconnects
                     );
-                    return Ok(Some(dso_actors::exit::ExitCode::DockerUnreachable.as_i32()));
+                    return Ok(Some(ExitCode::DockerUnreachable.as_i32()));
                 }
             }
         };
@@ -1133,13 +1147,18 @@ fn run_agent(cfg: Config, config_name: String, config_path: Option<PathBuf>) -> 
         Ok(None)
     });
     if let Some(code) = setup? {
-        return Ok(u8::try_from(code).unwrap_or(exit::FAILURE));
+        return Ok(exit_status(code));
     }
     let code = system.run_with_code().context("actor system")?;
     if reexec.load(std::sync::atomic::Ordering::SeqCst) && code == 0 {
         return reexec_self();
     }
-    Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
+    Ok(exit_status(code))
+}
+
+/// The actor system's exit code (one of [`ExitCode`]'s numbers) as the process's.
+fn exit_status(code: i32) -> std::process::ExitCode {
+    u8::try_from(code).map_or(ExitCode::Failure.into(), Into::into)
 }
 
 /// Why the agent stops.
@@ -1185,7 +1204,7 @@ async fn wait_for_signal(running: &Config, path: Option<&std::path::Path>) -> St
 /// Replaces this process with a fresh `dso` with the same arguments (same pid, so Docker and
 /// systemd see no restart). The new agent re-reads state from the containers: nothing is
 /// re-injected needlessly and no reload policy fires.
-fn reexec_self() -> anyhow::Result<u8> {
+fn reexec_self() -> anyhow::Result<std::process::ExitCode> {
     use std::os::unix::process::CommandExt;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let err = std::process::Command::new("/proc/self/exe")
