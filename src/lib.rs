@@ -7,6 +7,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod docker;
+pub mod dotenv;
 pub mod envrun;
 pub mod http;
 pub mod providers;
