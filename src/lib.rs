@@ -11,3 +11,4 @@ pub mod dotenv;
 pub mod envrun;
 pub mod http;
 pub mod providers;
+pub mod resolve_proto;
