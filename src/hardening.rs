@@ -3,9 +3,8 @@
 
 /// Marks the process not dumpable: no core dump (and no ptrace by non-root) can expose a secret.
 pub fn disable_core_dumps() {
-    // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes this process's dumpable flag.
-    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    if rc != 0 {
+    use rustix::process::{set_dumpable_behavior, DumpableBehavior};
+    if set_dumpable_behavior(DumpableBehavior::NotDumpable).is_err() {
         tracing::warn!("could not disable core dumps (prctl PR_SET_DUMPABLE)");
     }
 }
@@ -17,18 +16,18 @@ pub fn disable_core_dumps() {
 pub fn lock_memory() {
     match memory_lock_possible() {
         Ok(()) => {
-            // SAFETY: mlockall only changes this process's paging; MCL_ONFAULT locks pages as
-            // they are touched, so reserved-but-unused memory (thread stacks) costs nothing.
-            let rc = unsafe {
-                libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT)
-            };
-            if rc == 0 {
-                tracing::info!("memory locked (mlockall): secret values are never swapped out");
-            } else {
-                tracing::warn!(
-                    error = %std::io::Error::last_os_error(),
+            use rustix::mm::{mlockall, MlockAllFlags};
+            // ONFAULT locks pages as they are touched, so reserved-but-unused memory (thread
+            // stacks) costs nothing.
+            let flags = MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT;
+            match mlockall(flags) {
+                Ok(()) => tracing::info!(
+                    "memory locked (mlockall): secret values are never swapped out"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %std::io::Error::from(e),
                     "could not lock memory (mlockall); secret values could be swapped out"
-                );
+                ),
             }
         }
         Err(why) => tracing::warn!(
@@ -49,17 +48,13 @@ pub fn memory_lock_possible() -> Result<(), String> {
     if cap_eff & (1 << CAP_IPC_LOCK) != 0 {
         return Ok(());
     }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-    if rc == 0 && lim.rlim_cur == libc::RLIM_INFINITY {
-        return Ok(());
+    use rustix::process::{getrlimit, Resource};
+    // `None` is RLIM_INFINITY.
+    match getrlimit(Resource::Memlock).current {
+        None => Ok(()),
+        Some(bytes) => Err(format!(
+            "no CAP_IPC_LOCK and the memlock ulimit is {} KiB",
+            bytes / 1024
+        )),
     }
-    Err(format!(
-        "no CAP_IPC_LOCK and the memlock ulimit is {} KiB",
-        lim.rlim_cur / 1024
-    ))
 }
