@@ -30,6 +30,8 @@ pub fn inject(
     admin_post(config, socket, &path, None)
 }
 
+/// One POST to the agent; its answer on stdout, or on stderr with [`ExitCode::NotFound`] for a
+/// 404 and [`ExitCode::Failure`] otherwise.
 fn admin_post(
     config: Option<&Path>,
     socket: Option<PathBuf>,

@@ -32,6 +32,7 @@ pub fn agent(
     run_agent(cfg, name, config.map(Path::to_path_buf))
 }
 
+/// Logs to stderr, filtered by `DSO_LOG` (default `info`), human or JSON lines.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DSO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -45,6 +46,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Hardens the process, wires the actor system and runs it until a signal stops it; re-executes
+/// itself after a SIGHUP that brought a valid, changed config.
 fn run_agent(
     cfg: Config,
     config_name: String,

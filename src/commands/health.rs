@@ -19,6 +19,7 @@ pub fn health(config: Option<&Path>, addr: Option<String>) -> anyhow::Result<Exi
     probe(&addr)
 }
 
+/// `GET /healthz` over plain HTTP/1.0 with a 3 s read timeout.
 fn probe(addr: &str) -> anyhow::Result<ExitCode> {
     use std::net::TcpStream;
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;

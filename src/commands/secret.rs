@@ -25,6 +25,7 @@ pub fn secret(
     run_action(&cfg, provider, action)
 }
 
+/// `<path>[#<key>]` → (path, key).
 fn split_ref(reference: &str) -> (&str, Option<&str>) {
     match reference.split_once('#') {
         Some((p, k)) => (p, Some(k)),
@@ -32,6 +33,7 @@ fn split_ref(reference: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// One `dso secret` action on the chosen `file` provider (default: the first in the config).
 fn run_action(
     cfg: &Config,
     provider: Option<&str>,

@@ -29,6 +29,7 @@ pub fn status(
     Ok(ExitCode::Ok)
 }
 
+/// The status JSON for people: Docker, providers, queue, then each container and its files.
 fn print_status(body: &str) -> anyhow::Result<()> {
     let s: serde_json::Value = serde_json::from_str(body).context("status is not JSON")?;
     let yes = |b: &serde_json::Value| {
