@@ -24,7 +24,7 @@
 //! namespace, a kernel without `openat2`, a process that is not the container's) is a
 //! [`DirectError::Fallback`]: the injector then uses exec.
 //!
-//! An OS adapter like [`crate::docker`]: built once in `run_agent` when `agent.write_mode = "auto"`
+//! An OS adapter like [`crate::docker`]: built once in `commands/agent.rs` when `agent.write_mode = "auto"`
 //! and handed to the Supervisor. The calls are synchronous and short
 //! (tens of syscalls on a tmpfs); the injector runs them inline.
 
