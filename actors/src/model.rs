@@ -104,3 +104,16 @@ pub struct SecretFile {
     /// Owner gid.
     pub gid: u32,
 }
+
+/// A file owned by 1000:1001 from `local/x`, for unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_file(name: &str, mode: u32) -> SecretFile {
+    SecretFile {
+        name: name.into(),
+        source: "local/x".parse().unwrap(),
+        mode,
+        uid: 1000,
+        gid: 1001,
+    }
+}

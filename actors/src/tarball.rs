@@ -131,15 +131,7 @@ pub fn ready_marker() -> &'static str {
 mod tests {
     use super::*;
 
-    fn file(name: &str, mode: u32) -> SecretFile {
-        SecretFile {
-            name: name.into(),
-            source: "local/x".parse().unwrap(),
-            mode,
-            uid: 1000,
-            gid: 1001,
-        }
-    }
+    use crate::model::test_file as file;
 
     #[test]
     fn tar_holds_every_file_with_mode_owner_and_no_reallocation() {

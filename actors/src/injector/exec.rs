@@ -294,15 +294,7 @@ fn classify(
 mod tests {
     use super::*;
 
-    fn file(name: &str, mode: u32) -> SecretFile {
-        SecretFile {
-            name: name.into(),
-            source: "local/x".parse().unwrap(),
-            mode,
-            uid: 1000,
-            gid: 1001,
-        }
-    }
+    use crate::model::test_file as file;
 
     #[test]
     fn command_passes_names_as_arguments() {
