@@ -269,7 +269,10 @@ mod tests {
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/providers"),
             &mut found,
         );
-        assert!(found.is_empty(), "these import the config module: {found:?}");
+        assert!(
+            found.is_empty(),
+            "these import the config module: {found:?}"
+        );
     }
 
     #[test]
