@@ -621,16 +621,16 @@ pub fn main_if_plugin(config: Option<&Path>) -> Option<u8> {
 }
 
 /// The CLI's `dso install-plugin [--system] [--dir DIR]`.
-pub fn install_plugin(system: bool, dir: Option<PathBuf>) -> u8 {
+pub fn install_plugin(system: bool, dir: Option<PathBuf>) -> ExitCode {
     let Some(dir) = dir.or_else(|| plugin::plugin_dir(system)) else {
         eprintln!("dso: {}", plugin::InstallError::NoDir);
-        return ExitCode::Usage.code();
+        return ExitCode::Usage;
     };
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("dso: cannot tell where the dso binary is: {e}");
-            return ExitCode::Failure.code();
+            return ExitCode::Failure;
         }
     };
     match plugin::install(&dir, &exe) {
@@ -639,11 +639,11 @@ pub fn install_plugin(system: bool, dir: Option<PathBuf>) -> u8 {
             if let Err(e) = find_wait_helper() {
                 eprintln!("dso: note: {e}");
             }
-            ExitCode::Ok.code()
+            ExitCode::Ok
         }
         Err(e) => {
             eprintln!("dso: {e}");
-            ExitCode::Failure.code()
+            ExitCode::Failure
         }
     }
 }
