@@ -215,43 +215,63 @@ pub fn run(config: Option<&Path>, args: Vec<String>) -> Result<u8, ComposeError>
     }
 
     // 4. The real Compose, model on stdin.
-    let via = Via::for_subcommand(&sub);
-    let mut c = model_command(&compose, &inv, &project, &project_dir, via);
+    let feed = Feed::for_subcommand(&sub).map_err(|e| spawn_error(&compose, e))?;
+    let mut c = model_command(&compose, &inv, &project, &project_dir, &feed.file_arg());
     c.arg(&sub).args(&inv.rest);
     c.envs(env_values.iter().map(|(k, v)| (k, v)));
     let json = serde_json::to_vec(&rw.model).map_err(|e| ComposeError::Normalise {
         program: compose.join(" "),
         reason: e.to_string(),
     })?;
-    let code = wait_child(&mut c, &compose, Some((json, via)));
+    let code = wait_child(&mut c, &compose, Some((json, feed)));
     drop(env_values);
     code
 }
 
-/// How the model reaches Compose: its stdin (`-f -`), or — for `run` and `exec`, whose stdin
-/// belongs to the terminal — a pipe on fd 3 (`-f /dev/fd/3`). Never a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
+/// How the model reaches Compose: on its stdin (`-f -`), or — for `run` and `exec`, whose stdin
+/// belongs to the terminal — on an inherited pipe (`-f /dev/fd/N`). Never through a file.
+enum Feed {
     Stdin,
-    Fd3,
+    Pipe {
+        /// The read end, inheritable (not close-on-exec): Compose opens `/dev/fd/N`.
+        read: std::os::fd::OwnedFd,
+        /// The write end, close-on-exec.
+        write: std::fs::File,
+    },
 }
 
-impl Via {
-    fn for_subcommand(sub: &str) -> Self {
-        match sub {
-            "run" | "exec" => Via::Fd3,
-            _ => Via::Stdin,
+impl Feed {
+    /// The feed for `sub`.
+    fn for_subcommand(sub: &str) -> Result<Self, std::io::Error> {
+        if !matches!(sub, "run" | "exec") {
+            return Ok(Feed::Stdin);
+        }
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        rustix::io::fcntl_setfd(&read, rustix::io::FdFlags::empty())?;
+        Ok(Feed::Pipe {
+            read,
+            write: std::fs::File::from(write),
+        })
+    }
+
+    /// Compose's `-f` argument.
+    fn file_arg(&self) -> String {
+        match self {
+            Feed::Stdin => "-".into(),
+            Feed::Pipe { read, .. } => {
+                format!("/dev/fd/{}", std::os::fd::AsRawFd::as_raw_fd(read))
+            }
         }
     }
 }
 
-/// `compose [globals] -p NAME --project-directory DIR -f -`, run in DIR.
+/// `compose [globals] -p NAME --project-directory DIR -f FILE`, run in DIR.
 fn model_command(
     compose: &[String],
     inv: &Invocation,
     project: &str,
     dir: &Path,
-    via: Via,
+    file: &str,
 ) -> Command {
     let mut c = command(compose);
     c.args(&inv.global)
@@ -260,98 +280,60 @@ fn model_command(
         .arg("--project-directory")
         .arg(dir)
         .arg("-f")
-        .arg(match via {
-            Via::Stdin => "-",
-            Via::Fd3 => "/dev/fd/3",
-        })
+        .arg(file)
         .current_dir(dir);
     c
 }
 
 /// Spawns `c` (feeding it `model` when given), waits, returns its exit code. While Compose runs,
-/// `dso` ignores SIGINT/SIGQUIT (Compose gets them from the terminal).
+/// `dso` survives SIGINT/SIGQUIT (Compose gets them from the terminal and ends on its own).
 fn wait_child(
     c: &mut Command,
     compose: &[String],
-    model: Option<(Vec<u8>, Via)>,
+    model: Option<(Vec<u8>, Feed)>,
 ) -> Result<u8, ComposeError> {
+    survive_interrupts();
     let spawn_err = |e| spawn_error(compose, e);
-    let mut writer: Option<std::fs::File> = None;
-    match &model {
-        Some((_, Via::Stdin)) => {
-            c.stdin(Stdio::piped());
+    let Some((bytes, feed)) = model else {
+        let status = c.status().map_err(spawn_err)?;
+        return Ok(status_code(&status));
+    };
+    let (mut child, writer) = match feed {
+        Feed::Stdin => {
+            let mut child = c.stdin(Stdio::piped()).spawn().map_err(spawn_err)?;
+            let w = child
+                .stdin
+                .take()
+                .map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s)));
+            (child, w)
         }
-        Some((_, Via::Fd3)) => {
-            let (read, write) = cloexec_pipe().map_err(spawn_err)?;
-            let raw = std::os::fd::AsRawFd::as_raw_fd(&read);
-            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(c, move || {
-                    if raw == 3 {
-                        if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    } else if libc::dup2(raw, 3) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            writer = Some(std::fs::File::from(write));
-            // `read` stays open until after the spawn (below), then closes here.
-            let mut child = c.spawn().map_err(spawn_err)?;
+        Feed::Pipe { read, write } => {
+            let child = c.spawn().map_err(spawn_err)?;
             drop(read);
-            return finish(&mut child, compose, writer, model.map(|m| m.0));
+            (child, Some(write))
         }
-        None => {}
-    }
-    let mut child = c.spawn().map_err(spawn_err)?;
-    if matches!(model, Some((_, Via::Stdin))) {
-        writer = child
-            .stdin
-            .take()
-            .map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s)));
-    }
-    finish(&mut child, compose, writer, model.map(|m| m.0))
-}
-
-fn finish(
-    child: &mut std::process::Child,
-    compose: &[String],
-    writer: Option<std::fs::File>,
-    bytes: Option<Vec<u8>>,
-) -> Result<u8, ComposeError> {
-    ignore_interrupts();
-    if let (Some(mut w), Some(bytes)) = (writer, bytes) {
+    };
+    if let Some(mut w) = writer {
         // Compose may exit early (bad option): a broken pipe is then not our error.
         let _ = w.write_all(&bytes);
     }
-    let status = child.wait().map_err(|e| spawn_error(compose, e))?;
+    let status = child.wait().map_err(spawn_err)?;
     Ok(status_code(&status))
 }
 
-/// A pipe whose both ends are close-on-exec.
-fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
-}
-
-fn ignore_interrupts() {
-    // SAFETY: setting the disposition of two signals to SIG_IGN has no other effect.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+/// Registers (no-op) handlers for SIGINT and SIGQUIT, so that Ctrl-C does not end `dso` before
+/// the Compose it waits for. Handled signals are reset to the default by `exec`: Compose itself
+/// still gets them.
+fn survive_interrupts() {
+    use tokio::signal::unix::{signal, SignalKind};
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        let _guard = rt.enter();
+        for kind in [SignalKind::interrupt(), SignalKind::quit()] {
+            let _ = signal(kind);
+        }
     }
 }
 
@@ -550,10 +532,10 @@ fn wrap_services(
                 program: compose.join(" "),
                 reason: e.to_string(),
             })?;
-            let mut c = model_command(compose, inv, project, project_dir, Via::Stdin);
+            let mut c = model_command(compose, inv, project, project_dir, "-");
             c.arg(verb).args(&services);
             c.envs(rw.envs.iter().map(|e| (e.placeholder.clone(), "")));
-            let code = wait_child(&mut c, compose, Some((json, Via::Stdin)))?;
+            let code = wait_child(&mut c, compose, Some((json, Feed::Stdin)))?;
             if code != 0 {
                 return Err(ComposeError::Docker(format!(
                     "`{} {verb} {}` failed (exit {code}); the image's entrypoint is needed to wait \
