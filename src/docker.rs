@@ -125,6 +125,8 @@ impl ContainerEngine for BollardEngine {
             .map(|s| s.to_string())
             .filter(|s| !s.is_empty() && s != "none");
         let upper_dir = r.graph_driver.and_then(|g| g.data.get("UpperDir").cloned());
+        let literal_refs =
+            dso_actors::hints::literal_references(config.env.as_deref().unwrap_or_default());
         Ok(ContainerInfo {
             id: r.id.unwrap_or_else(|| id.to_string()),
             name: r
@@ -143,6 +145,7 @@ impl ContainerEngine for BollardEngine {
                 .pid
                 .and_then(|p| u32::try_from(p).ok())
                 .filter(|p| *p > 0),
+            literal_refs,
         })
     }
 

@@ -452,3 +452,66 @@ fn project_name_several_files_and_unresolvable_references() {
     assert!(p.containers(&p.name, "app").is_empty(), "nothing started");
     assert!(!err.contains(&password), "{err}");
 }
+
+/// Started without DSO (a plain `docker-compose up` of a file with references, the old tool's
+/// `dso.reloader` label): the agent and `dso doctor` warn, naming container and variable (never a
+/// value), with the closest known label; nothing is refused.
+#[test]
+fn a_plain_compose_up_is_flagged_by_the_agent_and_doctor() {
+    let p = Project::new("cmpw");
+    let other = unique("other-value");
+    p.write(
+        "docker-compose.yml",
+        &format!(
+            "services:\n  app:\n    image: dso-test/busybox:latest\n    command: [\"sleep\", \"300\"]\n    \
+             stop_signal: SIGKILL\n    labels:\n      dso.test: SCOPE\n      dso.reloader: \"true\"\n    \
+             environment:\n      API_TOKEN: dso://bao/app/api#token\n      DB_FILE: dsofile://bao/app/db#pw\n      \
+             OTHER: {other}\n"
+        ),
+    );
+    let (ok, out, err) = run(Command::new("docker-compose")
+        .args(["-p", &p.name, "up", "-d"])
+        .current_dir(p.dir.path())
+        .stdin(Stdio::null()));
+    assert!(ok, "{out}{err}");
+    let agent = p.agent.as_ref().unwrap();
+    let container = format!("{}_app_1", p.name);
+    agent.wait_log("label dso.reloader is not a DSO label");
+    let logs = agent.wait_log("environment variable DB_FILE holds a literal");
+    assert!(
+        logs.contains("environment variable API_TOKEN holds a literal"),
+        "{logs}"
+    );
+    assert!(logs.contains(&container), "names the container: {logs}");
+    assert!(logs.contains("did you mean dso.secret.<NAME>"), "{logs}");
+    assert!(!logs.contains(&other), "never another variable's value");
+    assert_eq!(
+        agent.metric("dso_container_warnings_total{reason=\"literal_reference\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        agent.metric("dso_container_warnings_total{reason=\"unknown_label\"}"),
+        Some(1.0)
+    );
+
+    let (_, out, err) = dso_with(Some(&p.ws.config()), &["doctor", "--json"]);
+    let checks: serde_json::Value = serde_json::from_str(&out).expect(&err);
+    let mine: Vec<&serde_json::Value> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == format!("container {container}"))
+        .collect();
+    assert!(
+        mine.iter().any(|c| c["warning"] == true
+            && c["detail"].as_str().unwrap().contains("API_TOKEN, DB_FILE")),
+        "{out}"
+    );
+    assert!(
+        mine.iter()
+            .any(|c| c["warning"] == true
+                && c["fix"].as_str().unwrap().contains("dso.secret.<NAME>")),
+        "{out}"
+    );
+    assert!(!out.contains(&other), "never another variable's value");
+}

@@ -7,6 +7,9 @@ use std::collections::HashMap;
 
 use crate::spec::{DIR_LABEL, RELOAD_LABEL, SECRET_PREFIX};
 
+/// The `reason` values of `dso_container_warnings_total`.
+pub const WARNING_REASONS: [&str; 2] = ["literal_reference", "unknown_label"];
+
 /// Value prefixes that only `docker dso` / `dso compose` understand.
 pub const REFERENCE_SCHEMES: [&str; 2] = ["dso://", "dsofile://"];
 
@@ -96,6 +99,56 @@ fn closest(label: &str) -> String {
     }
 }
 
+/// Logs and counts the warnings for a started container: each literal reference (by variable
+/// name) and each unknown `dso.*` label (with the closest known one). `ignore`: label keys that
+/// are not DSO's (the `agent.scope` label). Names and labels are escaped and bounded.
+pub fn warn_started(
+    name: &str,
+    literal_refs: &[String],
+    labels: &HashMap<String, String>,
+    ignore: &[&str],
+    metrics: &crate::metrics::Metrics,
+) {
+    for var in literal_refs {
+        metrics.container_warning(WARNING_REASONS[0]);
+        tracing::warn!(
+            container = %safe(name),
+            variable = %safe(var),
+            "container `{}`: environment variable {} holds a literal dso:// or dsofile:// \
+             reference, so the application sees the reference, not the secret: it was started \
+             without DSO (a plain `docker compose up`?); start it with `docker dso up`",
+            safe(name),
+            safe(var)
+        );
+    }
+    for u in unknown_labels(labels, ignore) {
+        metrics.container_warning(WARNING_REASONS[1]);
+        tracing::warn!(
+            container = %safe(name),
+            label = %safe(&u.label),
+            "container `{}`: label {} is not a DSO label and is ignored; did you mean {}?",
+            safe(name),
+            safe(&u.label),
+            u.hint
+        );
+    }
+}
+
+/// `s` bounded to 128 characters with control characters escaped (labels and variable names
+/// come from the container: untrusted).
+pub fn safe(s: &str) -> String {
+    s.chars()
+        .take(128)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// Edit distance (insertions, deletions, substitutions), on chars.
 fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -162,5 +215,6 @@ mod tests {
         .collect();
         assert_eq!(got, want);
         assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(safe("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
     }
 }

@@ -124,6 +124,10 @@ pub struct Metrics {
     /// `dso_direct_fallbacks_total{reason}`: writes that went through exec because the direct
     /// path was not usable for the container.
     pub direct_fallbacks: Family<ReasonLabel, Counter>,
+    /// `dso_container_warnings_total{reason}`: started containers that carry something DSO does
+    /// not act on (`literal_reference`: a `dso://`/`dsofile://` value in the environment;
+    /// `unknown_label`: an unknown `dso.*` label). One per variable or label.
+    pub container_warnings: Family<ReasonLabel, Counter>,
     version: String,
 }
 
@@ -166,6 +170,7 @@ impl Metrics {
             secret_stale_seconds: Gauge::default(),
             injections_by_mode: Family::default(),
             direct_fallbacks: Family::default(),
+            container_warnings: Family::default(),
             version: version.to_string(),
         };
         m.build_info
@@ -302,6 +307,11 @@ impl Metrics {
             "Writes that used exec because the direct path was not usable, by reason",
             m.direct_fallbacks.clone(),
         );
+        r.register(
+            "container_warnings",
+            "Started containers' literal dso:// references and unknown dso.* labels, by reason",
+            m.container_warnings.clone(),
+        );
         (Arc::new(m), r)
     }
 
@@ -338,6 +348,11 @@ impl Metrics {
         for reason in crate::direct::FallbackReason::ALL {
             let _ = self.direct_fallbacks.get_or_create(&ReasonLabel {
                 reason: reason.as_str().to_string(),
+            });
+        }
+        for reason in crate::hints::WARNING_REASONS {
+            let _ = self.container_warnings.get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
             });
         }
         for result in ["success", "unchanged", "failed"] {
@@ -414,6 +429,15 @@ impl Metrics {
             })
             .inc()
             == 0
+    }
+
+    /// Counts one warning about a started container (`crate::hints::WARNING_REASONS`).
+    pub fn container_warning(&self, reason: &str) {
+        self.container_warnings
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Counts dropped work.

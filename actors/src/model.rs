@@ -36,6 +36,9 @@ pub struct ContainerInfo {
     pub health: Option<String>,
     /// `State.Pid`: the main process as the host sees it (None or 0 when not running).
     pub pid: Option<u32>,
+    /// Names (never values) of environment variables whose value is a literal `dso://` or
+    /// `dsofile://` reference: started without `docker dso` ([`crate::hints`]).
+    pub literal_refs: Vec<String>,
 }
 
 /// A container from `docker ps` (running only).

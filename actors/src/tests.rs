@@ -42,6 +42,7 @@ fn container(id: &str, labels: &[(&str, &str)], tmpfs: &[&str]) -> ContainerInfo
         started_at: Some("2026-11-29T00:00:00Z".into()),
         health: None,
         pid: Some(4242),
+        literal_refs: Vec::new(),
     }
 }
 

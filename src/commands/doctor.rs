@@ -18,6 +18,8 @@ use crate::hardening::memory_lock_possible;
 struct Check {
     name: String,
     ok: bool,
+    /// Worth fixing, but nothing is refused (printed `WARN`; does not fail `dso doctor`).
+    warning: bool,
     detail: String,
     fix: Option<String>,
 }
@@ -31,8 +33,19 @@ impl Checks {
         self.0.push(Check {
             name: name.to_string(),
             ok,
+            warning: false,
             detail,
             fix,
+        })
+    }
+
+    fn warn(&mut self, name: &str, detail: String, fix: String) {
+        self.0.push(Check {
+            name: name.to_string(),
+            ok: true,
+            warning: true,
+            detail,
+            fix: Some(fix),
         })
     }
 }
@@ -254,6 +267,7 @@ async fn containers(checks: &mut Checks, engine: &BollardEngine, cfg: &Config) {
                 let Ok(info) = engine.inspect(&c.id).await else {
                     continue;
                 };
+                hints(checks, &info, cfg);
                 if !dso_actors::spec::wants_secrets(&info.name, &info.labels, &rules) {
                     continue;
                 }
@@ -306,6 +320,40 @@ async fn containers(checks: &mut Checks, engine: &BollardEngine, cfg: &Config) {
     }
 }
 
+/// A running container (in scope) with literal `dso://`/`dsofile://` values in its environment
+/// (started without `docker dso`), or unknown `dso.*` labels: warnings, by name only.
+fn hints(checks: &mut Checks, info: &dso_actors::model::ContainerInfo, cfg: &Config) {
+    use dso_actors::hints::{safe, unknown_labels};
+    use dso_actors::spec::Target;
+    let scope = cfg.agent.scope_target();
+    let ignore: Vec<&str> = match &scope {
+        Some(t) if !t.matches(&info.name, &info.labels) => return,
+        Some(Target::Label(key, _)) => vec![key.as_str()],
+        _ => vec![],
+    };
+    let name = format!("container {}", safe(&info.name));
+    if !info.literal_refs.is_empty() {
+        let vars: Vec<String> = info.literal_refs.iter().map(|v| safe(v)).collect();
+        checks.warn(
+            &name,
+            format!(
+                "environment variable(s) {} hold a literal dso:// or dsofile:// reference: the \
+                 application sees the reference, not the secret (started without DSO)",
+                vars.join(", ")
+            ),
+            "start it with `docker dso up` (or `dso compose up`) instead of `docker compose up`"
+                .into(),
+        );
+    }
+    for u in unknown_labels(&info.labels, &ignore) {
+        checks.warn(
+            &name,
+            format!("label {} is not a DSO label and is ignored", safe(&u.label)),
+            format!("did you mean {}?", u.hint),
+        );
+    }
+}
+
 /// Prints the findings; [`ExitCode::Failure`] when one failed.
 fn report(checks: &Checks, json: bool) -> ExitCode {
     let failed = checks.0.iter().filter(|c| !c.ok).count();
@@ -313,17 +361,19 @@ fn report(checks: &Checks, json: bool) -> ExitCode {
         let v: Vec<_> = checks
             .0
             .iter()
-            .map(|c| serde_json::json!({"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}))
+            .map(|c| serde_json::json!({"check": c.name, "ok": c.ok, "warning": c.warning, "detail": c.detail, "fix": c.fix}))
             .collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         for c in &checks.0 {
-            let mark = match (c.ok, color) {
-                (true, true) => "\x1b[32mok\x1b[0m  ",
-                (false, true) => "\x1b[31mFAIL\x1b[0m",
-                (true, false) => "ok  ",
-                (false, false) => "FAIL",
+            let mark = match (c.ok, c.warning, color) {
+                (true, false, true) => "\x1b[32mok\x1b[0m  ",
+                (true, true, true) => "\x1b[33mWARN\x1b[0m",
+                (false, _, true) => "\x1b[31mFAIL\x1b[0m",
+                (true, false, false) => "ok  ",
+                (true, true, false) => "WARN",
+                (false, _, false) => "FAIL",
             };
             println!("{mark} {}: {}", c.name, c.detail);
             if let Some(f) = &c.fix {

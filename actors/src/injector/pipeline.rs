@@ -11,11 +11,12 @@ use futures_util::future::join_all;
 use crate::backend::Fetched;
 use crate::cache::Cache;
 use crate::engine::{ContainerEngine, EngineError};
+use crate::hints;
 use crate::messages::{ContainerJob, FetchError, FileStatus, GetSecret, Trigger};
 use crate::metrics::Metrics;
 use crate::model::{ContainerAction, ContainerInfo, SecretFile};
 use crate::secret::SecretValue;
-use crate::spec::{build_spec, dir_on_tmpfs, ContainerSpec, SpecError};
+use crate::spec::{build_spec, dir_on_tmpfs, ContainerSpec, SpecError, Target};
 use crate::tarball::digest;
 
 use super::direct::{write_direct, DirectJob};
@@ -53,11 +54,30 @@ pub(super) async fn run_job(
     if !info.running {
         return (info.name, Outcome::Gone);
     }
+    if matches!(job.trigger, Trigger::Event(ContainerAction::Start)) {
+        warn_started(&info, &settings, &metrics);
+    }
     let name = info.name.clone();
     let outcome = match inject(&job, prev, &info, &*engine, &cache, &settings, &metrics).await {
         Ok(o) | Err(o) => o,
     };
     (name, outcome)
+}
+
+/// A container in scope that just started: warn about literal references and unknown labels.
+fn warn_started(info: &ContainerInfo, settings: &InjectorSettings, metrics: &Metrics) {
+    let ignore: Vec<&str> = match &settings.scope {
+        Some(scope) if !scope.matches(&info.name, &info.labels) => return,
+        Some(Target::Label(key, _)) => vec![key.as_str()],
+        _ => vec![],
+    };
+    hints::warn_started(
+        &info.name,
+        &info.literal_refs,
+        &info.labels,
+        &ignore,
+        metrics,
+    );
 }
 
 /// Everything after `inspect`. `Err` ends the job early with that outcome.
