@@ -57,6 +57,10 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// Manage only containers carrying this label (`key` or `key=value`). Default: all containers.
     pub scope: Option<String>,
+    /// The provider of `dso://path` / `dsofile://path` references that name none (the original
+    /// Docker Secret Operator's syntax, in `docker dso` compose files). Default: the only provider
+    /// when the config has exactly one.
+    pub default_provider: Option<String>,
     /// Where the agent keeps its own small state (`digest.key`, the key of the content digests
     /// written to `.ready`). Default `/var/lib/dso`.
     pub state_dir: PathBuf,
@@ -103,6 +107,7 @@ impl Default for AgentConfig {
             reconcile_interval: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(10),
             scope: None,
+            default_provider: None,
             state_dir: PathBuf::from("/var/lib/dso"),
             admin_socket: PathBuf::from("/run/dso/dso.sock"),
             audit_log: None,
@@ -308,6 +313,16 @@ impl Config {
         }
     }
 
+    /// The provider of references that name none: `agent.default_provider`, else the only
+    /// provider when there is exactly one.
+    pub fn default_provider(&self) -> Option<String> {
+        self.agent.default_provider.clone().or_else(|| {
+            (self.providers.len() == 1)
+                .then(|| self.providers.keys().next().cloned())
+                .flatten()
+        })
+    }
+
     /// Every semantic problem (after the types parsed).
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -352,6 +367,18 @@ impl Config {
         if let Some(s) = &a.scope {
             if s.is_empty() || s.starts_with('=') {
                 p.push(format!("agent.scope: `{s}` must be `key` or `key=value`"));
+            }
+        }
+        if let Some(d) = &a.default_provider {
+            if !self.providers.contains_key(d) {
+                p.push(format!(
+                    "agent.default_provider: no provider `{d}` (providers: {})",
+                    self.providers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
         }
         if self.cache.ttl.is_zero() {
@@ -508,6 +535,29 @@ mode = "0440"
             ProviderSpec::File(_)
         ));
         assert_eq!(c, Config::embedded_default());
+    }
+
+    #[test]
+    fn default_provider_is_set_or_the_only_one() {
+        assert_eq!(
+            Config::parse("", "t.toml").unwrap().default_provider(),
+            Some(DEFAULT_PROVIDER.to_string())
+        );
+        let two = "[providers.a]\ntype = \"file\"\npath = \"/x\"\nkey_file = \"/k\"\n\
+                   [providers.b]\ntype = \"file\"\npath = \"/y\"\nkey_file = \"/k\"\n";
+        assert_eq!(
+            Config::parse(two, "t.toml").unwrap().default_provider(),
+            None
+        );
+        let set = format!("[agent]\ndefault_provider = \"b\"\n{two}");
+        assert_eq!(
+            Config::parse(&set, "t.toml").unwrap().default_provider(),
+            Some("b".into())
+        );
+        let bad = format!("[agent]\ndefault_provider = \"c\"\n{two}");
+        assert!(
+            problems(&bad).contains("agent.default_provider: no provider `c` (providers: a, b)")
+        );
     }
 
     fn problems(text: &str) -> String {

@@ -107,6 +107,13 @@ refresh_interval = "1s"
 "#,
             env("DSO_TEST_VAULT_ADDR")
         ));
+        // Old-style references (`dso://path`, no provider) resolve through this.
+        let cfg = std::fs::read_to_string(ws.config()).unwrap();
+        std::fs::write(
+            ws.config(),
+            cfg.replacen("[agent]\n", "[agent]\ndefault_provider = \"bao\"\n", 1),
+        )
+        .unwrap();
         let agent = Agent::start_with_env(
             &ws.config(),
             &[("DSO_IT_BAO_TOKEN", &env("DSO_TEST_VAULT_TOKEN"))],
@@ -403,7 +410,10 @@ fn project_name_several_files_and_unresolvable_references() {
     );
     p.write(
         "override.yml",
-        &format!("services:\n  app:\n    environment:\n      PW_FILE: dsofile://bao/{path}/db#password\n"),
+        // The old tool's syntax: no provider (agent.default_provider).
+        &format!(
+            "services:\n  app:\n    environment:\n      PW_FILE: dsofile://{path}/db#password\n"
+        ),
     );
     let project = format!("{}_explicit", p.name);
     let files = ["-p", &project, "-f", "base.yml", "-f", "override.yml"];

@@ -400,16 +400,12 @@ fn has_references(v: &Value) -> bool {
     }
 }
 
-/// The providers of `cfg` and the default one for references without a provider: the only
-/// provider when there is exactly one.
+/// The providers of `cfg` and the one for references without a provider.
 fn providers_of(cfg: &Config) -> model::Providers {
-    let names: std::collections::BTreeSet<String> = cfg.providers.keys().cloned().collect();
-    let default = if names.len() == 1 {
-        names.iter().next().cloned()
-    } else {
-        None
-    };
-    model::Providers { names, default }
+    model::Providers {
+        names: cfg.providers.keys().cloned().collect(),
+        default: cfg.default_provider(),
+    }
 }
 
 /// Says once which `dso://` variables will be visible in `docker inspect`.
