@@ -369,7 +369,8 @@ fn files_before_the_entrypoint_env_through_compose_nothing_on_disk() {
     }
     // Docker's own record: the dso:// value is there (documented), the file's value is not.
     let cfg = std::fs::read_to_string(format!(
-        "/var/lib/docker/containers/{}/config.v2.json",
+        "{}/containers/{}/config.v2.json",
+        docker(&["info", "-f", "{{.DockerRootDir}}"]),
         docker(&["inspect", "-f", "{{.Id}}", &shell])
     ))
     .unwrap();
