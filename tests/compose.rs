@@ -444,6 +444,28 @@ fn project_name_several_files_and_unresolvable_references() {
     assert!(p.containers(&project, "app").is_empty());
     p.remove(&project);
 
+    // A service built from a Dockerfile: built first, its image's Entrypoint and Cmd (with a `$`
+    // Compose must not interpolate) preserved behind the wait.
+    std::fs::create_dir_all(p.path("ctx")).unwrap();
+    p.write(
+        "ctx/Dockerfile",
+        "FROM dso-test/busybox:latest\nENTRYPOINT [\"/bin/sh\", \"-c\"]\n\
+         CMD [\"test -s \\\"$PW_FILE\\\" && echo started-with-file as $0; trap 'exit 0' TERM; while :; do sleep 1; done\"]\n",
+    );
+    p.write(
+        "built.yml",
+        &format!(
+            "services:\n  built:\n    build: ./ctx\n    labels:\n      dso.test: SCOPE\n    \
+             environment:\n      PW_FILE: dsofile://bao/{path}/db#password\n"
+        ),
+    );
+    let built_project = format!("{}_built", p.name);
+    p.ok(&["-p", &built_project, "-f", "built.yml", "up", "-d"]);
+    let logs = p.wait_logs(&built_project, "built", "started-with-file");
+    assert!(logs.contains("started-with-file as /bin/sh"), "{logs}");
+    p.remove(&built_project);
+    let _ = docker_try(&["rmi", &format!("{built_project}_built")]);
+
     // Unresolvable: stops before anything starts, naming service and variable; exit 5.
     p.write(
         "docker-compose.yml",

@@ -409,7 +409,8 @@ pub fn wrap_entrypoint(
                 other => other.to_string(),
             })
             .collect(),
-        _ => image.entrypoint.clone(),
+        // From the image, not from the model: escaped for Compose's interpolation.
+        _ => image.entrypoint.iter().map(|w| escape(w)).collect(),
     };
     let has_command = !matches!(svc.get("command"), None | Some(Value::Null));
     if entrypoint.is_empty() && !has_command && image.cmd.is_empty() {
@@ -421,7 +422,7 @@ pub fn wrap_entrypoint(
     if !has_command {
         svc.insert(
             "command".into(),
-            Value::Array(image.cmd.iter().cloned().map(Value::String).collect()),
+            Value::Array(image.cmd.iter().map(|w| Value::String(escape(w))).collect()),
         );
     }
     let mut wrapped = vec![
@@ -436,7 +437,7 @@ pub fn wrap_entrypoint(
         "entrypoint".into(),
         Value::Array(wrapped.into_iter().map(Value::String).collect()),
     );
-    let mount = Value::String(format!("{helper}:{WAIT_TARGET}:ro"));
+    let mount = Value::String(format!("{}:{WAIT_TARGET}:ro", escape(helper)));
     match svc.get_mut("volumes") {
         Some(Value::Array(a)) => a.push(mount),
         _ => {
@@ -444,6 +445,11 @@ pub fn wrap_entrypoint(
         }
     }
     Ok(())
+}
+
+/// `$` doubled: text that Compose must not interpolate (it reads the model once more).
+pub fn escape(s: &str) -> String {
+    s.replace('$', "$$")
 }
 
 /// Splits a shell-form string like Compose does (POSIX shell words: quotes and backslashes).
@@ -652,6 +658,18 @@ mod tests {
         assert_eq!(db["entrypoint"][5], "sh");
         assert_eq!(db["entrypoint"][7], "echo \"a b\"");
         assert_eq!(db["command"], "x y");
+
+        // The image's words are escaped for Compose's interpolation.
+        let mut model = json!({"services": {"db": {}}});
+        let dollar = ImageCommand {
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            cmd: vec!["echo $0 $HOME".into()],
+        };
+        wrap_entrypoint(&mut model, need, &dollar, "/h").unwrap();
+        assert_eq!(
+            model["services"]["db"]["command"],
+            json!(["echo $$0 $$HOME"])
+        );
 
         let mut model = json!({"services": {"db": {}}});
         let e = wrap_entrypoint(&mut model, need, &ImageCommand::default(), "/h").unwrap_err();
