@@ -72,15 +72,6 @@ fn static_bins() -> &'static (PathBuf, PathBuf) {
     })
 }
 
-fn bao_put(path: &str, kv: &str) {
-    let mut cmd = Command::new(env("DSO_TEST_BAO_BIN"));
-    cmd.args(["kv", "put", "-mount=secret", path, kv])
-        .env("BAO_ADDR", env("DSO_TEST_VAULT_ADDR"))
-        .env("BAO_TOKEN", env("DSO_TEST_VAULT_TOKEN"));
-    let (ok, out, err) = run(&mut cmd);
-    assert!(ok, "bao kv put failed:\n{out}\n{err}");
-}
-
 /// One Compose project in a temp dir, an agent for it, the plugin installed in a private
 /// `DOCKER_CONFIG`, and a Compose wrapper that records the model Compose receives on stdin.
 /// Drop: `docker-compose down` and removal of the project's containers.
@@ -302,8 +293,8 @@ fn files_before_the_entrypoint_env_through_compose_nothing_on_disk() {
     let path = unique("compose");
     let password = unique("pw-value");
     let token = unique("token-value");
-    bao_put(&format!("{path}/db"), &format!("password={password}"));
-    bao_put(&format!("{path}/api"), &format!("token={token}"));
+    bao_put(&format!("{path}/db"), &[("password", &password)]);
+    bao_put(&format!("{path}/api"), &[("token", &token)]);
     p.write("docker-compose.yml", &ISSUE_COMPOSE.replace("PATH", &path));
 
     // 5 rounds: the application never starts without its file, with and without a shell.
@@ -382,7 +373,7 @@ fn files_before_the_entrypoint_env_through_compose_nothing_on_disk() {
 
     // Rotation reaches the dsofile:// file.
     let rotated = unique("pw-rotated");
-    bao_put(&format!("{path}/db"), &format!("password={rotated}"));
+    bao_put(&format!("{path}/db"), &[("password", &rotated)]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while exec(&shell, "cat \"$DB_PASSWORD_FILE\"") != rotated {
         assert!(Instant::now() < deadline, "rotation did not arrive");
@@ -403,7 +394,7 @@ fn project_name_several_files_and_unresolvable_references() {
     let p = Project::new("cmpf");
     let path = unique("composef");
     let password = unique("pw-value");
-    bao_put(&format!("{path}/db"), &format!("password={password}"));
+    bao_put(&format!("{path}/db"), &[("password", &password)]);
     p.write(
         "base.yml",
         "services:\n  app:\n    image: dso-test/busybox:latest\n    labels:\n      dso.test: SCOPE\n    \

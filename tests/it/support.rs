@@ -520,3 +520,18 @@ pub fn eventually<T>(agent: &Agent, what: &str, mut f: impl FnMut() -> Option<T>
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Writes a KV v2 secret into the test OpenBao with the bao CLI.
+pub fn bao_put(path: &str, kv: &[(&str, &str)]) {
+    let mut cmd = Command::new(env("DSO_TEST_BAO_BIN"));
+    cmd.args(["kv", "put", "-mount=secret", path])
+        .env("VAULT_ADDR", env("DSO_TEST_VAULT_ADDR"))
+        .env("VAULT_TOKEN", env("DSO_TEST_VAULT_TOKEN"))
+        .env("BAO_ADDR", env("DSO_TEST_VAULT_ADDR"))
+        .env("BAO_TOKEN", env("DSO_TEST_VAULT_TOKEN"));
+    for (k, v) in kv {
+        cmd.arg(format!("{k}={v}"));
+    }
+    let (ok, out, err) = run(&mut cmd);
+    assert!(ok, "bao kv put {path} failed:\n{out}\n{err}");
+}
