@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -290,6 +291,8 @@ pub fn grep_tree(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// A running `dso agent`, killed on drop. Its stderr (logs) is collected.
 pub struct Agent {
     child: Child,
+    /// Set once the agent was reaped: its pid (the process group's id) may be reused.
+    reaped: bool,
     logs: Arc<Mutex<String>>,
     pub admin: String,
 }
@@ -304,7 +307,9 @@ impl Agent {
         Self::start_wrapped(config, envs, &[])
     }
 
-    /// Starts the agent under `wrapper` (e.g. `["unshare", "--pid", "--fork", "--mount-proc"]`).
+    /// Starts the agent under `wrapper` (e.g. `["unshare", "--pid", "--kill-child",
+    /// "--mount-proc"]`). The agent (and anything under it) runs in a process group of its own,
+    /// which drop kills whole: a wrapper's child must not outlive the test.
     pub fn start_wrapped(config: &Path, envs: &[(&str, &str)], wrapper: &[&str]) -> Agent {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -319,7 +324,8 @@ impl Agent {
             .args(["agent", "--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -350,6 +356,7 @@ impl Agent {
         }
         let mut agent = Agent {
             child,
+            reaped: false,
             logs,
             admin: String::new(),
         };
@@ -375,6 +382,7 @@ impl Agent {
                 return agent;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {
+                agent.reaped = true;
                 panic!("agent exited early with {status}\n--- logs ---\n{logs}");
             }
             assert!(
@@ -404,7 +412,9 @@ impl Agent {
 
     /// True while the agent process runs.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        let running = matches!(self.child.try_wait(), Ok(None));
+        self.reaped |= !running;
+        running
     }
 
     /// Waits until the logs contain `needle`; returns them.
@@ -445,6 +455,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
+                self.reaped = true;
                 std::thread::sleep(Duration::from_millis(50));
                 return (st.code(), self.logs());
             }
@@ -460,6 +471,14 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // The whole process group (the agent is its leader, and its pid stays reserved until it
+        // is reaped below): a wrapper's forked child, a provider program.
+        if !self.reaped {
+            // SAFETY: kill(2) on our own child's process group.
+            unsafe {
+                libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
