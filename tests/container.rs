@@ -295,8 +295,11 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
     p.set_secret("app/db#password", "ct-password-41");
     p.set_secret("app/db#user", "ct-user-17");
     assert!(Path::new(&p.path("state/vault.key")).is_file());
+    // The admin socket's directory is created when missing (/run is emptied at boot).
+    std::fs::remove_dir(p.path("run")).unwrap();
 
     p.compose(&["up", "-d"]);
+    assert!(p.path("run").is_dir(), "the run directory is created");
     let agent = p.agent_id();
     let app = p.eventually("the app container", || p.ids("app").into_iter().next());
     let before = p.eventually("the app's secrets and its reload counter", || {
@@ -328,6 +331,53 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
                 .then_some(())
         },
     );
+    // A container whose process runs as a non-root user: its /proc/<pid>/root is behind a ptrace
+    // access-mode check, which CAP_SYS_PTRACE (compose.yaml) passes — the direct path, no exec.
+    let scope = format!("com.docker.compose.project={}", p.name);
+    let name = unique("ctuser");
+    let id = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        &scope,
+        "--user",
+        "1000:1000",
+        "--tmpfs",
+        DIR,
+        "--label",
+        "dso.secret.pw=local/app/db#password",
+        &image(),
+        "/bin/sleep",
+        "600",
+    ]);
+    let user = Container { id, name };
+    p.eventually("the non-root container's secret", || {
+        (p.read(&user.id, &format!("{DIR}/pw"))? == "ct-password-41").then_some(())
+    });
+    assert_eq!(
+        docker(&[
+            "exec",
+            &user.id,
+            "stat",
+            "-L",
+            "-c",
+            "%u",
+            &format!("{DIR}/pw")
+        ]),
+        "1000",
+        "owned by the container's user"
+    );
+    let direct = p.metric("dso_injections_by_mode_total{mode=\"direct\"}");
+    let denied = p.metric("dso_direct_fallbacks_total{reason=\"proc_denied\"}");
+    assert!(
+        direct >= Some(2.0) && denied == Some(0.0),
+        "the app and the non-root container written directly, no fallback (direct {direct:?}, \
+         proc_denied {denied:?})\n{}",
+        p.context()
+    );
+    drop(user);
     let first_logs = docker_try(&["logs", &agent]).2;
     assert!(
         first_logs.contains("memory locked (mlockall)"),
@@ -446,4 +496,25 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
             "a secret value in the logs, docker inspect or the audit log"
         );
     }
+}
+
+#[test]
+fn a_missing_vault_key_is_an_error_not_an_empty_directory() {
+    // Compose creates nothing in place of a missing bind source (long syntax): the agent must
+    // not start on an empty directory where its key should be. No agent image needed: the
+    // container is refused before it is created.
+    require_compose();
+    let p = Project::new();
+    let (ok, out, err) =
+        run(p
+            .compose_cmd()
+            .env("DSO_IMAGE", image())
+            .args(["up", "-d", "--no-deps", "dso"]));
+    assert!(!ok, "up succeeded without vault.key:\n{out}\n{err}");
+    let key = p.path("state/vault.key");
+    assert!(
+        err.contains("bind source path does not exist") && err.contains(&*key.to_string_lossy()),
+        "the error names the missing vault.key:\n{err}"
+    );
+    assert!(!key.exists(), "nothing created in its place");
 }
