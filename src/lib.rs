@@ -10,3 +10,4 @@ pub mod docker;
 pub mod envrun;
 pub mod http;
 pub mod providers;
+pub mod standby;
