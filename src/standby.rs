@@ -258,6 +258,56 @@ fn attempt(
     }))
 }
 
+/// Takes the lead at once when no other agent holds it; else logs that this agent is a hot
+/// standby and waits until the active agent's process ends (or `stop` completes first: then
+/// `Ok(Err(stop's output))`). Logs the takeover with how long it waited.
+pub async fn lead_or_wait<T>(
+    state_dir: &Path,
+    stop: impl std::future::Future<Output = T>,
+) -> Result<Result<LeaderLock, T>, StandbyError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| StandbyError::Open {
+        path: lock_path(state_dir),
+        source,
+    })?;
+    if let Some(lock) = LeaderLock::try_acquire(state_dir)? {
+        return Ok(Ok(lock));
+    }
+    tracing::info!(
+        lock = %lock_path(state_dir).display(),
+        "another agent is active: hot standby until its process ends (agent.listen answers /healthz and /metrics; no admin socket, no Docker connection)"
+    );
+    let since = Instant::now();
+    // A thread of its own, not spawn_blocking: the runtime would wait for a blocked flock when it
+    // shuts down (a standby stopped by SIGTERM); a detached thread ends with the process.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let dir = state_dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("dso-standby".into())
+        .spawn(move || {
+            // A failed send (the standby was stopped meanwhile) drops the lock: released.
+            let _ = tx.send(LeaderLock::acquire(&dir));
+        })
+        .map_err(|source| StandbyError::Lock {
+            path: lock_path(state_dir),
+            source,
+        })?;
+    tokio::pin!(stop);
+    tokio::select! {
+        res = rx => {
+            let lock = res.map_err(|_| StandbyError::Lock {
+                path: lock_path(state_dir),
+                source: std::io::Error::other("the waiting thread ended"),
+            })??;
+            tracing::info!(
+                waited_ms = since.elapsed().as_millis() as u64,
+                "took over as the active agent (the previous one's process ended)"
+            );
+            Ok(Ok(lock))
+        }
+        out = &mut stop => Ok(Err(out)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -11,7 +11,7 @@ pub mod aws;
 pub mod file;
 pub mod process;
 pub mod vault;
-mod wire;
+pub(crate) mod wire;
 
 /// How the ProviderConnection named `name` builds (and, after failures, rebuilds) its backend.
 pub fn factory(name: &str, p: &ProviderConfig) -> BackendFactory {

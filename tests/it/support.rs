@@ -311,6 +311,17 @@ impl Agent {
     /// "--mount-proc"]`). The agent (and anything under it) runs in a process group of its own,
     /// which drop kills whole: a wrapper's child must not outlive the test.
     pub fn start_wrapped(config: &Path, envs: &[(&str, &str)], wrapper: &[&str]) -> Agent {
+        Self::spawn(config, envs, wrapper, "docker event stream connected")
+    }
+
+    /// Starts a second agent on a config whose `agent.state_dir` an active agent holds: it
+    /// waits, serving its own `/healthz`, until it takes over.
+    pub fn start_standby(config: &Path) -> Agent {
+        Self::spawn(config, &[], &[], "hot standby")
+    }
+
+    /// Starts the agent; returns once its admin endpoint listens and its logs hold `ready`.
+    fn spawn(config: &Path, envs: &[(&str, &str)], wrapper: &[&str], ready: &str) -> Agent {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -378,7 +389,7 @@ impl Agent {
                     agent.admin = addr;
                 }
             }
-            if !agent.admin.is_empty() && logs.contains("docker event stream connected") {
+            if !agent.admin.is_empty() && logs.contains(ready) {
                 return agent;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {
@@ -444,6 +455,18 @@ impl Agent {
         body.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// `kill -9` of the agent (and its process group), reaped; its logs stay readable.
+    pub fn kill9(&mut self) {
+        if !self.reaped {
+            // SAFETY: kill(2) on our own child's process group, not reaped yet.
+            unsafe {
+                libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
     }
 
     /// Sends SIGTERM and waits for the exit code.
