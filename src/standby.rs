@@ -265,10 +265,13 @@ pub async fn lead_or_wait<T>(
     state_dir: &Path,
     stop: impl std::future::Future<Output = T>,
 ) -> Result<Result<LeaderLock, T>, StandbyError> {
-    std::fs::create_dir_all(state_dir).map_err(|source| StandbyError::Open {
-        path: lock_path(state_dir),
-        source,
-    })?;
+    // As the digest key would create it: 0700.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(state_dir)
+        .map_err(|source| StandbyError::Open {
+            path: lock_path(state_dir),
+            source,
+        })?;
     if let Some(lock) = LeaderLock::try_acquire(state_dir)? {
         return Ok(Ok(lock));
     }
