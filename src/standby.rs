@@ -317,6 +317,18 @@ mod tests {
 
     use super::*;
 
+    /// Takes the free lock recording `who` (another process) as its holder.
+    fn try_acquire_as(state_dir: &Path, who: &Holder) -> Option<LeaderLock> {
+        // The waiting standby holds the lock for microseconds while it yields: retry briefly.
+        for _ in 0..100 {
+            if let Ok(Attempt::Acquired(l)) = attempt(state_dir, who, false, None) {
+                return Some(l);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
     fn write_record(dir: &Path, h: &Holder) {
         std::fs::write(lock_path(dir), h.render()).unwrap();
     }
@@ -435,7 +447,7 @@ mod tests {
         let t = Instant::now();
         let waiter = std::thread::spawn(move || LeaderLock::acquire(&path).unwrap());
         std::thread::sleep(Duration::from_millis(300));
-        let back = LeaderLock::try_acquire_as(
+        let back = try_acquire_as(
             dir.path(),
             &Holder {
                 nonce: 8,
@@ -454,20 +466,5 @@ mod tests {
             t.elapsed()
         );
         assert!(l.holder().same_process(&Holder::me()));
-    }
-}
-
-#[cfg(test)]
-impl LeaderLock {
-    /// Test helper: takes the free lock recording `who` (another process) as its holder.
-    fn try_acquire_as(state_dir: &Path, who: &Holder) -> Option<LeaderLock> {
-        // The waiting standby holds the lock for microseconds while it yields: retry briefly.
-        for _ in 0..100 {
-            if let Ok(Attempt::Acquired(l)) = attempt(state_dir, who, false, None) {
-                return Some(l);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
     }
 }
