@@ -118,13 +118,25 @@ fn a_standby_takes_over_from_a_killed_agent_and_rewrites_nothing_complete() {
             Some(t.saturating_sub(*started))
         })
         .collect();
+    // The new active agent's own injection times (event received → files written), for scale.
+    let durations: Vec<u64> = standby
+        .logs()
+        .lines()
+        .filter(|l| l.contains("secrets injected"))
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some(v["duration_us"].as_u64()? / 1000)
+        })
+        .collect();
     eprintln!(
         "hot standby: killed agent reaped {} ms after kill -9; \"took over\" logged {} ms after \
          the kill (test-side poll); containers started after the kill served {:?} ms after \
-         `docker run` returned (audit log)",
+         `docker run` returned (audit log); the new active agent's injections took {:?} ms \
+         (event → written)",
         reaped_after.as_millis(),
         took_over.as_millis(),
-        latencies
+        latencies,
+        durations
     );
     assert!(
         took_over < Duration::from_secs(10),
@@ -159,5 +171,36 @@ fn a_standby_takes_over_from_a_killed_agent_and_rewrites_nothing_complete() {
     });
     let (code, out, err) = dso_with(Some(&ws.config()), &["status", "--json"]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(!standby.logs().contains("standby-value"));
+
+    // A restart in place (SIGHUP, changed config) keeps the lead: exec releases the lock, and a
+    // standby that wins it meanwhile gives it back to the still-running agent.
+    let mut standby = standby;
+    let third = Agent::start_standby(&ws.config());
+    let cfg = std::fs::read_to_string(ws.config()).unwrap();
+    std::fs::write(ws.config(), cfg.replace("shards = 4", "shards = 8")).unwrap();
+    let pid = standby.pid();
+    standby.signal("HUP");
+    standby.wait_log("restarting in place");
+    eventually(&standby, "the active agent started again in place", || {
+        (standby
+            .logs()
+            .matches("docker event stream connected")
+            .count()
+            >= 2)
+            .then_some(())
+    });
+    assert!(standby.is_running());
+    assert_eq!(standby.pid(), pid);
+    std::thread::sleep(dso::standby::YIELD_LIMIT + Duration::from_secs(1));
+    assert!(
+        !third.logs().contains("took over"),
+        "the third agent took the lead from an agent restarting in place\n{}",
+        third.logs()
+    );
+    assert_eq!(third.metric("dso_leader"), Some(0.0));
+    let (code, out, err) = dso_with(Some(&ws.config()), &["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for a in [&standby, &third] {
+        assert!(!a.logs().contains("standby-value"));
+    }
 }
