@@ -1084,7 +1084,8 @@ async fn an_exec_that_fails_because_the_container_stopped_counts_as_gone_not_fai
 
 #[actix_rt::test]
 async fn a_restart_requested_again_while_its_call_runs_is_one_restart_with_one_outcome() {
-    use crate::restarter::{RequestRestart, Restarter, RestarterSettings};
+    use crate::messages::RequestRestart;
+    use crate::restarter::{Restarter, RestarterSettings};
     let engine = FakeEngine::new();
     engine.add(container("c", &[], &[]));
     if let Ok(mut d) = engine.restart_delay.lock() {
@@ -1097,6 +1098,7 @@ async fn a_restart_requested_again_while_its_call_runs_is_one_restart_with_one_o
         RestarterSettings {
             splay: Duration::ZERO,
             ready_timeout: Duration::from_secs(5),
+            mailbox: 100,
         },
     )
     .start();
