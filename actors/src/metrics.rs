@@ -128,6 +128,9 @@ pub struct Metrics {
     /// not act on (`literal_reference`: a `dso://`/`dsofile://` value in the environment;
     /// `unknown_label`: an unknown `dso.*` label). One per variable or label.
     pub container_warnings: Family<ReasonLabel, Counter>,
+    /// `dso_leader`: 1 while this agent holds `<state_dir>/agent.lock` (the active one), 0 while
+    /// it waits as a hot standby.
+    pub leader: Gauge,
     version: String,
 }
 
@@ -171,6 +174,7 @@ impl Metrics {
             injections_by_mode: Family::default(),
             direct_fallbacks: Family::default(),
             container_warnings: Family::default(),
+            leader: Gauge::default(),
             version: version.to_string(),
         };
         m.build_info
@@ -267,6 +271,11 @@ impl Metrics {
             m.docker_reconnects.clone(),
         );
         r.register("build_info", "Build information", m.build_info.clone());
+        r.register(
+            "leader",
+            "1 when this agent is the active one on its state_dir, 0 while it is a hot standby",
+            m.leader.clone(),
+        );
         r.register(
             "rotations",
             "Re-injections after a secret changed in its backend, by result",
