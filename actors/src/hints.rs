@@ -7,9 +7,6 @@ use std::collections::HashMap;
 
 use crate::spec::{DIR_LABEL, RELOAD_LABEL, SECRET_PREFIX};
 
-/// The `reason` values of `dso_container_warnings_total`.
-pub const WARNING_REASONS: [&str; 2] = ["literal_reference", "unknown_label"];
-
 /// Value prefixes that only `docker dso` / `dso compose` understand.
 pub const REFERENCE_SCHEMES: [&str; 2] = ["dso://", "dsofile://"];
 
@@ -96,41 +93,6 @@ fn closest(label: &str) -> String {
         ("dso.secret", Some(r)) => format!("{SECRET_PREFIX}{r}"),
         ("dso.secret", None) => KNOWN[2].to_string(),
         (k, _) => k.to_string(),
-    }
-}
-
-/// Logs and counts the warnings for a started container: each literal reference (by variable
-/// name) and each unknown `dso.*` label (with the closest known one). `ignore`: label keys that
-/// are not DSO's (the `agent.scope` label). Names and labels are escaped and bounded.
-pub fn warn_started(
-    name: &str,
-    literal_refs: &[String],
-    labels: &HashMap<String, String>,
-    ignore: &[&str],
-    metrics: &crate::metrics::Metrics,
-) {
-    for var in literal_refs {
-        metrics.container_warning(WARNING_REASONS[0]);
-        tracing::warn!(
-            container = %safe(name),
-            variable = %safe(var),
-            "container `{}`: environment variable {} holds a literal dso:// or dsofile:// \
-             reference, so the application sees the reference, not the secret: it was started \
-             without DSO (a plain `docker compose up`?); start it with `docker dso up`",
-            safe(name),
-            safe(var)
-        );
-    }
-    for u in unknown_labels(labels, ignore) {
-        metrics.container_warning(WARNING_REASONS[1]);
-        tracing::warn!(
-            container = %safe(name),
-            label = %safe(&u.label),
-            "container `{}`: label {} is not a DSO label and is ignored; did you mean {}?",
-            safe(name),
-            safe(&u.label),
-            u.hint
-        );
     }
 }
 

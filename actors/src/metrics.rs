@@ -11,6 +11,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// The `reason` values of `dso_container_warnings_total`: a literal `dso://`/`dsofile://` value in
+/// a started container's environment, an unknown `dso.*` label.
+pub const CONTAINER_WARNING_REASONS: [&str; 2] = ["literal_reference", "unknown_label"];
+
 /// Label set `{action}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
@@ -359,7 +363,7 @@ impl Metrics {
                 reason: reason.as_str().to_string(),
             });
         }
-        for reason in crate::hints::WARNING_REASONS {
+        for reason in CONTAINER_WARNING_REASONS {
             let _ = self.container_warnings.get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             });
@@ -440,7 +444,7 @@ impl Metrics {
             == 0
     }
 
-    /// Counts one warning about a started container (`crate::hints::WARNING_REASONS`).
+    /// Counts one warning about a started container ([`CONTAINER_WARNING_REASONS`]).
     pub fn container_warning(&self, reason: &str) {
         self.container_warnings
             .get_or_create(&ReasonLabel {

@@ -13,7 +13,7 @@ use crate::cache::Cache;
 use crate::engine::{ContainerEngine, EngineError};
 use crate::hints;
 use crate::messages::{ContainerJob, FetchError, FileStatus, GetSecret, Trigger};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, CONTAINER_WARNING_REASONS};
 use crate::model::{ContainerAction, ContainerInfo, SecretFile};
 use crate::secret::SecretValue;
 use crate::spec::{build_spec, dir_on_tmpfs, ContainerSpec, SpecError, Target};
@@ -71,13 +71,29 @@ fn warn_started(info: &ContainerInfo, settings: &InjectorSettings, metrics: &Met
         Some(Target::Label(key, _)) => vec![key.as_str()],
         _ => vec![],
     };
-    hints::warn_started(
-        &info.name,
-        &info.literal_refs,
-        &info.labels,
-        &ignore,
-        metrics,
-    );
+    let [literal, unknown] = CONTAINER_WARNING_REASONS;
+    let name = hints::safe(&info.name);
+    for var in &info.literal_refs {
+        metrics.container_warning(literal);
+        let var = hints::safe(var);
+        tracing::warn!(
+            container = %name,
+            variable = %var,
+            "container `{name}`: environment variable {var} holds a literal dso:// or dsofile:// \
+             reference, so the application sees the reference, not the secret: it was started \
+             without DSO (a plain `docker compose up`?); start it with `docker dso up`"
+        );
+    }
+    for u in hints::unknown_labels(&info.labels, &ignore) {
+        metrics.container_warning(unknown);
+        let label = hints::safe(&u.label);
+        tracing::warn!(
+            container = %name,
+            label = %label,
+            "container `{name}`: label {label} is not a DSO label and is ignored; did you mean {}?",
+            u.hint
+        );
+    }
 }
 
 /// Everything after `inspect`. `Err` ends the job early with that outcome.
