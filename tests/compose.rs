@@ -273,9 +273,10 @@ impl Drop for Project {
 const ISSUE_COMPOSE: &str = r#"services:
   shell:
     image: dso-test/busybox:latest
-    command: ["sh", "-c", "test -s \"$$DB_PASSWORD_FILE\" || { echo NOFILE; exit 3; }; echo started-with-file pid=$$$$; trap 'exit 0' TERM; while :; do sleep 1; done"]
+    command: ["sh", "-c", "test -s \"$$DB_PASSWORD_FILE\" || { echo NOFILE; exit 3; }; echo started-with-file pid=$$$$; trap 'exit 0' TERM; trap 'echo reloaded' HUP; while :; do sleep 1; done"]
     labels:
       dso.test: SCOPE
+      dso.reload: signal:SIGHUP
     environment:
       DB_PASSWORD_FILE: dsofile://bao/PATH/db#password
       API_TOKEN: dso://bao/PATH/api#token
@@ -379,6 +380,8 @@ fn files_before_the_entrypoint_env_through_compose_nothing_on_disk() {
         assert!(Instant::now() < deadline, "rotation did not arrive");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // dso.reload=signal reaches the application: it is PID 1, not behind a wrapper.
+    p.wait_logs(&p.name, "shell", "reloaded");
 
     // A plain `docker-compose down` addresses the same project.
     let (ok, out, err) = run(Command::new("docker-compose")
