@@ -318,6 +318,7 @@ impl Metrics {
             "unchanged",
             "duplicate",
             "invalid_spec",
+            "denied",
             "not_tmpfs",
             "provider_error",
             "no_tar",
@@ -340,7 +341,7 @@ impl Metrics {
                 reason: reason.as_str().to_string(),
             });
         }
-        for result in ["success", "unchanged", "failed"] {
+        for result in ["success", "unchanged", "failed", "denied"] {
             let _ = self.rotations.get_or_create(&ResultLabel {
                 result: result.to_string(),
             });
