@@ -1,6 +1,6 @@
 //! `[[access]]` rules on the real stack: two Compose projects (real `docker-compose`) each get
 //! their own secrets and are refused the other's, a service selector, an image selector (a second
-//! name of the offline image), a rule change by SIGHUP, a uid-1000 caller through `dso run`, no
+//! name of the offline image), a `[[secrets]]` target, a rule change by SIGHUP, a uid-1000 caller through `dso run`, no
 //! rules → everything allowed, and `dso check` naming a malformed pattern.
 
 use std::path::Path;
@@ -232,9 +232,11 @@ fn an_image_selector_and_a_rule_change_by_sighup() {
     let ws = Workspace::new();
     let tag = Tag(format!("dso-test/{}:latest", unique("accimg")));
     docker(&["tag", &image(), &tag.0]);
+    let target = unique("acccfg");
     let rules = |allow: &str| {
         format!(
-            "[[access]]\ncontainers = {{ image = \"{}\" }}\nallow = [\"{allow}\"]\n",
+            "[[access]]\ncontainers = {{ image = \"{}\" }}\nallow = [\"{allow}\"]\n\n\
+             [[secrets]]\nname = \"cfg\"\nfrom = \"local/img/key\"\ntargets = [\"label:acc.cfg={target}\"]\n",
             tag.0.trim_end_matches(":latest")
         )
     };
@@ -253,6 +255,14 @@ fn an_image_selector_and_a_rule_change_by_sighup() {
         plain.name
     ));
     assert_eq!(plain.ls("/run/secrets/dso"), "");
+    // A `[[secrets]]` target obeys the same rules.
+    let cfg_label = format!("acc.cfg={target}");
+    let by_rule = run_from(&ws, &image(), &[&cfg_label]);
+    agent.wait_log(&format!(
+        "container `{}`: not allowed by [[access]]: local/img/key",
+        by_rule.name
+    ));
+    assert_eq!(by_rule.ls("/run/secrets/dso"), "");
 
     // The rule no longer allows the path: after the reload the container keeps what it has, is
     // reported (status says denied) and is not rotated.
