@@ -1,7 +1,7 @@
 //! `[[access]]` rules on the real stack: two Compose projects (real `docker-compose`) each get
 //! their own secrets and are refused the other's, a service selector, an image selector (a second
-//! name of the offline image), a `[[secrets]]` target, a rule change by SIGHUP, a uid-1000 caller through `dso run`, no
-//! rules → everything allowed, and `dso check` naming a malformed pattern.
+//! name of the offline image), a `[[secrets]]` target, a rule change by SIGHUP, a uid-1000 caller
+//! through `dso run`, no rules → everything allowed, and `dso check` naming a malformed pattern.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
