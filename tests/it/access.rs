@@ -30,11 +30,17 @@ impl ComposeProject<'_> {
         assert!(ok, "docker-compose up {}:\n{out}\n{err}", self.name);
     }
 
-    /// The one container of `service`.
+    /// The one container of `service` (through `docker ps`: quicker than `docker-compose ps`).
     fn container(&self, service: &str) -> String {
-        let (ok, out, err) = self.cmd(&["ps", "-q", service]);
-        assert!(ok, "docker-compose ps: {out}{err}");
-        out.trim().to_string()
+        docker(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.name),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ])
     }
 }
 
@@ -123,8 +129,10 @@ allow = ["local/shared/**"]
     };
     let a = project(&pa, &pa, &pb);
     let b = project(&pb, &pb, &pa);
-    a.up();
-    b.up();
+    std::thread::scope(|s| {
+        s.spawn(|| a.up());
+        b.up();
+    });
 
     let wait =
         |id: &str, path: &str| eventually(&agent, &format!("{path} in {id}"), || read(id, path));
