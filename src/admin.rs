@@ -12,7 +12,12 @@
 //!
 //! `/v1/resolve` is the one endpoint that answers with values (base64, for `dso run`): whoever can
 //! open the socket (0660, root and the socket's group) can already read every secret through
-//! `docker exec`. Each call is logged with the references and the peer's uid/pid, never values.
+//! `docker exec`. Each call is logged with the references and the peer's uid/gid/pid, never values.
+//!
+//! With `[[access]]` rules, each connection's peer credentials (`SO_PEERCRED`) decide: `callers`
+//! rules say which references `/v1/resolve` returns to which uid/gid (a request with one reference
+//! no rule allows is refused whole, 403), and the other endpoints need an `admin = true` caller
+//! rule; root is allowed unless a caller rule names uid 0. Without rules everything is allowed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,8 +25,11 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use actix::Addr;
 use bytes::Bytes;
+use dso_actors::access::{AccessRules, Caller};
 use dso_actors::messages::{CheckNow, GetSecret, GetStatus, InjectNow, Reconcile};
 use dso_actors::secret::SecretRef;
 use dso_actors::supervisor::Supervisor;
@@ -91,8 +99,43 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
     json(status, serde_json::json!({ "error": message.into() }))
 }
 
+/// Who is on the other end of one connection.
+#[derive(Clone)]
+struct Peer {
+    /// `uid=… gid=… pid=…` for logs.
+    text: String,
+    /// The credentials; None when the OS did not say (then only an open rule set lets it in).
+    caller: Option<Caller>,
+    /// The `[[access]]` rules.
+    access: Arc<AccessRules>,
+}
+
+impl Peer {
+    fn is_admin(&self) -> bool {
+        self.access.is_open() || self.caller.is_some_and(|c| self.access.caller_is_admin(c))
+    }
+}
+
+/// The caller may not resolve one of `refs`: the message names them and the rules considered.
+fn check_resolve(peer: &Peer, refs: &[String]) -> Result<(), String> {
+    if peer.access.is_open() {
+        return Ok(());
+    }
+    let Some(caller) = peer.caller else {
+        return Err(
+            "the agent could not read this connection's credentials; [[access]] rules are in force"
+                .into(),
+        );
+    };
+    // References that do not parse are answered one by one below.
+    let parsed: Vec<SecretRef> = refs.iter().filter_map(|r| r.parse().ok()).collect();
+    peer.access
+        .check_caller(caller, &parsed)
+        .map_err(|d| format!("caller uid={} gid={}: {d}", caller.uid, caller.gid))
+}
+
 /// `POST /v1/resolve`: each reference through the Cache (one fetch per distinct path).
-async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &str) -> Response<Full<Bytes>> {
+async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &Peer) -> Response<Full<Bytes>> {
     use base64::Engine as _;
     let Ok(ask) = serde_json::from_slice::<ResolveRequest>(body) else {
         return error(
@@ -106,7 +149,11 @@ async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &str) -> Resp
             format!("{} references; the limit is {MAX_REFS}", ask.refs.len()),
         );
     }
-    tracing::info!(peer, refs = %ask.refs.join(","), "resolving references for `dso run`");
+    if let Err(message) = check_resolve(peer, &ask.refs) {
+        tracing::warn!(peer = %peer.text, result = "denied", "access denied: {message}");
+        return error(StatusCode::FORBIDDEN, message);
+    }
+    tracing::info!(peer = %peer.text, refs = %ask.refs.join(","), "resolving references for `dso run`");
     let mut values = serde_json::Map::new();
     let mut errors = serde_json::Map::new();
     let fail = |message: String, not_found: bool| {
@@ -160,10 +207,18 @@ async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &str) -> Resp
 async fn handle(
     req: Request<Incoming>,
     supervisor: Addr<Supervisor>,
-    peer: String,
+    peer: Peer,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    if path != resolve_proto::PATH && !peer.is_admin() {
+        let message = format!(
+            "{method} {path}: caller {} is not an admin caller; add an `[[access]]` rule with `callers = {{ uids = [...] }}` and `admin = true`",
+            peer.text
+        );
+        tracing::warn!(peer = %peer.text, result = "denied", "access denied: {message}");
+        return Ok(error(StatusCode::FORBIDDEN, message));
+    }
     Ok(match (method, path.as_str()) {
         (Method::GET, "/v1/status") => match supervisor.send(GetStatus).await {
             Ok(s) => json(StatusCode::OK, serde_json::to_value(s).unwrap_or_default()),
@@ -235,10 +290,11 @@ async fn handle(
     })
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes; `access` decides per caller (peer credentials).
 pub async fn serve(
     listener: UnixListener,
     supervisor: Addr<Supervisor>,
+    access: Arc<AccessRules>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -252,8 +308,16 @@ pub async fn serve(
                 };
                 let supervisor = supervisor.clone();
                 let peer = match stream.peer_cred() {
-                    Ok(c) => format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0)),
-                    Err(_) => "unknown".to_string(),
+                    Ok(c) => Peer {
+                        text: format!("uid={} gid={} pid={}", c.uid(), c.gid(), c.pid().unwrap_or(0)),
+                        caller: Some(Caller { uid: c.uid(), gid: c.gid() }),
+                        access: access.clone(),
+                    },
+                    Err(_) => Peer {
+                        text: "unknown".to_string(),
+                        caller: None,
+                        access: access.clone(),
+                    },
                 };
                 actix_rt::spawn(async move {
                     let svc = service_fn(move |req| handle(req, supervisor.clone(), peer.clone()));

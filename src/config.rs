@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dso_actors::access::{
+    AccessRule, AccessRules, CallerSelector, ContainerSelector, Pattern, Subject,
+};
 use dso_actors::secret::SecretRef;
 use dso_actors::spec::{parse_mode, valid_name, SecretRule, Target};
 use serde::{Deserialize, Serialize};
@@ -31,6 +34,8 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// `[[secrets]]`: files for containers matched by name or label.
     pub secrets: Vec<SecretRuleConfig>,
+    /// `[[access]]`: which containers and socket callers may read which references.
+    pub access: Vec<AccessConfig>,
 }
 
 /// `[agent]`.
@@ -190,6 +195,48 @@ pub struct SecretRuleConfig {
     pub gid: Option<u32>,
 }
 
+/// One `[[access]]` entry: `containers` or `callers`, and what they may read.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Which containers (every given selector must match; `{}`: every container).
+    #[serde(default)]
+    pub containers: Option<ContainersSelectorConfig>,
+    /// Which admin-socket callers (every given list must name the caller; `{}`: every caller).
+    #[serde(default)]
+    pub callers: Option<CallersSelectorConfig>,
+    /// Patterns: `<provider>/<path>`, `*` within one segment, a trailing `/**` for everything below.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Callers only: may also use `status`, `reconcile`, `rotate`, `inject`. Default false.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// `containers = { … }` of an `[[access]]` rule.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainersSelectorConfig {
+    /// The `com.docker.compose.project` label.
+    pub compose_project: Option<String>,
+    /// The `com.docker.compose.service` label.
+    pub compose_service: Option<String>,
+    /// `key=value` (or `key`: the label is present).
+    pub label: Option<String>,
+    /// The image name the container was created from (`:latest` implied).
+    pub image: Option<String>,
+}
+
+/// `callers = { … }` of an `[[access]]` rule.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallersSelectorConfig {
+    /// The caller's uid is one of these.
+    pub uids: Option<Vec<u32>>,
+    /// The caller's primary gid is one of these.
+    pub gids: Option<Vec<u32>>,
+}
+
 /// Everything wrong with a config, each line `path: problem`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration {source_name}:\n  {}", .problems.join("\n  "))]
@@ -209,6 +256,8 @@ struct RawTop {
     cache: CacheConfig,
     #[serde(default)]
     secrets: Vec<SecretRuleConfig>,
+    #[serde(default)]
+    access: Vec<AccessConfig>,
 }
 
 impl Config {
@@ -224,6 +273,7 @@ impl Config {
             cache: CacheConfig::default(),
             providers,
             secrets: Vec::new(),
+            access: Vec::new(),
         }
     }
 
@@ -283,6 +333,7 @@ impl Config {
             cache: top.cache,
             providers,
             secrets: top.secrets,
+            access: top.access,
         };
         problems.extend(cfg.validate());
         if problems.is_empty() {
@@ -435,7 +486,114 @@ impl Config {
                 }
             }
         }
+        for (i, a) in self.access.iter().enumerate() {
+            p.extend(self.validate_access(&format!("access[{i}]"), a));
+        }
         p
+    }
+
+    fn validate_access(&self, prefix: &str, a: &AccessConfig) -> Vec<String> {
+        let mut p = Vec::new();
+        match (&a.containers, &a.callers) {
+            (None, None) => p.push(format!(
+                "{prefix}: say whom it is for: `containers = {{ compose_project = \"…\" }}` or `callers = {{ uids = [1000] }}`"
+            )),
+            (Some(_), Some(_)) => p.push(format!(
+                "{prefix}: `containers` and `callers` in one rule; write two rules"
+            )),
+            _ => {}
+        }
+        if a.admin && a.callers.is_none() {
+            p.push(format!(
+                "{prefix}.admin: only `callers` rules can grant admin"
+            ));
+        }
+        if let Some(c) = &a.containers {
+            for (key, v) in [
+                ("compose_project", &c.compose_project),
+                ("compose_service", &c.compose_service),
+                ("image", &c.image),
+            ] {
+                if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                    p.push(format!("{prefix}.containers.{key}: empty"));
+                }
+            }
+            if let Some(l) = &c.label {
+                if let Err(e) = ContainerSelector::parse_label(l) {
+                    p.push(format!("{prefix}.containers.label: {e}"));
+                }
+            }
+        }
+        if let Some(c) = &a.callers {
+            for (key, v) in [("uids", &c.uids), ("gids", &c.gids)] {
+                if v.as_ref().is_some_and(Vec::is_empty) {
+                    p.push(format!(
+                        "{prefix}.callers.{key}: empty list (leave it out to match every {})",
+                        &key[..3]
+                    ));
+                }
+            }
+        }
+        if a.allow.is_empty() && !a.admin {
+            p.push(format!(
+                "{prefix}.allow: empty; list patterns such as \"vault/app/*\" or \"local/shared/**\""
+            ));
+        }
+        for (j, pat) in a.allow.iter().enumerate() {
+            match Pattern::parse(pat) {
+                Err(e) => p.push(format!("{prefix}.allow[{j}]: {e}")),
+                Ok(_) => {
+                    let provider = pat.split('/').next().unwrap_or_default();
+                    if !provider.contains('*') && !self.providers.contains_key(provider) {
+                        p.push(format!(
+                            "{prefix}.allow[{j}]: provider `{provider}` is not configured (have: {})",
+                            self.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// The `[[access]]` rules in the form the actors use (call after validation).
+    pub fn access_rules(&self) -> AccessRules {
+        let rules = self
+            .access
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let subject = match (&a.containers, &a.callers) {
+                    (Some(c), None) => Subject::Containers(ContainerSelector {
+                        compose_project: c.compose_project.clone(),
+                        compose_service: c.compose_service.clone(),
+                        label: c
+                            .label
+                            .as_deref()
+                            .and_then(|l| ContainerSelector::parse_label(l).ok()),
+                        image: c.image.clone(),
+                    }),
+                    (None, Some(c)) => Subject::Callers {
+                        selector: CallerSelector {
+                            uids: c.uids.clone(),
+                            gids: c.gids.clone(),
+                        },
+                        admin: a.admin,
+                    },
+                    _ => return None,
+                };
+                Some(AccessRule {
+                    name: format!("access[{i}]"),
+                    subject,
+                    allow: a
+                        .allow
+                        .iter()
+                        .filter_map(|s| Pattern::parse(s).ok())
+                        .collect(),
+                })
+            })
+            .collect();
+        AccessRules::new(rules)
     }
 
     /// The `[[secrets]]` rules in the form the actors use (call after validation).
@@ -604,6 +762,46 @@ mode = "0440"
                 "[[secrets]]\nname = \"x\"\nfrom = \"nope/a\"\ntargets = [\"web\"]",
                 "secrets[0].from: provider `nope` is not configured",
             ),
+            (
+                "[[access]]\ncontainers = { compose_project = \"a\" }\nallow = [\"local/a/**/x\"]",
+                "access[0].allow[0]: `local/a/**/x`: `**` is only allowed",
+            ),
+            (
+                "[[access]]\ncontainers = { compose_project = \"a\" }\nallow = [\"local/a\", \"vault/a/*\"]",
+                "access[0].allow[1]: provider `vault` is not configured",
+            ),
+            (
+                "[[access]]\nallow = [\"local/a\"]",
+                "access[0]: say whom it is for",
+            ),
+            (
+                "[[access]]\ncontainers = {}\ncallers = {}\nallow = [\"local/a\"]",
+                "access[0]: `containers` and `callers` in one rule",
+            ),
+            (
+                "[[access]]\ncontainers = { project = \"a\" }\nallow = [\"local/a\"]",
+                "access[0].containers.project: unknown field `project`",
+            ),
+            (
+                "[[access]]\ncontainers = { label = \"=x\" }\nallow = [\"local/a\"]",
+                "access[0].containers.label: `=x`: needs a label key",
+            ),
+            (
+                "[[access]]\ncontainers = { image = \"x\" }\nadmin = true\nallow = [\"local/a\"]",
+                "access[0].admin: only `callers` rules",
+            ),
+            (
+                "[[access]]\ncallers = { uids = [1000] }\nallow = []",
+                "access[0].allow: empty",
+            ),
+            (
+                "[[access]]\ncallers = { uids = [] }\nadmin = true",
+                "access[0].callers.uids: empty list",
+            ),
+            (
+                "[[access]]\ncallers = { uids = [-1] }\nallow = [\"local/a\"]",
+                "access[0].callers.uids",
+            ),
             ("agent = [", "TOML syntax"),
             ("bogus = 1", "unknown field `bogus`"),
         ];
@@ -614,6 +812,42 @@ mode = "0440"
                 "config:\n{text}\n--- got:\n{got}\n--- want: {want}"
             );
         }
+    }
+
+    #[test]
+    fn access_rules_parse_into_the_rules_the_actors_use() {
+        let c = Config::parse(
+            r#"
+[[access]]
+containers = { compose_project = "payments", label = "tier=db" }
+allow = ["local/payments/*", "local/shared/smtp"]
+
+[[access]]
+callers = { uids = [1000], gids = [998] }
+allow = ["local/dev/**"]
+
+[[access]]
+callers = { gids = [999] }
+admin = true
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let rules = c.access_rules();
+        assert_eq!(rules.rules().len(), 3);
+        assert_eq!(rules.rules()[2].name, "access[2]");
+        let dev = dso_actors::access::Caller {
+            uid: 1000,
+            gid: 998,
+        };
+        let r = |s: &str| s.parse::<SecretRef>().unwrap();
+        assert!(rules.check_caller(dev, &[r("local/dev/a/b")]).is_ok());
+        assert!(rules.check_caller(dev, &[r("local/payments/db")]).is_err());
+        assert!(rules.caller_is_admin(dso_actors::access::Caller { uid: 5, gid: 999 }));
+        assert!(Config::parse("", "t.toml")
+            .unwrap()
+            .access_rules()
+            .is_open());
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl ContainerEngine for BollardEngine {
                 .trim_start_matches('/')
                 .to_string(),
             labels: config.labels.unwrap_or_default(),
+            image: config.image.unwrap_or_default(),
             user: config.user.unwrap_or_default(),
             running: state.running.unwrap_or(false),
             tmpfs_mounts: tmpfs,

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod backend;
 pub mod cache;
 pub mod direct;

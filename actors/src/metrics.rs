@@ -341,6 +341,7 @@ impl Metrics {
             "unchanged",
             "duplicate",
             "invalid_spec",
+            "denied",
             "not_tmpfs",
             "provider_error",
             "no_tar",
@@ -368,7 +369,7 @@ impl Metrics {
                 reason: reason.to_string(),
             });
         }
-        for result in ["success", "unchanged", "failed"] {
+        for result in ["success", "unchanged", "failed", "denied"] {
             let _ = self.rotations.get_or_create(&ResultLabel {
                 result: result.to_string(),
             });

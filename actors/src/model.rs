@@ -22,6 +22,8 @@ pub struct ContainerInfo {
     pub name: String,
     /// Labels.
     pub labels: HashMap<String, String>,
+    /// `Config.Image`: the image name the container was created from, as given.
+    pub image: String,
     /// `Config.User` as given (`""`, `"1000"`, `"1000:1000"`, `"app"`).
     pub user: String,
     /// True while the container is running.

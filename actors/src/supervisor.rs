@@ -68,6 +68,8 @@ pub struct AgentSettings {
     pub rules: Arc<Vec<SecretRule>>,
     /// Manage only matching containers.
     pub scope: Option<Target>,
+    /// `[[access]]` rules: which container may receive which reference (empty: all).
+    pub access: Arc<crate::access::AccessRules>,
     /// Failed Docker reconnects in a row before exiting.
     pub docker_max_reconnects: u32,
     /// Periodic reconcile (None: off).
@@ -190,6 +192,7 @@ impl Actor for Supervisor {
             queue_capacity: cap,
             rules: self.settings.rules.clone(),
             scope: self.settings.scope.clone(),
+            access: self.settings.access.clone(),
             digest_key: self.settings.digest_key.clone(),
             rotation_debounce: self.settings.rotation_debounce,
             rotation_concurrency: self

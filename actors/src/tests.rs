@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::access::AccessRules;
 use crate::backend::{BackendError, SecretBackend};
 use crate::cache::{Cache, CacheSettings};
 use crate::engine::ContainerEngine;
@@ -35,6 +36,7 @@ fn container(id: &str, labels: &[(&str, &str)], tmpfs: &[&str]) -> ContainerInfo
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        image: String::new(),
         user: String::new(),
         running: true,
         tmpfs_mounts: tmpfs.iter().map(|s| s.to_string()).collect(),
@@ -56,6 +58,7 @@ fn test_settings() -> AgentSettings {
         cache_max_stale: Duration::from_secs(3600),
         rules: Arc::new(vec![]),
         scope: None,
+        access: Arc::new(AccessRules::default()),
         docker_max_reconnects: 3,
         reconcile_interval: None,
         drain_timeout: Duration::from_secs(1),
@@ -142,6 +145,15 @@ fn rig_with_ttl(ttl: Duration) -> Rig {
 }
 
 fn injector(r: &Rig, concurrency: usize, queue: usize) -> Addr<Injector> {
+    injector_with_access(r, concurrency, queue, AccessRules::default())
+}
+
+fn injector_with_access(
+    r: &Rig,
+    concurrency: usize,
+    queue: usize,
+    access: AccessRules,
+) -> Addr<Injector> {
     Injector::new(
         0,
         r.engine.clone() as Arc<dyn ContainerEngine>,
@@ -152,6 +164,7 @@ fn injector(r: &Rig, concurrency: usize, queue: usize) -> Addr<Injector> {
             queue_capacity: queue,
             rules: Arc::new(vec![]),
             scope: None,
+            access: Arc::new(access),
             digest_key: Arc::new(zeroize::Zeroizing::new(b"test".to_vec())),
             rotation_debounce: Duration::from_millis(50),
             rotation_concurrency: 2,
@@ -420,6 +433,81 @@ async fn refusals_write_nothing() {
     assert!(
         r.engine.execs().is_empty(),
         "nothing may be executed for refused containers"
+    );
+}
+
+#[actix_rt::test]
+async fn access_rules_refuse_the_whole_container_before_any_fetch_or_write() {
+    use crate::access::{AccessRule, ContainerSelector, Pattern, Subject, COMPOSE_PROJECT_LABEL};
+    let r = rig();
+    r.backend.put("a/db", map(&[("k", "va")]));
+    r.backend.put("b/db", map(&[("k", "vb")]));
+    let rules = AccessRules::new(vec![AccessRule {
+        name: "access[0]".into(),
+        subject: Subject::Containers(ContainerSelector {
+            compose_project: Some("a".into()),
+            ..Default::default()
+        }),
+        allow: vec![Pattern::parse("p/a/*").unwrap()],
+    }]);
+    let tmpfs = &["/run/secrets/dso"];
+    r.engine.add(container(
+        "mine",
+        &[(COMPOSE_PROJECT_LABEL, "a"), ("dso.secret.x", "p/a/db#k")],
+        tmpfs,
+    ));
+    r.engine.add(container(
+        "greedy",
+        &[
+            (COMPOSE_PROJECT_LABEL, "a"),
+            ("dso.secret.x", "p/a/db#k"),
+            ("dso.secret.y", "p/b/db#k"),
+        ],
+        tmpfs,
+    ));
+    r.engine.add(container(
+        "other",
+        &[(COMPOSE_PROJECT_LABEL, "b"), ("dso.secret.x", "p/a/db#k")],
+        tmpfs,
+    ));
+    let inj = injector_with_access(&r, 4, 100, rules);
+    for id in ["mine", "greedy", "other"] {
+        inj.send(job(id, Trigger::Event(ContainerAction::Start)))
+            .await
+            .unwrap();
+    }
+    inj.send(job("other", Trigger::Rotation)).await.unwrap();
+    settle(|| {
+        let t = metric_line(&r, "dso_injections_total");
+        t.contains("success\"} 1") && t.contains("denied\"} 3")
+    })
+    .await;
+    let t = metric_line(&r, "dso_injections_total");
+    assert!(t.contains("result=\"success\"} 1"), "{t}");
+    assert!(t.contains("result=\"denied\"} 3"), "{t}");
+    let rot = metric_line(&r, "dso_rotations_total");
+    assert!(rot.contains("result=\"denied\"} 1"), "{rot}");
+    assert!(
+        rot.contains("result=\"failed\"} 0"),
+        "a denial is not a failure to retry: {rot}"
+    );
+    let execs = r.engine.execs();
+    assert_eq!(execs.len(), 1, "only `mine` is written");
+    assert_eq!(execs[0].0, "mine");
+    assert_eq!(
+        r.backend.fetch_count(),
+        1,
+        "nothing is fetched for a denied container"
+    );
+    let status = inj.send(crate::messages::GetShardStatus).await.unwrap();
+    let greedy = status.iter().find(|s| s.id == "greedy").unwrap();
+    assert_eq!(greedy.result, "denied");
+    let message = greedy.message.as_deref().unwrap_or_default();
+    assert!(message.contains("p/b/db"), "{message}");
+    assert!(!message.contains("p/a/db,"), "{message}");
+    assert!(
+        message.contains("access[0] (compose_project=a: p/a/*)"),
+        "{message}"
     );
 }
 

@@ -154,6 +154,12 @@ fn run_agent(
                 rate_limit: p.rate_limit(),
             })
             .collect();
+        let access = Arc::new(cfg.access_rules());
+        if access.is_open() {
+            tracing::info!("no [[access]] rules: every container and admin-socket caller may read every reference");
+        } else {
+            tracing::info!(rules = access.rules().len(), "[[access]] rules in force");
+        }
         let settings = AgentSettings {
             shards: cfg.agent.shards,
             queue_capacity: cfg.agent.queue_capacity,
@@ -163,6 +169,7 @@ fn run_agent(
             cache_max_stale: cfg.cache.max_stale,
             rules: Arc::new(cfg.rules()),
             scope: cfg.agent.scope_target(),
+            access: access.clone(),
             docker_max_reconnects: cfg.agent.docker_max_reconnects,
             reconcile_interval: (!cfg.agent.reconcile_interval.is_zero())
                 .then_some(cfg.agent.reconcile_interval),
@@ -182,7 +189,7 @@ fn run_agent(
             actix::Actor::start(Supervisor::new(engine, direct, providers, settings, metrics));
         let _ = supervisor_slot.set(supervisor.clone());
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        actix_rt::spawn(dso::admin::serve(admin, supervisor.clone(), async move {
+        actix_rt::spawn(dso::admin::serve(admin, supervisor.clone(), access, async move {
             let _ = admin_stop_rx.await;
         }));
         tracing::info!(socket = %cfg.agent.admin_socket.display(), "admin socket listening");

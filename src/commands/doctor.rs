@@ -57,6 +57,7 @@ pub fn doctor(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let Some(cfg) = config_check(&mut checks, config) else {
         return Ok(report(&checks, json));
     };
+    access(&mut checks, &cfg);
     let host = cfg.agent.docker_host();
     docker_socket(&mut checks, &host);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -107,6 +108,35 @@ fn config_check(checks: &mut Checks, config: Option<&Path>) -> Option<Config> {
             None
         }
     }
+}
+
+/// Informational: whether `[[access]]` rules restrict who reads what.
+fn access(checks: &mut Checks, cfg: &Config) {
+    let rules = cfg.access_rules();
+    if rules.is_open() {
+        checks.push(
+            "access",
+            true,
+            "no [[access]] rules: every managed container and every admin-socket caller may read every reference the agent's credentials reach".into(),
+            Some("add [[access]] rules per Compose project, service, label, image or caller uid/gid (README: Access rules)".into()),
+        );
+        return;
+    }
+    let callers = rules
+        .rules()
+        .iter()
+        .filter(|r| matches!(r.subject, dso_actors::access::Subject::Callers { .. }))
+        .count();
+    checks.push(
+        "access",
+        true,
+        format!(
+            "{} [[access]] rule(s): {} for containers, {callers} for admin-socket callers; anything else is refused",
+            rules.rules().len(),
+            rules.rules().len() - callers
+        ),
+        None,
+    );
 }
 
 /// The Docker socket's mode (a `unix://` host only).
@@ -260,6 +290,7 @@ fn provider_fix(e: &BackendError, p: &ProviderConfig) -> String {
 /// Every running container that asks for secrets: its labels and its tmpfs.
 async fn containers(checks: &mut Checks, engine: &BollardEngine, cfg: &Config) {
     let rules = cfg.rules();
+    let access = cfg.access_rules();
     match engine.list_running().await {
         Ok(list) => {
             let mut asked = 0;
@@ -274,6 +305,19 @@ async fn containers(checks: &mut Checks, engine: &BollardEngine, cfg: &Config) {
                 asked += 1;
                 match dso_actors::spec::build_spec(&info, &rules) {
                     Ok(Some(spec)) => {
+                        if let Err(denied) =
+                            access.check_container(&info, spec.files.iter().map(|f| &f.source))
+                        {
+                            checks.push(
+                                &format!("container {}", info.name),
+                                false,
+                                format!("refused: {denied}"),
+                                Some(
+                                    "add an [[access]] rule for it, or remove the reference".into(),
+                                ),
+                            );
+                            continue;
+                        }
                         let ok = dso_actors::spec::dir_on_tmpfs(&spec.dir, &info.tmpfs_mounts);
                         let detail = if ok {
                             format!("{} file(s) into {} (tmpfs)", spec.files.len(), spec.dir)

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod access;
 mod admin;
 mod aws_provider;
 mod cli;

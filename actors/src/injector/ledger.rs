@@ -178,7 +178,8 @@ impl Injector {
     }
 
     /// Refused before anything was written: status, audit; a rotation keeps the old files and is
-    /// retried with backoff, anything else forgets the container until its next event.
+    /// retried with backoff (unless `[[access]]` denied it), anything else forgets the container
+    /// until its next event.
     fn refused(
         &mut self,
         s: &Subject<'_>,
@@ -205,6 +206,23 @@ impl Injector {
         entry.checked_at = unix_now();
         let files = entry.files.clone();
         self.audit("refused", s, &files, None, result, Some(message));
+        if result == "denied" {
+            // `[[access]]` refuses: whatever the container already holds stays (nothing is
+            // written), it is not rotated any more (its cache keys are released) and not retried;
+            // a new config applies at the next write.
+            if job.trigger == Trigger::Rotation {
+                self.metrics.rotation("denied");
+            }
+            self.forget(id);
+            tracing::error!(
+                container = %short(id),
+                name = s.name,
+                trigger = job.trigger.as_str(),
+                result,
+                "access denied: {message}"
+            );
+            return;
+        }
         if job.trigger == Trigger::Rotation {
             // The previous files stay in place (the set is replaced atomically or not at all);
             // try again later.

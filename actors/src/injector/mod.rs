@@ -53,6 +53,8 @@ pub struct InjectorSettings {
     pub rules: Arc<Vec<SecretRule>>,
     /// Only containers matching this are managed (None: all).
     pub scope: Option<Target>,
+    /// `[[access]]` rules: a container that asks for a reference no rule allows is refused whole.
+    pub access: Arc<crate::access::AccessRules>,
     /// Per-host key of the content digests written to `.ready`.
     pub digest_key: Arc<zeroize::Zeroizing<Vec<u8>>>,
     /// Rotations arriving within this window are applied together.

@@ -1,4 +1,4 @@
-//! One job, start to end, as small named steps: inspect → spec (scope, labels, tmpfs) → fetch →
+//! One job, start to end, as small named steps: inspect → spec (scope, labels, access, tmpfs) → fetch →
 //! digest (and the duplicate-start check) → write (direct, else exec) → reload. Pure async: it
 //! reads the shard's state only through its arguments and returns an [`Outcome`] the shard books.
 
@@ -150,7 +150,7 @@ async fn inject(
     })))
 }
 
-/// Which files the container gets: scope, labels and rules, and the tmpfs check. Any error refuses
+/// Which files the container gets: scope, labels and rules, `[[access]]`, and the tmpfs check. Any error refuses
 /// the whole container; `NotManaged` when it asks for nothing.
 fn plan(info: &ContainerInfo, settings: &InjectorSettings) -> Result<ContainerSpec, Outcome> {
     if let Some(scope) = &settings.scope {
@@ -175,6 +175,15 @@ fn plan(info: &ContainerInfo, settings: &InjectorSettings) -> Result<ContainerSp
             ))
         }
     };
+    if let Err(denied) = settings
+        .access
+        .check_container(info, spec.files.iter().map(|f| &f.source))
+    {
+        return Err(refused(
+            "denied",
+            format!("container `{}`: {denied}; nothing written", info.name),
+        ));
+    }
     if !dir_on_tmpfs(&spec.dir, &info.tmpfs_mounts) {
         return Err(refused(
             "not_tmpfs",
