@@ -126,6 +126,16 @@ impl ContainerEngine for BollardEngine {
             .map(|s| s.to_string())
             .filter(|s| !s.is_empty() && s != "none");
         let upper_dir = r.graph_driver.and_then(|g| g.data.get("UpperDir").cloned());
+        // The facts DSO needs, logged by DSO (bollard's own debug output of the answer, which
+        // holds the container's environment, is filtered out: see `crate::logging`).
+        tracing::debug!(
+            container = id,
+            running = state.running.unwrap_or(false),
+            pid = state.pid.unwrap_or(0),
+            tmpfs = tmpfs.len(),
+            labels = config.labels.as_ref().map_or(0, |l| l.len()),
+            "container inspected"
+        );
         Ok(ContainerInfo {
             id: r.id.unwrap_or_else(|| id.to_string()),
             name: r

@@ -9,4 +9,5 @@ pub mod config;
 pub mod docker;
 pub mod envrun;
 pub mod http;
+pub mod logging;
 pub mod providers;
