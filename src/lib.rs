@@ -9,5 +9,6 @@ pub mod config;
 pub mod docker;
 pub mod envrun;
 pub mod http;
+pub mod hung;
 pub mod logging;
 pub mod providers;

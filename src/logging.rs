@@ -41,10 +41,7 @@ pub fn init(json: bool) {
         fmt.boxed()
     };
     let _ = tracing_subscriber::registry()
-        .with(
-            fmt.with_filter(filter)
-                .with_filter(filter_fn(|meta| allowed(meta))),
-        )
+        .with(fmt.with_filter(filter).with_filter(filter_fn(allowed)))
         .try_init();
 }
 

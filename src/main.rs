@@ -1023,7 +1023,11 @@ fn run_agent(cfg: Config, config_name: String, config_path: Option<PathBuf>) -> 
         let mut attempt = 0u32;
         let engine = loop {
             match BollardEngine::connect(&host) {
-                Ok(e) => break e.with_direct_writes(cfg.agent.write_mode == dso::config::WriteMode::Auto),
+                Ok(e) => {
+                    break e
+                        .with_direct_writes(cfg.agent.write_mode == dso::config::WriteMode::Auto)
+                        .with_exec_timeout(cfg.agent.exec_timeout)
+                }
                 Err(e) if attempt < cfg.agent.docker_max_reconnects => {
                     attempt += 1;
                     let delay = dso_actors::watcher::backoff(attempt);

@@ -81,9 +81,13 @@ pub struct EngineEvent {
 pub struct ExecOutput {
     /// Exit code of the command (None if the engine did not report one).
     pub exit_code: Option<i64>,
-    /// What the command wrote to stdout and stderr (bounded; never contains secret values because
-    /// the commands we run do not echo their input).
+    /// The first bytes the command wrote to stdout (stderr is counted, never kept). Untrusted: a
+    /// hostile container controls it. It is compared against the injection script's fixed
+    /// vocabulary and never copied into a message, the audit log, the status ledger or a metric.
     pub output: String,
+    /// How many bytes the command wrote to stdout and stderr together (the only thing a message may
+    /// say about its output).
+    pub output_len: usize,
 }
 
 /// Why an engine call failed.
@@ -98,6 +102,31 @@ pub enum EngineError {
     /// The engine could not be reached or returned an error.
     #[error("docker engine: {0}")]
     Engine(String),
+    /// An exec did not end within `agent.exec_timeout` (create, start, output and inspect under
+    /// one deadline).
+    #[error("the injection exec did not finish within {}; {}", humanize(*.after), kill_note(*.killed))]
+    ExecTimeout {
+        /// The deadline.
+        after: std::time::Duration,
+        /// True when the agent killed the hung process (it sees the container's processes).
+        killed: bool,
+    },
+    /// An earlier exec in this container timed out and is still running: no second one is started
+    /// (retries must not pile up hung processes).
+    #[error("an earlier injection exec in this container timed out and is still running; no new exec until it ends")]
+    ExecBusy,
+}
+
+fn humanize(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+fn kill_note(killed: bool) -> &'static str {
+    if killed {
+        "its process was killed"
+    } else {
+        "the agent cannot see its process (not in the host PID namespace), so it may still run"
+    }
 }
 
 /// A stream of engine events; ends or yields an error when the connection drops.

@@ -934,6 +934,10 @@ async fn write_exec(
             .await;
     }
     drop(values);
+    // Classified from the script's own exit codes and fixed words only: the exec's output is the
+    // container's (a hostile `sh` can print anything, e.g. its stdin, the tar of the values), so
+    // no message, audit record, status entry or metric ever quotes it; a message may give its
+    // length.
     let written = match result {
         Ok(out) if out.exit_code == Some(0) || out.exit_code == Some(EXIT_UNCHANGED) => {
             metrics.injection_mode("exec");
@@ -943,7 +947,10 @@ async fn write_exec(
         }
         Ok(out) if out.exit_code == Some(EXIT_NOT_TMPFS) => Err(refused(
             "not_tmpfs",
-            format!("container `{}`: {}; nothing written", info.name, out.output.trim()),
+            format!(
+                "container `{}`: the injection script found `{}` is not on a tmpfs (exit {EXIT_NOT_TMPFS}); nothing written",
+                info.name, spec.dir
+            ),
         )),
         Ok(out) if out.exit_code == Some(EXIT_NO_TAR) => Err(refused(
             "no_tar",
@@ -955,13 +962,17 @@ async fn write_exec(
         Ok(out) => Err(refused(
             "exec_failed",
             format!(
-                "container `{}`: injection command exited with {}: {}",
+                "container `{}`: injection command exited with {} ({} bytes of output, not shown: a container's output is never logged); nothing written",
                 info.name,
                 out.exit_code.map_or("no code".to_string(), |c| c.to_string()),
-                out.output.trim()
+                out.output_len
             ),
         )),
         Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => Err(Outcome::Gone),
+        Err(e @ (EngineError::ExecTimeout { .. } | EngineError::ExecBusy)) => Err(refused(
+            "timeout",
+            format!("container `{}`: {e}; nothing written", info.name),
+        )),
         Err(e) => Err(refused("exec_failed", format!("container `{}`: {e}", info.name))),
     };
     // An exec that failed because the container was being stopped or removed meanwhile (exit 137,

@@ -182,6 +182,12 @@ fn two_hanging_shells_do_not_starve_twenty_other_containers() {
         let n = processes_in(h, "sleep 7777");
         assert!(n <= 1, "{n} hung processes left in {}", h.name);
     }
+    // The agent runs in the host's PID namespace here: it saw the hung processes and killed them.
+    let logs = agent.logs();
+    assert!(
+        logs.contains("exec_timeout") && logs.contains("\"killed\":true"),
+        "{logs}"
+    );
 }
 
 /// The attacker: `n` TCP connections from uid 65534 to `addr`, opened at once and held idle
