@@ -99,6 +99,7 @@ fn kill_in_container(container_id: Option<&str>, pid: Option<i64>) -> bool {
     };
     let Some(pid) = pid
         .and_then(|p| i32::try_from(p).ok())
+        .filter(|p| *p > 0)
         .and_then(Pid::from_raw)
     else {
         return false;
