@@ -27,10 +27,7 @@ use dso_actors::secret::SecretRef;
 use dso_actors::supervisor::Supervisor;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
 /// Why the admin socket could not be set up.
@@ -244,13 +241,20 @@ pub async fn serve(
     supervisor: Addr<Supervisor>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let slots = crate::listen::Slots::new("admin", crate::listen::ADMIN_LIMITS);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        slots.accept_failed(&e).await;
+                        continue;
+                    }
+                };
+                let Some(slot) = slots.admit() else {
                     continue;
                 };
                 let supervisor = supervisor.clone();
@@ -258,12 +262,9 @@ pub async fn serve(
                     Ok(c) => format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0)),
                     Err(_) => "unknown".to_string(),
                 };
-                actix_rt::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, supervisor.clone(), peer.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                actix_rt::spawn(
+                    slot.serve(stream, move |req| handle(req, supervisor.clone(), peer.clone())),
+                );
             }
         }
     }

@@ -10,5 +10,6 @@ pub mod docker;
 pub mod envrun;
 pub mod http;
 pub mod hung;
+pub mod listen;
 pub mod logging;
 pub mod providers;

@@ -1019,6 +1019,9 @@ fn run_agent(cfg: Config, config_name: String, config_path: Option<PathBuf>) -> 
     let host = cfg.agent.docker_host();
     let setup: anyhow::Result<Option<i32>> = system.block_on(async move {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_name, docker = %host, "dso agent starting");
+        if let Some((from, to)) = dso::listen::raise_nofile_limit() {
+            tracing::info!(from, to, "raised the open-files limit (soft RLIMIT_NOFILE) to the hard limit");
+        }
         // The socket may not exist yet (dockerd restarting): retry like the event stream does.
         let mut attempt = 0u32;
         let engine = loop {
