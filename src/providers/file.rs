@@ -75,10 +75,14 @@ const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const KEY_FILE_LEN: usize = 32;
-/// Upper bounds accepted from a vault header (to refuse absurd work factors in a damaged file).
-const MAX_M_KIB: u32 = 4 * 1024 * 1024;
-const MAX_T: u32 = 64;
-const MAX_P: u32 = 64;
+/// Upper bounds accepted from a vault header, checked before any work or allocation (a damaged or
+/// planted file must not make the agent allocate gigabytes or spin for minutes). DSO writes
+/// 19456 KiB / 2 / 1; these leave room for stronger parameters.
+const MAX_M_KIB: u32 = 256 * 1024;
+const MAX_T: u32 = 16;
+const MAX_P: u32 = 16;
+/// Longest header line (the JSON of parameters, salt and nonce is about 150 bytes).
+const MAX_HEADER_LEN: usize = 1024;
 
 fn default_path() -> PathBuf {
     PathBuf::from(DEFAULT_PATH)
@@ -236,6 +240,16 @@ pub enum FileVaultError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The key file belongs to another user than the one running DSO.
+    #[error("key file {file} is owned by uid {uid}, not by the uid dso runs as ({agent_uid}); run `chown {agent_uid} {file}` if it is the right key")]
+    KeyFileOwner {
+        /// The key file.
+        file: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// The effective uid of this process.
+        agent_uid: u32,
+    },
     /// The key file is not a usable regular file with content.
     #[error("key file {file} {problem}; restore the key file the vault was written with (or remove it to have a new random key created, if no vault uses it yet)")]
     KeyFileInvalid {
@@ -332,6 +346,7 @@ impl FileVaultError {
             }
             FileVaultError::Config { .. }
             | FileVaultError::KeyFilePermissions { .. }
+            | FileVaultError::KeyFileOwner { .. }
             | FileVaultError::KeyFileInvalid { .. }
             | FileVaultError::PassphraseUnset { .. }
             | FileVaultError::NotAMap { .. } => BackendError::Config(self.to_string()),
@@ -565,12 +580,35 @@ fn check_key(file: &Path, key: &str) -> Result<(), FileVaultError> {
 
 /// Reads the key file after checking its type, permissions and size.
 fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, FileVaultError> {
-    let mut f = File::open(path).map_err(io_err(path, "open key file"))?;
+    // O_NOFOLLOW: a symlink planted at the key file's path is refused, never followed.
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(FileVaultError::KeyFileInvalid {
+                file: path.to_path_buf(),
+                problem: "is a symlink (never followed: a key file must be the file itself)",
+            })
+        }
+        Err(e) => return Err(io_err(path, "open key file")(e)),
+    };
     let md = f.metadata().map_err(io_err(path, "stat key file"))?;
     if !md.is_file() {
         return Err(FileVaultError::KeyFileInvalid {
             file: path.to_path_buf(),
             problem: "is not a regular file",
+        });
+    }
+    // Owned by whoever runs DSO: a file another user owns, they can replace or read.
+    let me = rustix::process::geteuid().as_raw();
+    if md.uid() != me {
+        return Err(FileVaultError::KeyFileOwner {
+            file: path.to_path_buf(),
+            uid: md.uid(),
+            agent_uid: me,
         });
     }
     let mode = md.permissions().mode() & 0o7777;
@@ -669,8 +707,17 @@ fn parse_file<'a>(file: &Path, bytes: &'a [u8]) -> Result<Parsed<'a>, FileVaultE
     let rest = &bytes[nl1 + 1..];
     let nl2 = rest
         .iter()
+        .take(MAX_HEADER_LEN + 1)
         .position(|b| *b == b'\n')
-        .ok_or_else(|| corrupt("truncated after the header"))?;
+        .ok_or_else(|| {
+            if rest.len() > MAX_HEADER_LEN {
+                corrupt(&format!(
+                    "the header line is over the limit of {MAX_HEADER_LEN} bytes"
+                ))
+            } else {
+                corrupt("truncated after the header")
+            }
+        })?;
     let header: Header =
         serde_json::from_slice(&rest[..nl2]).map_err(|e| corrupt(&format!("bad header: {e}")))?;
     let aad = &bytes[..nl1 + 1 + nl2 + 1];
@@ -685,8 +732,16 @@ fn parse_file<'a>(file: &Path, bytes: &'a [u8]) -> Result<Parsed<'a>, FileVaultE
         t: header.t,
         p: header.p,
     };
-    if params.m_kib > MAX_M_KIB || params.t > MAX_T || params.p > MAX_P || params.t == 0 {
-        return Err(corrupt("Argon2 parameters out of range"));
+    for (field, value, max) in [
+        ("m_kib", params.m_kib, MAX_M_KIB),
+        ("t", params.t, MAX_T),
+        ("p", params.p, MAX_P),
+    ] {
+        if value > max || value == 0 {
+            return Err(corrupt(&format!(
+                "Argon2 parameter {field} = {value} is out of range (1 to the limit of {max})"
+            )));
+        }
     }
     let salt = B64
         .decode(&header.salt)

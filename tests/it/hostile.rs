@@ -396,13 +396,18 @@ fn a_vault_file_with_absurd_header_parameters_is_refused_before_use() {
         lines.next().unwrap(),
     );
     let mut h: serde_json::Value = serde_json::from_str(header).unwrap();
-    let cases: Vec<(&str, serde_json::Value)> = vec![
-        ("m_kib", serde_json::json!(2 * 1024 * 1024)),
-        ("t", serde_json::json!(60)),
-        ("p", serde_json::json!(60)),
-        ("salt", serde_json::json!("A".repeat(8 << 20))),
+    // (field, bad value, the word the error must name)
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("m_kib", serde_json::json!(2 * 1024 * 1024), "m_kib"),
+        ("t", serde_json::json!(60), "parameter t"),
+        ("p", serde_json::json!(60), "parameter p"),
+        (
+            "salt",
+            serde_json::json!("A".repeat(8 << 20)),
+            "header line",
+        ),
     ];
-    for (field, bad) in cases {
+    for (field, bad, word) in cases {
         let saved = h[field].clone();
         h[field] = bad;
         std::fs::write(&vault, format!("{magic}\n{h}\n{body}\n")).unwrap();
@@ -413,7 +418,7 @@ fn a_vault_file_with_absurd_header_parameters_is_refused_before_use() {
             .args(["secret", "list"]));
         assert!(!ok, "{field}: accepted\n{out}");
         assert!(
-            err.contains("vault.enc") && err.contains(field) && err.contains("limit"),
+            err.contains("vault.enc") && err.contains(word) && err.contains("limit"),
             "{field}: {err}"
         );
         assert!(
