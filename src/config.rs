@@ -704,6 +704,14 @@ mode = "0440"
             ("[agent]\nshards = \"eight\"", "agent.shards: invalid type"),
             ("[agent]\nshards = 2", "agent.shards: 2 is out of range"),
             (
+                "[agent]\nexec_timeout = \"0s\"",
+                "agent.exec_timeout: 0s is out of range; use 1s to 10m",
+            ),
+            (
+                "[agent]\nexec_timeout = \"1h\"",
+                "agent.exec_timeout: 1h is out of range",
+            ),
+            (
                 "[cache]\nttl = \"ten minutes\"",
                 "cache.ttl: invalid duration `ten minutes`",
             ),
