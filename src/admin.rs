@@ -279,39 +279,27 @@ async fn handle(
     })
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes, under [`crate::listen::ADMIN_LIMITS`].
 pub async fn serve(
     listener: UnixListener,
     supervisor: Addr<Supervisor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = crate::listen::Slots::new("admin", crate::listen::ADMIN_LIMITS);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        slots.accept_failed(&e).await;
-                        continue;
-                    }
-                };
-                let Some(slot) = slots.admit() else {
-                    continue;
-                };
-                let supervisor = supervisor.clone();
-                let peer = match stream.peer_cred() {
-                    Ok(c) => format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0)),
-                    Err(_) => "unknown".to_string(),
-                };
-                actix_rt::spawn(
-                    slot.serve(stream, move |req| handle(req, supervisor.clone(), peer.clone())),
-                );
-            }
-        }
-    }
+    crate::listen::serve(
+        listener,
+        "admin",
+        crate::listen::ADMIN_LIMITS,
+        |stream: &tokio::net::UnixStream| {
+            let supervisor = supervisor.clone();
+            let peer = match stream.peer_cred() {
+                Ok(c) => format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0)),
+                Err(_) => "unknown".to_string(),
+            };
+            move |req| handle(req, supervisor.clone(), peer.clone())
+        },
+        shutdown,
+    )
+    .await;
 }
 
 /// Why an admin request from the CLI failed.

@@ -146,27 +146,17 @@ pub fn openmetrics_to_prometheus_text(text: &str) -> String {
 
 /// Serves until `shutdown` completes, under [`crate::listen::METRICS_LIMITS`].
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
-    let slots = crate::listen::Slots::new("metrics", crate::listen::METRICS_LIMITS);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        slots.accept_failed(&e).await;
-                        continue;
-                    }
-                };
-                let Some(slot) = slots.admit() else {
-                    continue;
-                };
-                let state = state.clone();
-                actix_rt::spawn(slot.serve(stream, move |req| handle(req, state.clone())));
-            }
-        }
-    }
+    crate::listen::serve(
+        listener,
+        "metrics",
+        crate::listen::METRICS_LIMITS,
+        |_| {
+            let state = state.clone();
+            move |req| handle(req, state.clone())
+        },
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -271,6 +271,66 @@ impl Admitted {
     }
 }
 
+/// A listening socket: TCP (`agent.listen`) or Unix (`agent.admin_socket`).
+pub trait Listener {
+    /// One accepted connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Waits for the next connection.
+    fn accept_io(&self) -> impl Future<Output = std::io::Result<Self::Io>>;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// Accepts connections on `listener` under `limits` until `shutdown` completes; each connection
+/// is served with the handler `make` builds for it (it may look at the connection, e.g. its peer).
+pub async fn serve<L, M, F, Fut>(
+    listener: L,
+    name: &'static str,
+    limits: Limits,
+    make: M,
+    shutdown: impl Future<Output = ()>,
+) where
+    L: Listener,
+    M: Fn(&L::Io) -> F,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let slots = Slots::new(name, limits);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept_io() => {
+                let io = match accepted {
+                    Ok(io) => io,
+                    Err(e) => {
+                        slots.accept_failed(&e).await;
+                        continue;
+                    }
+                };
+                // At the cap with every connection busy: this one is closed (dropped).
+                let Some(slot) = slots.admit() else {
+                    continue;
+                };
+                let handler = make(&io);
+                actix_rt::spawn(slot.serve(io, handler));
+            }
+        }
+    }
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (more room for connections, containers and
 /// backends). Returns (old soft, new soft) when it changed it.
 pub fn raise_nofile_limit() -> Option<(u64, u64)> {
