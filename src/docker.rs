@@ -11,10 +11,9 @@ use bollard::query_parameters::{
     EventsOptions, KillContainerOptions, ListContainersOptions, RestartContainerOptions,
 };
 use bollard::Docker;
-use dso_actors::direct::{DirectWriter, ProcRootWriter};
-use dso_actors::engine::{
-    ContainerAction, ContainerEngine, ContainerInfo, ContainerSummary, EngineError, EngineEvent,
-    EventStream, ExecOutput,
+use dso_actors::engine::{ContainerEngine, EngineError, EventStream};
+use dso_actors::model::{
+    ContainerAction, ContainerInfo, ContainerSummary, EngineEvent, ExecOutput,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
@@ -28,8 +27,6 @@ pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct BollardEngine {
     docker: Docker,
-    /// `agent.write_mode = "auto"`: files go through `/proc/<pid>/root` when possible.
-    direct: Option<ProcRootWriter>,
     /// `agent.exec_timeout`.
     exec_timeout: Duration,
     /// Execs that timed out and may still run, per container.
@@ -63,17 +60,9 @@ impl BollardEngine {
         })?;
         Ok(Self {
             docker,
-            direct: None,
             exec_timeout: DEFAULT_EXEC_TIMEOUT,
             exec_guard: crate::hung::HungExecs::default(),
         })
-    }
-
-    /// Writes go through the container's mount namespace (`/proc/<pid>/root`, no exec) when
-    /// `direct` is true and the host allows it, else through exec (`agent.write_mode`).
-    pub fn with_direct_writes(mut self, direct: bool) -> Self {
-        self.direct = direct.then(ProcRootWriter::new);
-        self
     }
 
     /// Settles the API version with the daemon (Engine 20.10 speaks 1.41). Returns the version.
@@ -83,7 +72,6 @@ impl BollardEngine {
         Ok((
             Self {
                 docker,
-                direct: self.direct,
                 exec_timeout: self.exec_timeout,
                 exec_guard: self.exec_guard,
             },
@@ -359,9 +347,5 @@ impl ContainerEngine for BollardEngine {
             .restart_container(id, Some(RestartContainerOptions::default()))
             .await
             .map_err(map_err)
-    }
-
-    fn direct_writer(&self) -> Option<&dyn DirectWriter> {
-        self.direct.as_ref().map(|w| w as &dyn DirectWriter)
     }
 }

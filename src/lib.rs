@@ -13,5 +13,6 @@ pub mod http;
 pub mod hung;
 pub mod listen;
 pub mod logging;
+pub mod procroot;
 pub mod providers;
 pub mod resolve_proto;
