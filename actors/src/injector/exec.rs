@@ -281,7 +281,7 @@ fn classify(
         Some(ScriptExit::NotTmpfs) => Err(refused(
             "not_tmpfs",
             format!(
-                "container `{}`: the injection script found `{dir}` is not on a tmpfs (exit {}); nothing written",
+                "container `{}`: the injection script found `{dir}` on a filesystem that is not tmpfs (exit {}); nothing written",
                 info.name,
                 ScriptExit::NotTmpfs.code()
             ),
