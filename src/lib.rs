@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod de;
 pub mod docker;
 pub mod dotenv;
 pub mod envrun;
