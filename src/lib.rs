@@ -17,3 +17,4 @@ pub mod logging;
 pub mod procroot;
 pub mod providers;
 pub mod resolve_proto;
+pub mod standby;
