@@ -35,10 +35,7 @@ use dso_actors::secret::SecretRef;
 use dso_actors::supervisor::Supervisor;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
 use crate::resolve_proto::{self, ResolveFailure, ResolveRequest, MAX_REFS};
@@ -135,6 +132,51 @@ fn check_resolve(peer: &Peer, refs: &[String]) -> Result<(), String> {
 }
 
 /// `POST /v1/resolve`: each reference through the Cache (one fetch per distinct path).
+/// A response body that is zeroed when hyper drops it, after sending.
+struct Wiped(zeroize::Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// `{"values":{REF:BASE64,…},"errors":{…}}` in one buffer sized once (no reallocation leaves a
+/// copy behind) and zeroed when the body is dropped; the base64 strings are zeroed by the caller.
+fn wiped_answer(
+    values: &[(String, zeroize::Zeroizing<String>)],
+    errors: &serde_json::Map<String, serde_json::Value>,
+) -> Bytes {
+    let keys: Vec<String> = values
+        .iter()
+        .map(|(k, _)| serde_json::Value::String(k.clone()).to_string())
+        .collect();
+    let errors = serde_json::Value::Object(errors.clone()).to_string();
+    let size = keys
+        .iter()
+        .zip(values)
+        .map(|(k, (_, v))| k.len() + v.len() + 4)
+        .sum::<usize>()
+        + errors.len()
+        + 32;
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(size));
+    out.extend_from_slice(b"{\"values\":{");
+    for (i, (k, (_, v))) in keys.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b":\"");
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"},\"errors\":");
+    out.extend_from_slice(errors.as_bytes());
+    out.extend_from_slice(b"}\n");
+    debug_assert!(out.len() <= size);
+    Bytes::from_owner(Wiped(out))
+}
+
 async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &Peer) -> Response<Full<Bytes>> {
     use base64::Engine as _;
     let Ok(ask) = serde_json::from_slice::<ResolveRequest>(body) else {
@@ -154,7 +196,7 @@ async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &Peer) -> Res
         return error(StatusCode::FORBIDDEN, message);
     }
     tracing::info!(peer = %peer.text, refs = %ask.refs.join(","), "resolving references for `dso run`");
-    let mut values = serde_json::Map::new();
+    let mut values: Vec<(String, zeroize::Zeroizing<String>)> = Vec::new();
     let mut errors = serde_json::Map::new();
     let fail = |message: String, not_found: bool| {
         serde_json::to_value(ResolveFailure { message, not_found }).unwrap_or_default()
@@ -170,8 +212,11 @@ async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &Peer) -> Res
         match supervisor.send(GetSecret { source: r.clone() }).await {
             Ok(Ok(f)) => match f.data.select(r.key.as_deref()) {
                 Ok(v) => {
-                    let b64 = base64::engine::general_purpose::STANDARD.encode(v.expose());
-                    values.insert(raw, serde_json::Value::String(b64));
+                    let b64 = &base64::engine::general_purpose::STANDARD;
+                    let len = base64::encoded_len(v.len(), true).unwrap_or(0);
+                    let mut enc = zeroize::Zeroizing::new(String::with_capacity(len));
+                    b64.encode_string(v.expose(), &mut enc);
+                    values.push((raw, enc));
                 }
                 Err(e) => {
                     errors.insert(raw, fail(e.to_string(), true));
@@ -190,11 +235,7 @@ async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &Peer) -> Res
             Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "agent is shutting down"),
         }
     }
-    let mut answer = serde_json::json!({ "values": values, "errors": errors });
-    let text = format!("{answer}\n");
-    dso_actors::secret::zeroize_json(&mut answer);
-    // The body buffer itself is freed by hyper after sending (not wiped): see the module docs.
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(Full::new(wiped_answer(&values, &errors)));
     if let Ok(v) = "application/json".parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
@@ -290,44 +331,40 @@ async fn handle(
     })
 }
 
-/// Serves until `shutdown` completes; `access` decides per caller (peer credentials).
+/// Serves until `shutdown` completes, under [`crate::listen::ADMIN_LIMITS`]; `access` decides per
+/// caller (peer credentials).
 pub async fn serve(
     listener: UnixListener,
     supervisor: Addr<Supervisor>,
     access: Arc<AccessRules>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let supervisor = supervisor.clone();
-                let peer = match stream.peer_cred() {
-                    Ok(c) => Peer {
-                        text: format!("uid={} gid={} pid={}", c.uid(), c.gid(), c.pid().unwrap_or(0)),
-                        caller: Some(Caller { uid: c.uid(), gid: c.gid() }),
-                        access: access.clone(),
-                    },
-                    Err(_) => Peer {
-                        text: "unknown".to_string(),
-                        caller: None,
-                        access: access.clone(),
-                    },
-                };
-                actix_rt::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, supervisor.clone(), peer.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        }
-    }
+    crate::listen::serve(
+        listener,
+        "admin",
+        crate::listen::ADMIN_LIMITS,
+        |stream: &tokio::net::UnixStream| {
+            let supervisor = supervisor.clone();
+            let peer = match stream.peer_cred() {
+                Ok(c) => Peer {
+                    text: format!("uid={} gid={} pid={}", c.uid(), c.gid(), c.pid().unwrap_or(0)),
+                    caller: Some(Caller {
+                        uid: c.uid(),
+                        gid: c.gid(),
+                    }),
+                    access: access.clone(),
+                },
+                Err(_) => Peer {
+                    text: "unknown".to_string(),
+                    caller: None,
+                    access: access.clone(),
+                },
+            };
+            move |req| handle(req, supervisor.clone(), peer.clone())
+        },
+        shutdown,
+    )
+    .await;
 }
 
 /// Why an admin request from the CLI failed.
@@ -390,4 +427,39 @@ pub fn request(
     // `/v1/resolve` answers carry values: wipe our copy of the raw response.
     zeroize::Zeroize::zeroize(&mut resp);
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wiped_answer_is_the_json_the_client_reads() {
+        let values = vec![
+            (
+                "local/a#k".to_string(),
+                zeroize::Zeroizing::new("dg==".to_string()),
+            ),
+            (
+                "x/\"q\"".to_string(),
+                zeroize::Zeroizing::new("".to_string()),
+            ),
+        ];
+        let mut errors = serde_json::Map::new();
+        errors.insert(
+            "bad".into(),
+            serde_json::json!({"message": "m", "not_found": true}),
+        );
+        let body = wiped_answer(&values, &errors);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "values": {"local/a#k": "dg==", "x/\"q\"": ""},
+                "errors": {"bad": {"message": "m", "not_found": true}},
+            })
+        );
+        let empty = wiped_answer(&[], &serde_json::Map::new());
+        assert_eq!(&empty[..], b"{\"values\":{},\"errors\":{}}\n");
+    }
 }

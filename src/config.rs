@@ -87,6 +87,11 @@ pub struct AgentConfig {
     /// How files get into containers: `"auto"` (through `/proc/<pid>/root`, no exec, when the
     /// host allows it, else exec) or `"exec"` (always one `docker exec`). Default `"auto"`.
     pub write_mode: WriteMode,
+    /// One deadline over an injection exec (create, start, output, exit code); on expiry the job
+    /// fails with `result="timeout"` and the hung process is killed where the agent sees it.
+    /// 1s–10m. Default `"30s"`.
+    #[serde(with = "duration")]
+    pub exec_timeout: Duration,
 }
 
 /// `agent.write_mode`.
@@ -120,6 +125,7 @@ impl Default for AgentConfig {
             max_concurrent_rotations: 16,
             rotation_debounce: Duration::from_secs(2),
             write_mode: WriteMode::Auto,
+            exec_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -400,6 +406,12 @@ impl Config {
             p.push(format!(
                 "agent.max_concurrent_rotations: {} is out of range; use 1 to 1024",
                 a.max_concurrent_rotations
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&a.exec_timeout) {
+            p.push(format!(
+                "agent.exec_timeout: {} is out of range; use 1s to 10m",
+                humantime::format_duration(a.exec_timeout)
             ));
         }
         if a.docker_max_reconnects == 0 {
@@ -734,6 +746,14 @@ mode = "0440"
             ),
             ("[agent]\nshards = \"eight\"", "agent.shards: invalid type"),
             ("[agent]\nshards = 2", "agent.shards: 2 is out of range"),
+            (
+                "[agent]\nexec_timeout = \"0s\"",
+                "agent.exec_timeout: 0s is out of range; use 1s to 10m",
+            ),
+            (
+                "[agent]\nexec_timeout = \"1h\"",
+                "agent.exec_timeout: 1h is out of range",
+            ),
             (
                 "[cache]\nttl = \"ten minutes\"",
                 "cache.ttl: invalid duration `ten minutes`",

@@ -1,9 +1,10 @@
 //! The bollard adapter: the real [`ContainerEngine`].
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::MountType;
 use bollard::query_parameters::{
@@ -17,13 +18,19 @@ use dso_actors::model::{
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
-/// Most exec output kept (the injection script prints at most a line or two).
-const MAX_EXEC_OUTPUT: usize = 8 * 1024;
+/// Most exec stdout kept (the injection script prints at most one word; the rest is counted).
+const MAX_EXEC_STDOUT: usize = 256;
+/// Default `agent.exec_timeout`.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Docker Engine through bollard.
 #[derive(Clone, Debug)]
 pub struct BollardEngine {
     docker: Docker,
+    /// `agent.exec_timeout`.
+    exec_timeout: Duration,
+    /// Execs that timed out and may still run, per container.
+    exec_guard: crate::hung::HungExecs,
 }
 
 /// Why the Docker client could not be set up.
@@ -51,14 +58,25 @@ impl BollardEngine {
             host: host.to_string(),
             reason: e.to_string(),
         })?;
-        Ok(Self { docker })
+        Ok(Self {
+            docker,
+            exec_timeout: DEFAULT_EXEC_TIMEOUT,
+            exec_guard: crate::hung::HungExecs::default(),
+        })
     }
 
     /// Settles the API version with the daemon (Engine 20.10 speaks 1.41). Returns the version.
     pub async fn negotiate(self) -> Result<(Self, String), EngineError> {
         let docker = self.docker.negotiate_version().await.map_err(map_err)?;
         let v = docker.client_version().to_string();
-        Ok((Self { docker }, v))
+        Ok((
+            Self {
+                docker,
+                exec_timeout: self.exec_timeout,
+                exec_guard: self.exec_guard,
+            },
+            v,
+        ))
     }
 
     /// The client's API version.
@@ -82,6 +100,74 @@ impl BollardEngine {
             Err(EngineError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `agent.exec_timeout`: one deadline over an exec's create, start, output and inspect.
+    pub fn with_exec_timeout(mut self, timeout: Duration) -> Self {
+        self.exec_timeout = timeout;
+        self
+    }
+
+    /// Starts exec `exec_id`, streams `stdin` to it and reads its output until it ends; then its
+    /// exit code. The output is untrusted (the container controls it): only the first bytes of
+    /// stdout are kept (for the script's fixed vocabulary), stderr is counted and dropped.
+    async fn run_exec(&self, exec_id: &str, stdin: &[u8]) -> Result<ExecOutput, EngineError> {
+        let started = self
+            .docker
+            .start_exec(
+                exec_id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(map_err)?;
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
+            return Err(EngineError::Engine("exec started detached".to_string()));
+        };
+        let write = async {
+            let r = input.write_all(stdin).await;
+            // Closing our side gives the command EOF on stdin.
+            let _ = input.shutdown().await;
+            r
+        };
+        let read = async {
+            let mut stdout = Vec::new();
+            let mut total = 0usize;
+            while let Some(chunk) = output.next().await {
+                let chunk = chunk.map_err(map_err)?;
+                let (is_stdout, bytes) = match chunk {
+                    LogOutput::StdOut { message } => (true, message),
+                    LogOutput::StdErr { message }
+                    | LogOutput::Console { message }
+                    | LogOutput::StdIn { message } => (false, message),
+                };
+                total = total.saturating_add(bytes.len());
+                if is_stdout && stdout.len() < MAX_EXEC_STDOUT {
+                    let room = MAX_EXEC_STDOUT - stdout.len();
+                    stdout.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+            }
+            Ok::<_, EngineError>((stdout, total))
+        };
+        let (w, read) = tokio::join!(write, read);
+        let (stdout, output_len) = read?;
+        if let Err(e) = w {
+            // The command may exit before reading all of stdin (e.g. the tmpfs check failed).
+            tracing::debug!(error = %e, "exec stdin closed early");
+        }
+        let inspect = self.docker.inspect_exec(exec_id).await.map_err(map_err)?;
+        Ok(ExecOutput {
+            exit_code: inspect.exit_code,
+            output: String::from_utf8_lossy(&stdout).into_owned(),
+            output_len,
+        })
     }
 }
 
@@ -129,6 +215,16 @@ impl ContainerEngine for BollardEngine {
         let upper_dir = r.graph_driver.and_then(|g| g.data.get("UpperDir").cloned());
         let literal_refs =
             dso_actors::hints::literal_references(config.env.as_deref().unwrap_or_default());
+        // The facts DSO needs, logged by DSO (bollard's own debug output of the answer, which
+        // holds the container's environment, is filtered out: see `crate::logging`).
+        tracing::debug!(
+            container = id,
+            running = state.running.unwrap_or(false),
+            pid = state.pid.unwrap_or(0),
+            tmpfs = tmpfs.len(),
+            labels = config.labels.as_ref().map_or(0, |l| l.len()),
+            "container inspected"
+        );
         Ok(ContainerInfo {
             id: r.id.unwrap_or_else(|| id.to_string()),
             name: r
@@ -178,68 +274,38 @@ impl ContainerEngine for BollardEngine {
         cmd: &[String],
         stdin: &[u8],
     ) -> Result<ExecOutput, EngineError> {
-        let exec = self
-            .docker
-            .create_exec(
-                id,
-                CreateExecOptions::<String> {
-                    attach_stdin: Some(true),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    tty: Some(false),
-                    user: Some("0".to_string()),
-                    cmd: Some(cmd.to_vec()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(map_err)?;
-        let started = self
-            .docker
-            .start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: false,
-                    tty: false,
-                    output_capacity: None,
-                }),
-            )
-            .await
-            .map_err(map_err)?;
-        let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = started
-        else {
-            return Err(EngineError::Engine("exec started detached".to_string()));
+        self.exec_guard.check(&self.docker, id).await?;
+        let deadline = tokio::time::Instant::now() + self.exec_timeout;
+        let timed_out = || EngineError::ExecTimeout {
+            after: self.exec_timeout,
+            killed: false,
         };
-        let write = async {
-            let r = input.write_all(stdin).await;
-            // Closing our side gives the command EOF on stdin.
-            let _ = input.shutdown().await;
-            r
-        };
-        let read = async {
-            let mut text = String::new();
-            while let Some(chunk) = output.next().await {
-                let chunk = chunk.map_err(map_err)?;
-                if text.len() < MAX_EXEC_OUTPUT {
-                    text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-                }
+        let create = self.docker.create_exec(
+            id,
+            CreateExecOptions::<String> {
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
+                user: Some("0".to_string()),
+                cmd: Some(cmd.to_vec()),
+                ..Default::default()
+            },
+        );
+        let exec = tokio::time::timeout_at(deadline, create)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(map_err)?;
+        match tokio::time::timeout_at(deadline, self.run_exec(&exec.id, stdin)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let killed = self.exec_guard.hung(&self.docker, id, &exec.id).await;
+                Err(EngineError::ExecTimeout {
+                    after: self.exec_timeout,
+                    killed,
+                })
             }
-            Ok::<_, EngineError>(text)
-        };
-        let (w, text) = tokio::join!(write, read);
-        let text = text?;
-        if let Err(e) = w {
-            // The command may exit before reading all of stdin (e.g. the tmpfs check failed).
-            tracing::debug!(error = %e, "exec stdin closed early");
         }
-        let inspect = self.docker.inspect_exec(&exec.id).await.map_err(map_err)?;
-        Ok(ExecOutput {
-            exit_code: inspect.exit_code,
-            output: text.chars().take(MAX_EXEC_OUTPUT).collect(),
-        })
     }
 
     async fn events(&self, since: Option<SystemTime>) -> Result<EventStream, EngineError> {

@@ -13,10 +13,7 @@ use dso_actors::messages::GetReadiness;
 use dso_actors::supervisor::Supervisor;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -150,34 +147,19 @@ pub fn openmetrics_to_prometheus_text(text: &str) -> String {
     out
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes, under [`crate::listen::METRICS_LIMITS`].
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin listener accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                actix_rt::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, state.clone()));
-                    if let Err(e) = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "admin connection error");
-                    }
-                });
-            }
-        }
-    }
+    crate::listen::serve(
+        listener,
+        "metrics",
+        crate::listen::METRICS_LIMITS,
+        |_| {
+            let state = state.clone();
+            move |req| handle(req, state.clone())
+        },
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

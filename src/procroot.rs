@@ -109,10 +109,7 @@ impl DirectWriter for ProcRootWriter {
             });
         }
         let gone = |when| DirectError::Gone { pid, when };
-        let denied = |what: &str, e: Errno| DirectError::Fallback {
-            reason: FallbackReason::ProcDenied,
-            detail: format!("{what} of pid {pid}: {}", io::Error::from(e)),
-        };
+        let denied = |what: &'static str, e: Errno| proc_error(what, pid, target.dir, e);
         let proc_dir = self.proc.join(pid.to_string());
         let procfd = match openat(
             rustix::fs::CWD,
@@ -183,6 +180,25 @@ impl DirectWriter for ProcRootWriter {
             Ok(_) => Ok(written),
             Err(e) if errno_is(e, &[Errno::NOENT, Errno::SRCH]) => Err(gone("during the write")),
             Err(_) => Ok(written),
+        }
+    }
+}
+
+/// A failure to read `/proc/<pid>`: permission (EPERM/EACCES: not root, or a container without
+/// `pid: host`) is a reason to use exec; anything else — notably EMFILE/ENFILE, which a local user
+/// can provoke by holding connections — is a failed write, never a fallback reason.
+fn proc_error(what: &'static str, pid: u32, dir: &str, e: Errno) -> DirectError {
+    if errno_is(e, &[Errno::PERM, Errno::ACCESS]) {
+        DirectError::Fallback {
+            reason: FallbackReason::ProcDenied,
+            detail: format!("{what} of pid {pid}: {}", io::Error::from(e)),
+        }
+    } else {
+        DirectError::Io {
+            step: what,
+            name: format!("/proc/{pid}"),
+            dir: dir.to_string(),
+            source: io::Error::from(e),
         }
     }
 }
@@ -475,6 +491,23 @@ pub fn write_layout(
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn only_permission_errors_on_proc_are_fallback_reasons() {
+        for e in [Errno::PERM, Errno::ACCESS] {
+            assert!(matches!(
+                proc_error("opening /proc", 7, "/run/secrets/dso", e),
+                DirectError::Fallback {
+                    reason: FallbackReason::ProcDenied,
+                    ..
+                }
+            ));
+        }
+        for e in [Errno::MFILE, Errno::NFILE, Errno::NOMEM] {
+            let err = proc_error("opening /proc", 7, "/run/secrets/dso", e);
+            assert!(matches!(err, DirectError::Io { .. }), "{e:?}: {err}");
+        }
+    }
     use std::path::Path;
 
     /// A fresh directory on the host's `/dev/shm` (a tmpfs), removed on drop.

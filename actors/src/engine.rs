@@ -22,6 +22,27 @@ pub enum EngineError {
     /// The engine could not be reached or returned an error.
     #[error("docker engine: {0}")]
     Engine(String),
+    /// An exec did not end within `agent.exec_timeout` (create, start, output and inspect under
+    /// one deadline).
+    #[error("the injection exec did not finish within {}s; {}", .after.as_secs_f64(), kill_note(*.killed))]
+    ExecTimeout {
+        /// The deadline.
+        after: std::time::Duration,
+        /// True when the agent killed the hung process (it sees the container's processes).
+        killed: bool,
+    },
+    /// An earlier exec in this container timed out and is still running: no second one is started
+    /// (retries must not pile up hung processes).
+    #[error("an earlier injection exec in this container timed out and is still running; no new exec until it ends")]
+    ExecBusy,
+}
+
+fn kill_note(killed: bool) -> &'static str {
+    if killed {
+        "its process was killed"
+    } else {
+        "the agent cannot see its process (not in the host PID namespace), so it may still run"
+    }
 }
 
 /// A stream of engine events; ends or yields an error when the connection drops.

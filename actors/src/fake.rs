@@ -156,13 +156,15 @@ impl ContainerEngine for FakeEngine {
             tokio::time::sleep(delay).await;
         }
         self.execs_in_flight.fetch_sub(1, Ordering::SeqCst);
+        let output = self
+            .exec_output
+            .lock()
+            .map(|o| o.clone())
+            .unwrap_or_default();
         Ok(ExecOutput {
             exit_code: Some(self.exec_exit.lock().map(|e| *e).unwrap_or(0)),
-            output: self
-                .exec_output
-                .lock()
-                .map(|o| o.clone())
-                .unwrap_or_default(),
+            output_len: output.len(),
+            output,
         })
     }
 

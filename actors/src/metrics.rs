@@ -346,6 +346,7 @@ impl Metrics {
             "provider_error",
             "no_tar",
             "exec_failed",
+            "timeout",
             "write_failed",
             "engine_error",
             "container_gone",

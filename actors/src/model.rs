@@ -90,9 +90,13 @@ pub struct EngineEvent {
 pub struct ExecOutput {
     /// Exit code of the command (None if the engine did not report one).
     pub exit_code: Option<i64>,
-    /// What the command wrote to stdout and stderr (bounded; never contains secret values because
-    /// the commands we run do not echo their input).
+    /// The first bytes the command wrote to stdout (stderr is counted, never kept). Untrusted: a
+    /// hostile container controls it. It is compared against the injection script's fixed
+    /// vocabulary and never copied into a message, the audit log, the status ledger or a metric.
     pub output: String,
+    /// How many bytes the command wrote to stdout and stderr together (the only thing a message may
+    /// say about its output).
+    pub output_len: usize,
 }
 
 /// One file to write.

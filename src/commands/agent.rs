@@ -2,7 +2,6 @@
 //! socket, HTTP endpoint), signals (SIGTERM drains; SIGHUP validates, then restarts in place).
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,18 +32,10 @@ pub fn agent(
     run_agent(cfg, name, config.map(Path::to_path_buf), listen)
 }
 
-/// Logs to stderr, filtered by `DSO_LOG` (default `info`), human or JSON lines.
+/// Logs to stderr, human or JSON lines: `DSO_LOG` (default `info`) for DSO's own crates; other
+/// libraries' debug output never (see `dso::logging`).
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DSO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    dso::logging::init(matches!(format, LogFormat::Json));
 }
 
 /// Hardens the process, wires the actor system and runs it until a signal stops it; re-executes
@@ -68,6 +59,9 @@ fn run_agent(
     let host = cfg.agent.docker_host();
     let setup: anyhow::Result<Result<dso::standby::LeaderLock, i32>> = system.block_on(async move {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_name, docker = %host, "dso agent starting");
+        if let Some((from, to)) = dso::listen::raise_nofile_limit() {
+            tracing::info!(from, to, "raised the open-files limit (soft RLIMIT_NOFILE) to the hard limit");
+        }
         // agent.listen first: a hot standby answers /healthz (and /metrics, dso_leader 0) there.
         let (metrics, registry) = Metrics::new(env!("CARGO_PKG_VERSION"));
         let listener = tokio::net::TcpListener::bind(cfg.agent.listen)
@@ -109,7 +103,7 @@ fn run_agent(
         let mut attempt = 0u32;
         let engine = loop {
             match BollardEngine::connect(&host) {
-                Ok(e) => break e,
+                Ok(e) => break e.with_exec_timeout(cfg.agent.exec_timeout),
                 Err(e) if attempt < cfg.agent.docker_max_reconnects => {
                     attempt += 1;
                     let delay = dso_actors::watcher::backoff(attempt);

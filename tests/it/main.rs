@@ -11,6 +11,7 @@ mod aws_provider;
 mod cli;
 mod envrun;
 mod faults;
+mod starve;
 mod inject;
 mod limits;
 mod metrics;

@@ -221,7 +221,7 @@ pub(super) async fn write_exec(
             .await;
     }
     drop(values);
-    let written = classify(info, result);
+    let written = classify(info, &spec.dir, result);
     if written.is_ok() {
         metrics.injection_mode("exec");
     }
@@ -247,13 +247,24 @@ pub(super) async fn write_exec(
 }
 
 /// What the exec's end means: (changed, replaced), or the job's outcome.
+///
+/// Classified from the script's own exit codes and fixed words only: the exec's output is the
+/// container's (a hostile `sh` can print anything, e.g. its stdin, the tar of the values), so no
+/// message, audit record, status entry or metric ever quotes it; a message may give its length.
 fn classify(
     info: &ContainerInfo,
+    dir: &str,
     result: Result<crate::model::ExecOutput, EngineError>,
 ) -> WriteResult {
     let out = match result {
         Ok(out) => out,
         Err(EngineError::NotFound(_) | EngineError::NotRunning(_)) => return Err(Outcome::Gone),
+        Err(e @ (EngineError::ExecTimeout { .. } | EngineError::ExecBusy)) => {
+            return Err(refused(
+                "timeout",
+                format!("container `{}`: {e}; nothing written", info.name),
+            ))
+        }
         Err(e) => {
             return Err(refused(
                 "exec_failed",
@@ -269,7 +280,11 @@ fn classify(
         Some(ScriptExit::Unchanged) => Ok((false, false)),
         Some(ScriptExit::NotTmpfs) => Err(refused(
             "not_tmpfs",
-            format!("container `{}`: {}; nothing written", info.name, out.output.trim()),
+            format!(
+                "container `{}`: the injection script found `{dir}` on a filesystem that is not tmpfs (exit {}); nothing written",
+                info.name,
+                ScriptExit::NotTmpfs.code()
+            ),
         )),
         Some(ScriptExit::NoExtractor) => Err(refused(
             "no_tar",
@@ -281,12 +296,23 @@ fn classify(
         None => Err(refused(
             "exec_failed",
             format!(
-                "container `{}`: injection command exited with {}: {}",
+                "container `{}`: injection command exited with {}{} ({} bytes of output, not shown: a container's output is never logged); nothing written",
                 info.name,
                 out.exit_code.map_or("no code".to_string(), |c| c.to_string()),
-                out.output.trim()
+                exit_meaning(out.exit_code),
+                out.output_len
             ),
         )),
+    }
+}
+
+/// What a foreign exit code usually means, from a fixed vocabulary (never from the output).
+fn exit_meaning(code: Option<i64>) -> String {
+    match code {
+        Some(126) => ": `sh` was not found or cannot be executed in the container (the exec path needs a shell; the direct write path does not)".to_string(),
+        Some(127) => ": a command the injection script runs was not found in the container".to_string(),
+        Some(c @ 129..=192) => format!(": killed by signal {}", c - 128),
+        _ => String::new(),
     }
 }
 
@@ -295,6 +321,47 @@ mod tests {
     use super::*;
 
     use crate::model::test_file as file;
+
+    fn refusal(r: WriteResult) -> (&'static str, String) {
+        match r {
+            Err(Outcome::Refused { result, message }) => (result, message),
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_output_is_never_quoted_and_a_hung_exec_is_a_timeout() {
+        let info = ContainerInfo {
+            name: "app".into(),
+            ..Default::default()
+        };
+        for code in [1, 64, 126] {
+            let out = crate::model::ExecOutput {
+                exit_code: Some(code),
+                output: "s3cr3t-from-stdin".into(),
+                output_len: 17,
+            };
+            let (_, msg) = refusal(classify(&info, "/run/secrets/dso", Ok(out)));
+            assert!(!msg.contains("s3cr3t"), "{msg}");
+        }
+        let out = crate::model::ExecOutput {
+            exit_code: Some(1),
+            output: "s3cr3t".into(),
+            output_len: 6,
+        };
+        let (result, msg) = refusal(classify(&info, "/d", Ok(out)));
+        assert_eq!(result, "exec_failed");
+        assert!(msg.contains("exited with 1 (6 bytes of output"), "{msg}");
+        let timeout = EngineError::ExecTimeout {
+            after: std::time::Duration::from_secs(2),
+            killed: true,
+        };
+        let (result, msg) = refusal(classify(&info, "/d", Err(timeout)));
+        assert_eq!(result, "timeout");
+        assert!(msg.contains("within 2s; its process was killed"), "{msg}");
+        let (result, _) = refusal(classify(&info, "/d", Err(EngineError::ExecBusy)));
+        assert_eq!(result, "timeout");
+    }
 
     #[test]
     fn command_passes_names_as_arguments() {

@@ -47,8 +47,17 @@ pub(super) fn parse_file<'a>(file: &Path, bytes: &'a [u8]) -> Result<Parsed<'a>,
     let rest = &bytes[nl1 + 1..];
     let nl2 = rest
         .iter()
+        .take(MAX_HEADER_LEN + 1)
         .position(|b| *b == b'\n')
-        .ok_or_else(|| corrupt("truncated after the header"))?;
+        .ok_or_else(|| {
+            if rest.len() > MAX_HEADER_LEN {
+                corrupt(&format!(
+                    "the header line is over the limit of {MAX_HEADER_LEN} bytes"
+                ))
+            } else {
+                corrupt("truncated after the header")
+            }
+        })?;
     let header: Header =
         serde_json::from_slice(&rest[..nl2]).map_err(|e| corrupt(&format!("bad header: {e}")))?;
     let aad = &bytes[..nl1 + 1 + nl2 + 1];
@@ -63,8 +72,16 @@ pub(super) fn parse_file<'a>(file: &Path, bytes: &'a [u8]) -> Result<Parsed<'a>,
         t: header.t,
         p: header.p,
     };
-    if params.m_kib > MAX_M_KIB || params.t > MAX_T || params.p > MAX_P || params.t == 0 {
-        return Err(corrupt("Argon2 parameters out of range"));
+    for (field, value, max) in [
+        ("m_kib", params.m_kib, MAX_M_KIB),
+        ("t", params.t, MAX_T),
+        ("p", params.p, MAX_P),
+    ] {
+        if value > max || value == 0 {
+            return Err(corrupt(&format!(
+                "Argon2 parameter {field} = {value} is out of range (1 to the limit of {max})"
+            )));
+        }
     }
     let salt = B64
         .decode(&header.salt)

@@ -80,10 +80,14 @@ const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const KEY_FILE_LEN: usize = 32;
-/// Upper bounds accepted from a vault header (to refuse absurd work factors in a damaged file).
-const MAX_M_KIB: u32 = 4 * 1024 * 1024;
-const MAX_T: u32 = 64;
-const MAX_P: u32 = 64;
+/// Upper bounds accepted from a vault header, checked before any work or allocation (a damaged or
+/// planted file must not make the agent allocate gigabytes or spin for minutes). DSO writes
+/// 19456 KiB / 2 / 1; these leave room for stronger parameters.
+const MAX_M_KIB: u32 = 256 * 1024;
+const MAX_T: u32 = 16;
+const MAX_P: u32 = 16;
+/// Longest header line (the JSON of parameters, salt and nonce is about 150 bytes).
+const MAX_HEADER_LEN: usize = 1024;
 
 /// Everything that can go wrong with the file vault. Messages name the file involved and say
 /// what to do; none of them ever contains a secret value.
@@ -116,6 +120,16 @@ pub enum FileVaultError {
         file: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The key file belongs to another user than the one running DSO.
+    #[error("key file {file} is owned by uid {uid}, not by the uid dso runs as ({agent_uid}); run `chown {agent_uid} {file}` if it is the right key")]
+    KeyFileOwner {
+        /// The key file.
+        file: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// The effective uid of this process.
+        agent_uid: u32,
     },
     /// The key file is not a usable regular file with content.
     #[error("key file {file} {problem}; restore the key file the vault was written with (or remove it to have a new random key created, if no vault uses it yet)")]
@@ -213,6 +227,7 @@ impl FileVaultError {
             }
             FileVaultError::Config { .. }
             | FileVaultError::KeyFilePermissions { .. }
+            | FileVaultError::KeyFileOwner { .. }
             | FileVaultError::KeyFileInvalid { .. }
             | FileVaultError::PassphraseUnset { .. }
             | FileVaultError::NotAMap { .. } => BackendError::Config(self.to_string()),

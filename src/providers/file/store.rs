@@ -124,12 +124,35 @@ pub(super) fn check_key(file: &Path, key: &str) -> Result<(), FileVaultError> {
 
 /// Reads the key file after checking its type, permissions and size.
 pub(super) fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, FileVaultError> {
-    let mut f = File::open(path).map_err(io_err(path, "open key file"))?;
+    // O_NOFOLLOW: a symlink planted at the key file's path is refused, never followed.
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(FileVaultError::KeyFileInvalid {
+                file: path.to_path_buf(),
+                problem: "is a symlink (never followed: a key file must be the file itself)",
+            })
+        }
+        Err(e) => return Err(io_err(path, "open key file")(e)),
+    };
     let md = f.metadata().map_err(io_err(path, "stat key file"))?;
     if !md.is_file() {
         return Err(FileVaultError::KeyFileInvalid {
             file: path.to_path_buf(),
             problem: "is not a regular file",
+        });
+    }
+    // Owned by whoever runs DSO: a file another user owns, they can replace or read.
+    let me = rustix::process::geteuid().as_raw();
+    if md.uid() != me {
+        return Err(FileVaultError::KeyFileOwner {
+            file: path.to_path_buf(),
+            uid: md.uid(),
+            agent_uid: me,
         });
     }
     let mode = md.permissions().mode() & 0o7777;

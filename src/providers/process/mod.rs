@@ -71,8 +71,6 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 const MAX_MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 /// Longest stderr line forwarded to the logs (longer ones are truncated).
 const MAX_STDERR_LINE: usize = 1024;
-/// Most bytes of a garbage stdout line quoted (escaped) in an error.
-const GARBAGE_QUOTE: usize = 60;
 /// Longest error message of the program quoted in a [`BackendError`].
 const MAX_ERROR_TEXT: usize = 200;
 /// Requests queued for the writer task at most (then callers wait for room).

@@ -114,8 +114,7 @@ pub(super) enum Parsed {
 }
 
 /// Parses one answer line. `Err` is a protocol violation (the connection is then broken); its
-/// text quotes at most [`GARBAGE_QUOTE`] escaped bytes, and none of a line that looks like JSON
-/// (it may hold a value).
+/// text gives a stray line's length and kind, never its bytes (it may hold a value).
 pub(super) fn parse_answer(line: &[u8]) -> Result<Parsed, String> {
     let trimmed = line.trim_ascii();
     if trimmed.is_empty() {
@@ -130,16 +129,17 @@ pub(super) fn parse_answer(line: &[u8]) -> Result<Parsed, String> {
             ))
         }
         Err(_) => {
-            let head = &trimmed[..trimmed.len().min(GARBAGE_QUOTE)];
-            let more = if trimmed.len() > GARBAGE_QUOTE {
-                "…"
+            // Never quoted: a program that prints a value by mistake must not get it logged.
+            let kind = if std::str::from_utf8(trimmed).is_ok_and(|t| !t.contains(char::is_control))
+            {
+                "text"
             } else {
-                ""
+                "binary or control characters"
             };
             return Err(format!(
-                "provider process wrote a line that is not JSON-RPC: \"{}{more}\"; it must write \
-                 only JSON-RPC answers to stdout (logs go to stderr)",
-                head.escape_ascii()
+                "provider process wrote a line that is not JSON-RPC ({} bytes, {kind}; not shown); \
+                 it must write only JSON-RPC answers to stdout (logs go to stderr)",
+                trimmed.len()
             ));
         }
     };
