@@ -10,6 +10,7 @@ mod aws_provider;
 mod cli;
 mod envrun;
 mod faults;
+mod hostile;
 mod inject;
 mod limits;
 mod metrics;
