@@ -171,7 +171,6 @@ fn nonroot_a_50000_deep_chain_at_a_generation_name_neither_kills_nor_stalls_the_
     let agent = small_stack_agent(&ws);
     let c = pending(&ws, &agent, "deep", &["--user", USER]);
     plant_chain(&host_path(&c, &format!("{DIR}/..data_zz")), 50_000);
-    // The same chain where DSO stages and where the next generation goes.
     let value = unique("deep-value");
     ws.set_secret("deep#pw", &value);
     let (result, message) = inject_now(&ws, &agent, &c);
