@@ -575,7 +575,8 @@ fn hostuser_a_process_at_the_containers_pid_in_a_cgroup_named_after_it_gets_noth
 
 const NOSTAT_IMAGE: &str = "dso-test/nostat:latest";
 
-/// busybox with every applet but `stat`, /tmp 1777 (an image without `stat`, built offline).
+/// An image without `stat`: `sh` is dash (busybox's shell would run its `stat` applet even without
+/// a link), every other tool a busybox applet; /tmp 1777. Built offline from the host's files.
 fn nostat_image() -> &'static str {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
@@ -584,12 +585,27 @@ fn nostat_image() -> &'static str {
         }
         let root = tempfile::tempdir().unwrap();
         let (ok, out, err) = run(Command::new("sh").arg("-c").arg(format!(
-            "set -e; cd {r}; mkdir -p bin run tmp; chmod 1777 tmp; cp /bin/busybox bin/; \
-             for a in $(/bin/busybox --list); do [ \"$a\" = busybox ] || [ \"$a\" = stat ] || ln -s busybox bin/$a; done; \
-             tar -c . | docker import - {NOSTAT_IMAGE}",
+            "set -e; cd {r}; mkdir -p bin run tmp lib64 lib/x86_64-linux-gnu; chmod 1777 tmp; \
+             cp /bin/busybox bin/; cp /bin/dash bin/sh; \
+             for l in $(ldd /bin/dash | grep -o '/lib[^ ]*'); do cp \"$l\" \".$l\"; done; \
+             for a in $(/bin/busybox --list); do \
+               case $a in busybox|stat|sh) ;; *) ln -s busybox bin/$a ;; esac; done; \
+             tar -c . | docker import -c 'ENV PATH=/bin' - {NOSTAT_IMAGE}",
             r = root.path().display()
         )));
         assert!(ok, "building {NOSTAT_IMAGE}: {out}{err}");
+        let (ok, out, err) = docker_try(&[
+            "run",
+            "--rm",
+            NOSTAT_IMAGE,
+            "/bin/sh",
+            "-c",
+            "command -v stat || echo none",
+        ]);
+        assert!(
+            ok && out.trim() == "none",
+            "{NOSTAT_IMAGE} has stat: {out}{err}"
+        );
     });
     NOSTAT_IMAGE
 }
