@@ -9,4 +9,6 @@ pub mod config;
 pub mod docker;
 pub mod envrun;
 pub mod http;
+pub mod layout;
+pub mod pidproof;
 pub mod providers;
