@@ -10,13 +10,15 @@ use bollard::query_parameters::{
     EventsOptions, KillContainerOptions, ListContainersOptions, RestartContainerOptions,
 };
 use bollard::Docker;
-use dso_actors::direct::{DirectWriter, ProcRootWriter};
+use dso_actors::direct::DirectWriter;
 use dso_actors::engine::{
     ContainerAction, ContainerEngine, ContainerInfo, ContainerSummary, EngineError, EngineEvent,
     EventStream, ExecOutput,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
+
+use crate::writer::ProcRootWriter;
 
 /// Most exec output kept (the injection script prints at most a line or two).
 const MAX_EXEC_OUTPUT: usize = 8 * 1024;

@@ -12,3 +12,4 @@ pub mod http;
 pub mod layout;
 pub mod pidproof;
 pub mod providers;
+pub mod writer;

@@ -25,10 +25,10 @@ use crate::messages::{
 };
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
-use crate::spec::{build_spec, dir_on_tmpfs, ReloadPolicy, SecretRule, SpecError, Target};
+use crate::spec::{build_spec, tmpfs_mount_of, ReloadPolicy, SecretRule, SpecError, Target};
 use crate::tarball::{
-    build_b64_lines, build_tar, digest, inject_command, Transport, EXIT_NOT_TMPFS, EXIT_NO_TAR,
-    EXIT_UNCHANGED, REPLACED_MARKER,
+    build_b64_lines, build_tar, digest, inject_command, Transport, EXIT_FOREIGN, EXIT_NOT_TMPFS,
+    EXIT_NO_TAR, EXIT_UNCHANGED, FOREIGN_MARKER, REPLACED_MARKER,
 };
 
 /// The shard of a container id: stable for the life of the process and across runs.
@@ -670,7 +670,7 @@ async fn inject(
             )
         }
     };
-    if !dir_on_tmpfs(&spec.dir, &info.tmpfs_mounts) {
+    let Some(mount) = tmpfs_mount_of(&spec.dir, &info.tmpfs_mounts) else {
         return refused(
             "not_tmpfs",
             format!(
@@ -678,7 +678,7 @@ async fn inject(
                 info.name, spec.dir, spec.dir, spec.dir
             ),
         );
-    }
+    };
 
     // One fetch per distinct (provider, path); the cache coalesces across containers too.
     let mut sources: BTreeMap<(String, String), Option<Result<Fetched, FetchError>>> =
@@ -765,14 +765,20 @@ async fn inject(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let written =
-        match write_direct(&job, &info, &spec.dir, &digest, &pairs, &*engine, &metrics).await {
-            Some(w) => w,
-            None => {
-                drop(pairs);
-                write_exec(&job, &info, &spec, &digest, values, &*engine, &metrics).await
-            }
-        };
+    let written = match write_direct(
+        &job, &info, mount, &spec.dir, &digest, &pairs, &*engine, &metrics,
+    )
+    .await
+    {
+        Some(w) => w,
+        None => {
+            drop(pairs);
+            write_exec(
+                &job, &info, mount, &spec, &digest, values, &*engine, &metrics,
+            )
+            .await
+        }
+    };
     let (changed, replaced) = match written {
         Ok(w) => w,
         Err(outcome) => return outcome,
@@ -824,9 +830,11 @@ type WriteResult = Result<(bool, bool), Outcome>;
 
 /// The direct path (`/proc/<pid>/root`, no exec), when the engine offers it. None: use exec
 /// (not offered, or not usable for this container — each reason counted and logged once).
+#[allow(clippy::too_many_arguments)]
 async fn write_direct(
     job: &ContainerJob,
     info: &crate::engine::ContainerInfo,
+    mount: &str,
     dir: &str,
     digest: &str,
     pairs: &[(&crate::spec::SecretFile, &SecretValue)],
@@ -842,6 +850,8 @@ async fn write_direct(
         },
         pid: info.pid.unwrap_or(0),
         dir,
+        mount,
+        started_at: info.started_at.as_deref(),
     };
     let mut written = writer.write(&target, digest, pairs);
     if let Err(DirectError::Gone {
@@ -878,6 +888,10 @@ async fn write_direct(
             "not_tmpfs",
             format!("container `{}`: {e}; nothing written", info.name),
         )),
+        Err(e @ DirectError::Foreign { .. }) => Err(refused(
+            "foreign_entry",
+            format!("container `{}`: {e}; the previous files (if any) are still in place", info.name),
+        )),
         Err(e @ DirectError::Gone { .. }) => {
             tracing::info!(container = %short(&job.id), "{e}; container gone");
             Err(Outcome::Gone)
@@ -898,9 +912,11 @@ async fn write_direct(
 
 /// The exec path: one `docker exec` of the in-container script with the tar on stdin (or, in an
 /// image without `tar`, base64 lines).
+#[allow(clippy::too_many_arguments)]
 async fn write_exec(
     job: &ContainerJob,
     info: &crate::engine::ContainerInfo,
+    mount: &str,
     spec: &crate::spec::ContainerSpec,
     digest: &str,
     values: Vec<SecretValue>,
@@ -917,7 +933,7 @@ async fn write_exec(
     let mut result = engine
         .exec(
             &job.id,
-            &inject_command(&spec.dir, digest, &files, Transport::Tar),
+            &inject_command(mount, &spec.dir, digest, &files, Transport::Tar),
             &tar,
         )
         .await;
@@ -928,7 +944,7 @@ async fn write_exec(
         result = engine
             .exec(
                 &job.id,
-                &inject_command(&spec.dir, digest, &files, Transport::Base64Lines),
+                &inject_command(mount, &spec.dir, digest, &files, Transport::Base64Lines),
                 &payload,
             )
             .await;
@@ -943,7 +959,19 @@ async fn write_exec(
         }
         Ok(out) if out.exit_code == Some(EXIT_NOT_TMPFS) => Err(refused(
             "not_tmpfs",
-            format!("container `{}`: {}; nothing written", info.name, out.output.trim()),
+            format!(
+                "container `{}`: `{}` is not provably on the container's tmpfs (no tmpfs mount at `{mount}` in the container's mountinfo, or a symlink or another mount below it); nothing written",
+                info.name, spec.dir
+            ),
+        )),
+        Ok(out) if out.exit_code == Some(EXIT_FOREIGN) => Err(refused(
+            "foreign_entry",
+            format!(
+                "container `{}`: {} in {} is an entry DSO did not create and does not remove (a non-empty directory, a fifo, …); remove it (or recreate the container); the previous files (if any) are still in place",
+                info.name,
+                foreign_entry(&out.output, &spec.files),
+                spec.dir
+            ),
         )),
         Ok(out) if out.exit_code == Some(EXIT_NO_TAR) => Err(refused(
             "no_tar",
@@ -983,6 +1011,29 @@ async fn write_exec(
         }
     }
     written
+}
+
+/// The entry a foreign-entry verdict names, when it is one of DSO's names (the script prints it;
+/// text from inside the container is never logged otherwise).
+fn foreign_entry(output: &str, files: &[crate::spec::SecretFile]) -> String {
+    let fixed = [
+        "..data",
+        ".ready",
+        "..dso_staging",
+        "..dso_link",
+        "..dso_ready",
+    ];
+    output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(FOREIGN_MARKER))
+        .find(|n| {
+            fixed.contains(n)
+                || files.iter().any(|f| f.name == *n)
+                || n.strip_prefix("..data_").is_some_and(|h| {
+                    !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+        })
+        .map_or_else(|| "an entry".to_string(), |n| format!("`{n}`"))
 }
 
 impl Actor for Injector {

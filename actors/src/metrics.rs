@@ -323,6 +323,7 @@ impl Metrics {
             "no_tar",
             "exec_failed",
             "write_failed",
+            "foreign_entry",
             "engine_error",
             "container_gone",
         ] {

@@ -80,75 +80,16 @@ pub const REPLACED_MARKER: &str = "replaced";
 /// Exit code of the in-container script when the directory already holds exactly this content.
 pub const EXIT_UNCHANGED: i64 = 10;
 
-/// The part of the in-container script before extraction: arguments, the "already there" check
-/// (the digest in `.ready`), the tmpfs check (of the nearest existing ancestor, before anything
-/// is created) and a staging directory on that same tmpfs. Builtins wherever possible: every
-/// process costs about a millisecond.
-const SCRIPT_HEAD: &str = r#"set -e
-d="$1"; g="$2"; shift 2
-if [ -f "$d/.ready" ] && [ -L "$d/..data" ]; then
-  cur=; read -r cur < "$d/.ready" || true
-  [ "$cur" != "$g" ] || exit 10
-fi
-had=; [ ! -f "$d/.ready" ] || had=1
-p="$d"
-while [ ! -d "$p" ]; do p="${p%/*}"; [ -n "$p" ] || p=/; done
-fs=$(stat -f -c %T "$p" 2>/dev/null || echo unknown)
-case "$fs" in tmpfs|unknown) ;; *) echo "dso: $d is on $fs, not tmpfs" >&2; exit 64;; esac
-umask 022
-mkdir -p "$d"
-umask 077
-t="$d/.dso-staging.$$"
-[ ! -e "$t" ] || rm -rf "$t"
-mkdir "$t"
-trap 'rm -rf "$t"' EXIT
-"#;
+/// Exit code of the in-container script when a foreign entry at one of DSO's names refuses the
+/// container; it prints `dso-foreign:<name>` (a name DSO gave it).
+pub const EXIT_FOREIGN: i64 = 66;
 
-/// After the files are in the staging dir, the Kubernetes AtomicWriter pattern: the staging dir
-/// becomes `..data_<digest>`, one rename swaps the `..data` symlink to it (readers see the old set
-/// or the new set, never a mix), each visible name is a symlink into `..data`, older generations
-/// are removed, and `.ready` (holding the digest) is replaced last.
-const SCRIPT_TAIL: &str = r#"chmod 0755 "$t"
-new="..data_$g"
-[ ! -e "$d/$new" ] || rm -rf "$d/$new"
-mv "$t" "$d/$new"
-trap - EXIT
-ln -s "$new" "$d/..data_tmp.$$"
-mv -T -f "$d/..data_tmp.$$" "$d/..data"
-links=; plain=
-while [ $# -ge 4 ]; do
-  if [ ! -L "$d/$1" ]; then links="$links ..data/$1"; [ ! -e "$d/$1" ] || plain="$plain $d/$1"; fi
-  shift 4
-done
-[ -z "$plain" ] || rm -f $plain
-[ -z "$links" ] || ln -s $links "$d/"
-for o in "$d"/..data_*; do [ "$o" = "$d/$new" ] || [ "$o" = "$d/..data_tmp.$$" ] || rm -rf "$o"; done
-printf '%s\n' "$g" > "$d/.ready.tmp.$$"
-chmod 0444 "$d/.ready.tmp.$$"
-mv -f "$d/.ready.tmp.$$" "$d/.ready"
-[ -z "$had" ] || echo replaced
-"#;
+/// The line prefix naming the foreign entry.
+pub const FOREIGN_MARKER: &str = "dso-foreign:";
 
-/// Extraction with `tar` (the normal path). Run as root, tar restores each entry's owner and mode
-/// from the header (busybox and GNU tar alike), whatever the umask.
-const EXTRACT_TAR: &str = r#"command -v tar >/dev/null 2>&1 || { echo "dso: no tar in this container" >&2; exit 65; }
-tar -x -f - -C "$t"
-"#;
-
-/// Extraction without `tar`: one base64 line per file on stdin, in argument order, then owner and
-/// mode set explicitly. `printf` is a shell builtin, so values never appear in a process's argv.
-const EXTRACT_B64: &str = r#"command -v base64 >/dev/null 2>&1 || { echo "dso: neither tar nor base64 in this container" >&2; exit 65; }
-i=0
-for a in "$@"; do
-  case $((i % 4)) in
-    0) n="$a"; IFS= read -r line; printf '%s' "$line" | base64 -d > "$t/$n"; line= ;;
-    1) m="$a" ;;
-    2) u="$a" ;;
-    3) chown "$u:$a" "$t/$n"; chmod "$m" "$t/$n" ;;
-  esac
-  i=$((i + 1))
-done
-"#;
+/// The in-container script (`write.sh`): the same rules as the direct path (SECURITY.md). Its
+/// arguments: mount point, directory, digest, `tar`|`b64`, then name, mode, uid, gid per file.
+const SCRIPT: &str = include_str!("write.sh");
 
 /// The digest of a set of files as written (names, modes, owners, contents), keyed with a
 /// per-host key so the digest in `.ready` (readable inside the container) cannot be used to guess
@@ -180,13 +121,9 @@ pub enum Transport {
     Base64Lines,
 }
 
-/// The full in-container script for a transport.
-pub fn script(transport: Transport) -> String {
-    let extract = match transport {
-        Transport::Tar => EXTRACT_TAR,
-        Transport::Base64Lines => EXTRACT_B64,
-    };
-    format!("{SCRIPT_HEAD}{extract}{SCRIPT_TAIL}")
+/// The in-container script (one text for both transports: the transport is an argument).
+pub fn script() -> &'static str {
+    SCRIPT
 }
 
 /// The stdin payload of [`Transport::Base64Lines`]: one base64 line per file, zeroed on drop.
@@ -220,8 +157,9 @@ pub fn build_b64_lines(values: &[&SecretValue]) -> Zeroizing<Vec<u8>> {
     out
 }
 
-/// The argv of the exec that installs `files` into `dir`.
+/// The argv of the exec that installs `files` into `dir`, on the tmpfs mounted at `mount`.
 pub fn inject_command(
+    mount: &str,
     dir: &str,
     digest: &str,
     files: &[&SecretFile],
@@ -230,10 +168,16 @@ pub fn inject_command(
     let mut cmd = vec![
         "sh".to_string(),
         "-c".to_string(),
-        script(transport),
+        SCRIPT.to_string(),
         "dso-inject".to_string(),
+        mount.to_string(),
         dir.to_string(),
         digest.to_string(),
+        match transport {
+            Transport::Tar => "tar",
+            Transport::Base64Lines => "b64",
+        }
+        .to_string(),
     ];
     for f in files {
         cmd.push(f.name.clone());
@@ -303,14 +247,22 @@ mod tests {
     #[test]
     fn command_passes_names_as_arguments() {
         let a = file("db_password", 0o440);
-        let cmd = inject_command("/run/secrets/dso", "0123abcd", &[&a], Transport::Tar);
+        let cmd = inject_command(
+            "/run/secrets/dso",
+            "/run/secrets/dso",
+            "0123abcd",
+            &[&a],
+            Transport::Tar,
+        );
         assert_eq!(&cmd[..2], &["sh", "-c"]);
         assert_eq!(
             &cmd[3..],
             &[
                 "dso-inject",
                 "/run/secrets/dso",
+                "/run/secrets/dso",
                 "0123abcd",
+                "tar",
                 "db_password",
                 "440",
                 "1000",
