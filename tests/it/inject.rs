@@ -745,9 +745,8 @@ fn symlinks_planted_by_the_container_never_lead_the_direct_write_outside_its_tmp
 
 #[test]
 fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container() {
-    use dso_actors::direct::{
-        DirectError, DirectTarget, DirectWriter, FallbackReason, ProcRootWriter,
-    };
+    use dso::writer::ProcRootWriter;
+    use dso_actors::direct::{DirectError, DirectTarget, DirectWriter, FallbackReason};
     let ws = Workspace::new();
     let a = ws.container(&["--tmpfs", DIR]);
     let b = ws.container(&["--tmpfs", DIR]);
@@ -756,6 +755,8 @@ fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container()
             .parse()
             .expect("pid")
     };
+    let started = |c: &Container| docker(&["inspect", "-f", "{{.State.StartedAt}}", &c.id]);
+    let (a_started, b_started) = (started(&a), started(&b));
     let file = dso_actors::spec::SecretFile {
         name: "k".into(),
         source: "local/x".parse().expect("ref"),
@@ -770,6 +771,8 @@ fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container()
         container_id: &a.id,
         pid: pid(&b),
         dir: DIR,
+        mount: DIR,
+        started_at: Some(&b_started),
     };
     match w.write(&wrong, "00000000000000aa", &[(&file, &v)]) {
         Err(DirectError::Fallback { reason, .. }) => {
@@ -783,6 +786,8 @@ fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container()
         container_id: &a.id,
         pid: pid(&a),
         dir: DIR,
+        mount: DIR,
+        started_at: Some(&a_started),
     };
     w.write(&right, "00000000000000aa", &[(&file, &v)])
         .expect("direct write into a running container");
@@ -794,6 +799,8 @@ fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container()
         container_id: &a.id,
         pid: dead_pid,
         dir: DIR,
+        mount: DIR,
+        started_at: Some(&a_started),
     };
     let r = w.write(&dead, "00000000000000bb", &[(&file, &v)]);
     assert!(
