@@ -135,7 +135,7 @@ impl DirectWriter for ProcRootWriter {
         };
         let procfd = match openat(
             rustix::fs::CWD,
-            &self.proc.join(pid.to_string()),
+            self.proc.join(pid.to_string()),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
