@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use dso_actors::direct::Written;
+use dso_actors::direct::{DirectError, FallbackReason, Written};
 use dso_actors::secret::SecretValue;
 use dso_actors::spec::{SecretFile, MAX_SECRETS, READY_MARKER};
 use rustix::fs::{
@@ -36,42 +36,23 @@ pub const LINK_TMP: &str = "..dso_link";
 /// `.ready` is written here, then renamed.
 pub const READY_TMP: &str = "..dso_ready";
 
-/// Why the directory could not be used or written. Never holds a value.
-#[derive(Debug, thiserror::Error)]
-pub enum LayoutError {
-    /// The kernel has no `openat2`.
-    #[error("openat2 is not available")]
-    NoOpenat2,
-    /// Not provably on the tmpfs: what was found instead.
-    #[error("{dir} is not provably on the container's tmpfs: {reason}")]
-    NotTmpfs {
-        /// Directory inside the container.
-        dir: String,
-        /// What was found.
-        reason: String,
-    },
-    /// An entry at one of DSO's names that DSO may not remove.
-    #[error("`{entry}` in {dir} is {what}, which DSO did not create and does not remove; remove it (or restart the container)")]
-    Foreign {
-        /// The entry (relative to the secrets directory).
-        entry: String,
-        /// What it is.
-        what: String,
-        /// Directory inside the container.
-        dir: String,
-    },
-    /// One step failed; the previous set (if any) is still in place.
-    #[error("{step} `{name}` in {dir}: {source}")]
-    Io {
-        /// What was being done.
-        step: &'static str,
-        /// The entry.
-        name: String,
-        /// Directory inside the container.
-        dir: String,
-        /// The OS error.
-        source: io::Error,
-    },
+/// A refusal naming `entry` (relative to the secrets directory `dir`).
+fn foreign(dir: &str, entry: impl Into<String>, what: &str) -> DirectError {
+    DirectError::Foreign {
+        entry: entry.into(),
+        what: what.to_string(),
+        dir: dir.to_string(),
+    }
+}
+
+/// A failed step on `name` in the secrets directory `dir`.
+fn io_err(dir: &str, step: &'static str, name: &str, e: Errno) -> DirectError {
+    DirectError::Io {
+        step,
+        name: name.to_string(),
+        dir: dir.to_string(),
+        source: e.into(),
+    }
 }
 
 fn fs_name(magic: u64) -> String {
@@ -99,8 +80,8 @@ pub fn open_secrets_dir(
     root: BorrowedFd<'_>,
     mount: &str,
     dir: &str,
-) -> Result<OwnedFd, LayoutError> {
-    let not_tmpfs = |reason: String| LayoutError::NotTmpfs {
+) -> Result<OwnedFd, DirectError> {
+    let not_tmpfs = |reason: String| DirectError::NotTmpfs {
         dir: dir.to_string(),
         reason,
     };
@@ -125,7 +106,12 @@ pub fn open_secrets_dir(
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     ) {
         Ok(fd) => fd,
-        Err(Errno::NOSYS) => return Err(LayoutError::NoOpenat2),
+        Err(Errno::NOSYS) => {
+            return Err(DirectError::Fallback {
+                reason: FallbackReason::NoOpenat2,
+                detail: "openat2: ENOSYS".to_string(),
+            })
+        }
         Err(e) => {
             return Err(not_tmpfs(format!(
                 "the mount point {mount}: {}",
@@ -175,12 +161,7 @@ pub fn open_secrets_dir(
                 e => format!("`{comp}`: {}", io::Error::from(e)),
             })
         })?;
-        take_over(next.as_fd()).map_err(|e| LayoutError::Io {
-            step: "taking over",
-            name: comp.to_string(),
-            dir: dir.to_string(),
-            source: e.into(),
-        })?;
+        take_over(next.as_fd()).map_err(|e| io_err(dir, "taking over", comp, e))?;
         fd = next;
     }
     Ok(fd)
@@ -223,7 +204,7 @@ fn is_our_link(dir: BorrowedFd<'_>, name: &str, target: &str) -> bool {
 }
 
 /// Reads at most `max` bytes of the regular file `name` in `dir` (never following a symlink).
-fn read_file(
+pub(crate) fn read_file(
     dir: BorrowedFd<'_>,
     name: &str,
     max: usize,
@@ -311,18 +292,9 @@ fn clear_name(
     dir_name: &str,
     name: &str,
     ours: Option<&str>,
-) -> Result<Found, LayoutError> {
-    let foreign = |what: &str| LayoutError::Foreign {
-        entry: name.to_string(),
-        what: what.to_string(),
-        dir: dir_name.to_string(),
-    };
-    let io_err = |step, e: Errno| LayoutError::Io {
-        step,
-        name: name.to_string(),
-        dir: dir_name.to_string(),
-        source: e.into(),
-    };
+) -> Result<Found, DirectError> {
+    let foreign = |what: &str| foreign(dir_name, name, what);
+    let io_err = |step, e: Errno| io_err(dir_name, step, name, e);
     let Some(st) = lstat(dir, name).map_err(|e| io_err("checking", e))? else {
         return Ok(Found::Replaceable);
     };
@@ -352,18 +324,9 @@ fn remove_generation(
     dir_name: &str,
     name: &str,
     names: &[&str],
-) -> Result<(), LayoutError> {
-    let foreign = |entry: String, what: &str| LayoutError::Foreign {
-        entry,
-        what: what.to_string(),
-        dir: dir_name.to_string(),
-    };
-    let io_err = |step, e: Errno| LayoutError::Io {
-        step,
-        name: name.to_string(),
-        dir: dir_name.to_string(),
-        source: e.into(),
-    };
+) -> Result<(), DirectError> {
+    let foreign = |entry: String, what: &str| foreign(dir_name, entry, what);
+    let io_err = |step, e: Errno| io_err(dir_name, step, name, e);
     let Some(st) = lstat(dir, name).map_err(|e| io_err("checking", e))? else {
         return Ok(());
     };
@@ -458,16 +421,11 @@ pub fn write_layout(
     dir_name: &str,
     digest: &str,
     files: &[(&SecretFile, &SecretValue)],
-) -> Result<Written, LayoutError> {
+) -> Result<Written, DirectError> {
     if verified(dir, digest, files) {
         return Ok(Written::Unchanged);
     }
-    let io_err = |step: &'static str, name: &str, e: Errno| LayoutError::Io {
-        step,
-        name: name.to_string(),
-        dir: dir_name.to_string(),
-        source: e.into(),
-    };
+    let io_err = |step: &'static str, name: &str, e: Errno| io_err(dir_name, step, name, e);
     take_over(dir).map_err(|e| io_err("taking over", dir_name, e))?;
     let names: Vec<&str> = files.iter().map(|(f, _)| f.name.as_str()).collect();
     let gen = format!("{GENERATION_PREFIX}{digest}");
@@ -492,7 +450,7 @@ pub fn write_layout(
 
     mkdirat(dir, STAGING, Mode::from_raw_mode(0o700))
         .map_err(|e| io_err("creating", STAGING, e))?;
-    let fill = || -> Result<(), LayoutError> {
+    let fill = || -> Result<(), DirectError> {
         let sfd = openat(
             dir,
             STAGING,
@@ -528,7 +486,7 @@ pub fn write_layout(
         return Err(e);
     }
     // One rename swaps the whole set: readers see the old one or the new one.
-    let relink = |name: &str, target: &str| -> Result<(), LayoutError> {
+    let relink = |name: &str, target: &str| -> Result<(), DirectError> {
         symlinkat(target, dir, LINK_TMP).map_err(|e| io_err("linking", LINK_TMP, e))?;
         renameat(dir, LINK_TMP, dir, name).map_err(|e| {
             let _ = unlinkat(dir, LINK_TMP, AtFlags::empty());
@@ -750,7 +708,7 @@ mod tests {
             }
             let fd = d.fd();
             match write_layout(fd.as_fd(), "/t", D1, &[(&a, &v)]) {
-                Err(LayoutError::Foreign { entry, .. }) => assert_eq!(entry, "a"),
+                Err(DirectError::Foreign { entry, .. }) => assert_eq!(entry, "a"),
                 other => panic!("{plant}: expected a refusal, got {other:?}"),
             }
             assert_eq!(entries(&d.0), vec!["a"], "{plant}: nothing written");
@@ -802,7 +760,7 @@ mod tests {
         std::os::unix::fs::symlink("/tmp", d.0.join("l")).unwrap();
         let dir = format!("{}/l/x", d.0.display());
         match open_secrets_dir(root.as_fd(), "/dev/shm", &dir) {
-            Err(LayoutError::NotTmpfs { reason, .. }) => {
+            Err(DirectError::NotTmpfs { reason, .. }) => {
                 assert!(reason.contains("`l` is a symlink"), "{reason}")
             }
             other => panic!("{other:?}"),
@@ -811,15 +769,15 @@ mod tests {
         let inside = d.0.display().to_string();
         assert!(matches!(
             open_secrets_dir(root.as_fd(), &inside, &inside),
-            Err(LayoutError::NotTmpfs { .. })
+            Err(DirectError::NotTmpfs { .. })
         ));
         assert!(matches!(
             open_secrets_dir(root.as_fd(), "/etc", "/etc"),
-            Err(LayoutError::NotTmpfs { .. })
+            Err(DirectError::NotTmpfs { .. })
         ));
         assert!(matches!(
             open_secrets_dir(root.as_fd(), "/dev/shm", "/dev/shmx"),
-            Err(LayoutError::NotTmpfs { .. })
+            Err(DirectError::NotTmpfs { .. })
         ));
     }
 }

@@ -20,7 +20,7 @@ use dso_actors::spec::SecretFile;
 use rustix::fs::{fstatfs, openat, statat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::layout::{open_secrets_dir, write_layout, LayoutError};
+use crate::layout::{open_secrets_dir, read_file, write_layout};
 use crate::pidproof::{cgroup_is_container, start_ticks, started_with_container};
 
 /// `f_type` of procfs.
@@ -54,27 +54,6 @@ fn gone_errno(e: Errno) -> bool {
     matches!(e, Errno::NOENT | Errno::SRCH)
 }
 
-/// Reads a small file relative to `dir` (no symlink followed), at most `max` bytes.
-fn read_small(dir: BorrowedFd<'_>, name: &str, max: usize) -> Result<Vec<u8>, Errno> {
-    let fd = openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut out = Vec::with_capacity(max.min(4096));
-    let mut buf = [0u8; 4096];
-    while out.len() < max {
-        let n = rustix::io::read(&fd, &mut buf[..])?;
-        if n == 0 {
-            break;
-        }
-        let room = max - out.len();
-        out.extend_from_slice(&buf[..n.min(room)]);
-    }
-    Ok(out)
-}
-
 /// Wall-clock time of boot, in the clock `/proc/<pid>/stat` counts start times in (BOOTTIME).
 fn boot_time() -> SystemTime {
     let b = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
@@ -85,28 +64,6 @@ fn boot_time() -> SystemTime {
     SystemTime::now()
         .checked_sub(since_boot)
         .unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-fn from_layout(e: LayoutError) -> DirectError {
-    match e {
-        LayoutError::NoOpenat2 => DirectError::Fallback {
-            reason: FallbackReason::NoOpenat2,
-            detail: "openat2: ENOSYS".to_string(),
-        },
-        LayoutError::NotTmpfs { dir, reason } => DirectError::NotTmpfs { dir, reason },
-        LayoutError::Foreign { entry, what, dir } => DirectError::Foreign { entry, what, dir },
-        LayoutError::Io {
-            step,
-            name,
-            dir,
-            source,
-        } => DirectError::Io {
-            step,
-            name,
-            dir,
-            source,
-        },
-    }
 }
 
 impl DirectWriter for ProcRootWriter {
@@ -128,8 +85,8 @@ impl DirectWriter for ProcRootWriter {
             reason: FallbackReason::ProcDenied,
             detail: format!("{what} of pid {pid}: {}", io::Error::from(e)),
         };
-        let read = |fd: BorrowedFd<'_>, name: &str, max: usize| match read_small(fd, name, max) {
-            Ok(v) => Ok(String::from_utf8_lossy(&v).into_owned()),
+        let read = |fd: BorrowedFd<'_>, name: &str, max: usize| match read_file(fd, name, max) {
+            Ok((_, v)) => Ok(String::from_utf8_lossy(&v).into_owned()),
             Err(e) if gone_errno(e) => Err(gone("before the write")),
             Err(e) => Err(denied(&format!("reading {name}"), e)),
         };
@@ -196,10 +153,8 @@ impl DirectWriter for ProcRootWriter {
             Err(e) if gone_errno(e) => return Err(gone("before the write")),
             Err(e) => return Err(denied("opening root", e)),
         };
-        let dirfd =
-            open_secrets_dir(root.as_fd(), target.mount, target.dir).map_err(from_layout)?;
-        let written =
-            write_layout(dirfd.as_fd(), target.dir, digest, files).map_err(from_layout)?;
+        let dirfd = open_secrets_dir(root.as_fd(), target.mount, target.dir)?;
+        let written = write_layout(dirfd.as_fd(), target.dir, digest, files)?;
         // A process that exited meanwhile leaves a clear outcome rather than a false "success".
         match statat(&procfd, "stat", AtFlags::SYMLINK_NOFOLLOW) {
             Err(e) if gone_errno(e) => Err(gone("during the write")),
