@@ -14,8 +14,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use dso_actors::direct::{DirectError, FallbackReason, Written};
+use dso_actors::model::{SecretFile, READY_MARKER};
 use dso_actors::secret::SecretValue;
-use dso_actors::spec::{SecretFile, MAX_SECRETS, READY_MARKER};
+use dso_actors::spec::MAX_SECRETS;
 use rustix::fs::{
     fchmod, fchown, fstat, fstatfs, mkdirat, openat, openat2, readlinkat, renameat, statat,
     symlinkat, unlinkat, AtFlags, Dir, FileType, Gid, Mode, OFlags, ResolveFlags, Stat, Uid,

@@ -6,12 +6,13 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod de;
 pub mod docker;
 pub mod dotenv;
 pub mod envrun;
 pub mod http;
 pub mod layout;
 pub mod pidproof;
+pub mod procroot;
 pub mod providers;
 pub mod resolve_proto;
-pub mod writer;

@@ -1,17 +1,29 @@
-//! The direct write path's contract: a container's files written through `/proc/<pid>/root`,
-//! without exec. `docker exec` costs a runc start per container (25–30 ms of CPU on a small
-//! host); when the agent runs on the host (or in a container with `pid: host`) as root, the
-//! container's tmpfs is reachable through the mount namespace of its main process.
+//! The direct write path's interface: a container's files written through its mount namespace,
+//! without exec.
 //!
-//! This module holds what the actors need: [`DirectWriter`] (the trait), [`DirectTarget`], the
-//! answers ([`Written`], [`DirectError`]) and the [`FallbackReason`]s. The real writer lives in
-//! the `dso` crate (`ProcRootWriter`, with the rules of SECURITY.md); it writes exactly the layout
-//! the exec script writes, so an agent switching between the two paths rewrites nothing.
+//! `docker exec` costs a runc start per container (25–30 ms of CPU on a small host), which makes
+//! the rotation fan-out to hundreds of containers take seconds. When the agent runs on the host
+//! (or in a container with `pid: host`) as root, the container's tmpfs is reachable through the
+//! mount namespace of its main process. A [`DirectWriter`] writes exactly the layout the exec
+//! script writes (see [`crate::tarball`]): `..data_<digest>` holding the files, `..data` a symlink
+//! to it swapped with one `rename`, each visible name a symlink into `..data`, `.ready` holding the
+//! digest written last; same modes, owners, and the same "unchanged" answer (given only after the
+//! current generation was read back, never because `.ready` says so) — so an agent switching
+//! between the two paths rewrites nothing. The rules both follow are in SECURITY.md.
+//!
+//! The OS-level writer (`ProcRootWriter`: `/proc/<pid>/root`, `openat2`, `*at()` calls) lives in
+//! the `dso` crate beside the Docker adapter (`src/procroot.rs`); the Supervisor receives it (or
+//! None: every write is an exec) and hands it to the injectors. This crate stays free of OS calls.
+//!
+//! Anything that makes the path unusable for a container (no access to `/proc`, a user
+//! namespace, a kernel without `openat2`, a process that is not the container's) is a
+//! [`DirectError::Fallback`]: the injector then uses exec. The calls are synchronous and short
+//! (tens of syscalls on a tmpfs); the injector runs them inline.
 
 use std::io;
 
+use crate::model::SecretFile;
 use crate::secret::SecretValue;
-use crate::spec::SecretFile;
 
 /// Where a direct write goes.
 #[derive(Debug, Clone, Copy)]
@@ -164,8 +176,8 @@ pub enum DirectError {
 }
 
 /// The OS side of the direct path (a trait so the injector's choice between direct and exec is
-/// unit-tested with [`crate::fake::FakeDirectWriter`]).
-pub trait DirectWriter: Send + Sync {
+/// unit-tested with `fake::FakeDirectWriter`; the real one is the `dso` crate's `ProcRootWriter`).
+pub trait DirectWriter: Send + Sync + std::fmt::Debug {
     /// Installs `files` (with their values, in this order) into `target` as generation `digest`.
     fn write(
         &self,

@@ -1,19 +1,15 @@
-//! Building the one tar (and the one command) that puts all of a container's secrets in place.
+//! The bytes of the exec write path and the digest both paths share: the one tar (or, in an image
+//! without `tar`, base64 lines) that carries all of a container's secrets on stdin, and the keyed
+//! content digest written to `.ready`.
 //!
 //! The tar is built in a buffer allocated once at its final size (no reallocation leaves copies of
-//! secret bytes in freed memory) and zeroed on drop. The command runs `sh` inside the container:
-//! it checks that the directory is a tmpfs, extracts into a staging directory on that same tmpfs,
-//! sets owner and mode, renames each file into place (atomic for readers), and writes `.ready` last.
+//! secret bytes in freed memory) and zeroed on drop. The in-container script that unpacks it lives
+//! with the exec path (`injector::exec`).
 
 use zeroize::Zeroizing;
 
+use crate::model::{SecretFile, READY_MARKER};
 use crate::secret::SecretValue;
-use crate::spec::{SecretFile, READY_MARKER};
-
-/// Exit code of the in-container script when the directory is not a tmpfs.
-pub const EXIT_NOT_TMPFS: i64 = 64;
-/// Exit code of the in-container script when `tar` is missing.
-pub const EXIT_NO_TAR: i64 = 65;
 
 /// Why a tar could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -74,23 +70,6 @@ pub fn build_tar(files: &[(&SecretFile, &SecretValue)]) -> Result<Zeroizing<Vec<
     Ok(buf)
 }
 
-/// What the in-container script prints when it replaced an earlier set (not a first injection).
-pub const REPLACED_MARKER: &str = "replaced";
-
-/// Exit code of the in-container script when the directory already holds exactly this content.
-pub const EXIT_UNCHANGED: i64 = 10;
-
-/// Exit code of the in-container script when a foreign entry at one of DSO's names refuses the
-/// container; it prints `dso-foreign:<name>` (a name DSO gave it).
-pub const EXIT_FOREIGN: i64 = 66;
-
-/// The line prefix naming the foreign entry.
-pub const FOREIGN_MARKER: &str = "dso-foreign:";
-
-/// The in-container script (`write.sh`): the same rules as the direct path (SECURITY.md). Its
-/// arguments: mount point, directory, digest, `tar`|`b64`, then name, mode, uid, gid per file.
-const SCRIPT: &str = include_str!("write.sh");
-
 /// The digest of a set of files as written (names, modes, owners, contents), keyed with a
 /// per-host key so the digest in `.ready` (readable inside the container) cannot be used to guess
 /// a low-entropy secret offline. 16 hex digits.
@@ -112,21 +91,7 @@ pub fn digest(key: &[u8], files: &[(&SecretFile, &SecretValue)]) -> String {
     out.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// How the files travel on stdin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// One tar (needs `tar` in the container).
-    Tar,
-    /// One base64 line per file (needs `sh` and `base64`); the fallback when `tar` is missing.
-    Base64Lines,
-}
-
-/// The in-container script (one text for both transports: the transport is an argument).
-pub fn script() -> &'static str {
-    SCRIPT
-}
-
-/// The stdin payload of [`Transport::Base64Lines`]: one base64 line per file, zeroed on drop.
+/// The stdin payload of `Transport::Base64Lines` (see `injector::exec`): one base64 line per file, zeroed on drop.
 pub fn build_b64_lines(values: &[&SecretValue]) -> Zeroizing<Vec<u8>> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let size: usize = values.iter().map(|v| v.len().div_ceil(3) * 4 + 1).sum();
@@ -157,37 +122,6 @@ pub fn build_b64_lines(values: &[&SecretValue]) -> Zeroizing<Vec<u8>> {
     out
 }
 
-/// The argv of the exec that installs `files` into `dir`, on the tmpfs mounted at `mount`.
-pub fn inject_command(
-    mount: &str,
-    dir: &str,
-    digest: &str,
-    files: &[&SecretFile],
-    transport: Transport,
-) -> Vec<String> {
-    let mut cmd = vec![
-        "sh".to_string(),
-        "-c".to_string(),
-        SCRIPT.to_string(),
-        "dso-inject".to_string(),
-        mount.to_string(),
-        dir.to_string(),
-        digest.to_string(),
-        match transport {
-            Transport::Tar => "tar",
-            Transport::Base64Lines => "b64",
-        }
-        .to_string(),
-    ];
-    for f in files {
-        cmd.push(f.name.clone());
-        cmd.push(format!("{:o}", f.mode));
-        cmd.push(f.uid.to_string());
-        cmd.push(f.gid.to_string());
-    }
-    cmd
-}
-
 /// The name of the readiness marker, for documentation and tests.
 pub fn ready_marker() -> &'static str {
     READY_MARKER
@@ -197,15 +131,7 @@ pub fn ready_marker() -> &'static str {
 mod tests {
     use super::*;
 
-    fn file(name: &str, mode: u32) -> SecretFile {
-        SecretFile {
-            name: name.into(),
-            source: "local/x".parse().unwrap(),
-            mode,
-            uid: 1000,
-            gid: 1001,
-        }
-    }
+    use crate::model::test_file as file;
 
     #[test]
     fn tar_holds_every_file_with_mode_owner_and_no_reallocation() {
@@ -242,34 +168,6 @@ mod tests {
                 ("b.txt".into(), 0o640, 1000, 1001, 1500)
             ]
         );
-    }
-
-    #[test]
-    fn command_passes_names_as_arguments() {
-        let a = file("db_password", 0o440);
-        let cmd = inject_command(
-            "/run/secrets/dso",
-            "/run/secrets/dso",
-            "0123abcd",
-            &[&a],
-            Transport::Tar,
-        );
-        assert_eq!(&cmd[..2], &["sh", "-c"]);
-        assert_eq!(
-            &cmd[3..],
-            &[
-                "dso-inject",
-                "/run/secrets/dso",
-                "/run/secrets/dso",
-                "0123abcd",
-                "tar",
-                "db_password",
-                "440",
-                "1000",
-                "1001"
-            ]
-        );
-        assert!(!cmd[2].contains("db_password"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use dso_actors::engine::ContainerInfo;
+use dso_actors::model::ContainerInfo;
 use dso_actors::secret::SecretRef;
 use dso_actors::spec::build_spec;
 use proptest::prelude::*;

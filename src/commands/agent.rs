@@ -66,7 +66,7 @@ fn run_agent(
         let mut attempt = 0u32;
         let engine = loop {
             match BollardEngine::connect(&host) {
-                Ok(e) => break e.with_direct_writes(cfg.agent.write_mode == WriteMode::Auto),
+                Ok(e) => break e,
                 Err(e) if attempt < cfg.agent.docker_max_reconnects => {
                     attempt += 1;
                     let delay = dso_actors::watcher::backoff(attempt);
@@ -136,7 +136,12 @@ fn run_agent(
             .with_context(|| format!("agent.listen: cannot listen on {}", cfg.agent.listen))?;
         let addr = listener.local_addr()?;
         let admin = dso::admin::bind(&cfg.agent.admin_socket)?;
-        let supervisor = actix::Actor::start(Supervisor::new(engine, providers, settings, metrics));
+        // `write_mode = "auto"`: files go through `/proc/<pid>/root` where the host allows it.
+        let direct = (cfg.agent.write_mode == WriteMode::Auto).then(|| {
+            Arc::new(dso::procroot::ProcRootWriter::new()) as Arc<dyn dso_actors::direct::DirectWriter>
+        });
+        let supervisor =
+            actix::Actor::start(Supervisor::new(engine, direct, providers, settings, metrics));
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
         actix_rt::spawn(dso::admin::serve(admin, supervisor.clone(), async move {
             let _ = admin_stop_rx.await;

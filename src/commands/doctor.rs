@@ -183,7 +183,7 @@ async fn providers(checks: &mut Checks, cfg: &Config) {
 
 /// A `file` provider's key file: 0600 (or not created yet).
 fn key_file(checks: &mut Checks, name: &str, p: &ProviderConfig) {
-    if let ProviderConfig::File(f) = p {
+    if let dso::config::ProviderSpec::File(f) = &p.spec {
         if let Some(k) = f.effective_key_file() {
             match std::fs::metadata(&k) {
                 Ok(m) => {
@@ -238,12 +238,7 @@ async fn probe(checks: &mut Checks, name: &str, p: &ProviderConfig) {
 /// What to do about a failed provider probe.
 fn provider_fix(e: &BackendError, p: &ProviderConfig) -> String {
     match e {
-        BackendError::Denied(_) => match p {
-            ProviderConfig::Aws(_) => "check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws/credentials profile, or the instance role) and the IAM policy (secretsmanager:GetSecretValue, DescribeSecret, ListSecrets)".to_string(),
-            ProviderConfig::Process(_) => "check the credentials the provider program uses (its env / pass_env)".to_string(),
-            ProviderConfig::File(_) => "check the key file / passphrase and its permissions".to_string(),
-            ProviderConfig::Vault(_) => "check the Vault token (token_env / token_file) or AppRole credentials and the policy".to_string(),
-        },
+        BackendError::Denied(_) => p.kind().credentials_hint().to_string(),
         BackendError::Config(_) => "fix the provider's settings named above".to_string(),
         _ => "is the backend running and reachable from this host?".to_string(),
     }

@@ -3,12 +3,12 @@ set -e
 # tar|b64 [NAME MODE UID GID]... with the tar (or one base64 line per file) on stdin. Same rules as
 # the direct path (SECURITY.md): the tmpfs proven from /proc/self/mountinfo, no symlink followed
 # below it, only DSO's names touched, "unchanged" only after comparing what is there with what
-# was sent. The verdict is the exit code: 0 written (prints "replaced" when an earlier set was),
-# 10 unchanged, 64 not provably on the tmpfs, 65 neither tar nor base64, 66 a foreign entry at
-# one of DSO's names (prints "dso-foreign:<name>", a name DSO gave).
+# was sent. The verdict is the exit code (ScriptExit fills in the @…@ codes): 0 written (prints
+# "replaced" when an earlier set was), unchanged, not provably on the tmpfs, neither tar nor
+# base64, a foreign entry at one of DSO's names (prints "dso-foreign:<name>", a name DSO gave).
 m="$1"; d="$2"; g="$3"; x="$4"; shift 4
-nt() { echo "dso: $1; nothing written" >&2; exit 64; }
-fe() { echo "dso-foreign:$1"; exit 66; }
+nt() { echo "dso: $1; nothing written" >&2; exit @NOT_TMPFS@; }
+fe() { echo "dso-foreign:$1"; exit @FOREIGN@; }
 set -f
 names=; i=0
 for a in "$@"; do [ $((i % 4)) -ne 0 ] || names="$names $a"; i=$((i + 1)); done
@@ -59,10 +59,10 @@ umask 077
 mkdir "$s"
 trap 'rm -f $(for n in $names; do printf "%s/%s " "$s" "$n"; done); rmdir "$s" 2>/dev/null' EXIT
 if [ "$x" = tar ]; then
-  command -v tar >/dev/null 2>&1 || { echo "dso: no tar in this container" >&2; exit 65; }
+  command -v tar >/dev/null 2>&1 || { echo "dso: no tar in this container" >&2; exit @NO_TAR@; }
   tar -x -f - -C "$s"
 else
-  command -v base64 >/dev/null 2>&1 || { echo "dso: neither tar nor base64 in this container" >&2; exit 65; }
+  command -v base64 >/dev/null 2>&1 || { echo "dso: neither tar nor base64 in this container" >&2; exit @NO_TAR@; }
   i=0
   for a in "$@"; do
     case $((i % 4)) in
@@ -109,7 +109,7 @@ if [ -n "$v" ]; then
     v=
   fi
 fi
-[ -z "$v" ] || exit 10
+[ -z "$v" ] || exit @UNCHANGED@
 # Write: DSO's names cleared (or the container refused) before anything changes.
 had=; [ ! -f .ready ] || [ -L .ready ] || [ ! -O .ready ] || had=1
 old=; if [ -L ..data ] && [ -O ..data ]; then old=$(readlink ..data || true); fi

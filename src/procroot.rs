@@ -1,5 +1,5 @@
-//! The direct write path: a container's files written through `/proc/<pid>/root`, without exec
-//! (SECURITY.md, "The write path's rules").
+//! The real [`DirectWriter`]: a container's files written through `/proc/<pid>/root`, without
+//! exec (SECURITY.md, "The write path's rules").
 //!
 //! `/proc/<pid>` is opened once as a directory fd (checked to be procfs); everything about the
 //! process is read through it: its `cgroup` must name the container exactly and its start time
@@ -8,6 +8,10 @@
 //! container's root; [`crate::layout`] resolves the tmpfs mount point and the directory below it
 //! and writes or verifies the layout. Anything that makes the path unusable for a container is a
 //! [`DirectError::Fallback`]: the injector then uses exec.
+//!
+//! An OS adapter like [`crate::docker`]: built once in `commands/agent.rs` when
+//! `agent.write_mode = "auto"` and handed to the Supervisor. The calls are synchronous and short
+//! (tens of syscalls on a tmpfs, bounded by the number of secrets); the injector runs them inline.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -15,8 +19,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use dso_actors::direct::{DirectError, DirectTarget, DirectWriter, FallbackReason, Written};
+use dso_actors::model::SecretFile;
 use dso_actors::secret::SecretValue;
-use dso_actors::spec::SecretFile;
 use rustix::fs::{fstatfs, openat, statat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
