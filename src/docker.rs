@@ -77,7 +77,9 @@ fn map_err(e: bollard::errors::Error) -> EngineError {
             status_code: 409,
             message,
         } => EngineError::NotRunning(message),
-        other => EngineError::Engine(other.to_string()),
+        // With its sources: hyper's "client error (Connect)" alone does not say what failed
+        // (refused, EAGAIN on a full accept queue, EMFILE, ...).
+        other => EngineError::Engine(crate::providers::wire::error_chain(&other)),
     }
 }
 

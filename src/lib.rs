@@ -16,3 +16,4 @@ pub mod pidproof;
 pub mod procroot;
 pub mod providers;
 pub mod resolve_proto;
+pub mod standby;

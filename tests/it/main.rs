@@ -18,4 +18,5 @@ mod outage;
 mod process_provider;
 mod reload;
 mod rotation;
+mod standby;
 mod vault_provider;
