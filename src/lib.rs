@@ -15,6 +15,8 @@ pub mod http;
 pub mod hung;
 pub mod listen;
 pub mod logging;
+pub mod layout;
+pub mod pidproof;
 pub mod procroot;
 pub mod providers;
 pub mod resolve_proto;

@@ -7,8 +7,9 @@
 //! mount namespace of its main process. A [`DirectWriter`] writes exactly the layout the exec
 //! script writes (see [`crate::tarball`]): `..data_<digest>` holding the files, `..data` a symlink
 //! to it swapped with one `rename`, each visible name a symlink into `..data`, `.ready` holding the
-//! digest written last; same modes, owners, and the same "unchanged" answer when `.ready` already
-//! holds the digest — so an agent switching between the two paths rewrites nothing.
+//! digest written last; same modes, owners, and the same "unchanged" answer (given only after the
+//! current generation was read back, never because `.ready` says so) — so an agent switching
+//! between the two paths rewrites nothing. The rules both follow are in SECURITY.md.
 //!
 //! The OS-level writer (`ProcRootWriter`: `/proc/<pid>/root`, `openat2`, `*at()` calls) lives in
 //! the `dso` crate beside the Docker adapter (`src/procroot.rs`); the Supervisor receives it (or
@@ -33,6 +34,10 @@ pub struct DirectTarget<'a> {
     pub pid: u32,
     /// Absolute directory inside the container.
     pub dir: &'a str,
+    /// The tmpfs mount point (from inspect) that holds `dir`.
+    pub mount: &'a str,
+    /// `State.StartedAt` of the inspect that returned `pid`: the process must not be younger.
+    pub started_at: Option<&'a str>,
 }
 
 /// What a direct write did.
@@ -69,17 +74,20 @@ pub enum FallbackReason {
     /// its own (a container without `pid: host`), where the pids Docker reports mean nothing.
     /// Decided by the Injector (the writer reports `Gone`; Docker says it runs).
     PidNamespace,
+    /// The process at that pid started after the container did: the pid was reused.
+    PidReused,
 }
 
 impl FallbackReason {
     /// Every reason, for pre-created metric series.
-    pub const ALL: [FallbackReason; 6] = [
+    pub const ALL: [FallbackReason; 7] = [
         FallbackReason::ProcDenied,
         FallbackReason::UserNamespace,
         FallbackReason::NoOpenat2,
         FallbackReason::CgroupMismatch,
         FallbackReason::NoPid,
         FallbackReason::PidNamespace,
+        FallbackReason::PidReused,
     ];
 
     /// Metric label and log field.
@@ -91,6 +99,7 @@ impl FallbackReason {
             FallbackReason::CgroupMismatch => "cgroup_mismatch",
             FallbackReason::NoPid => "no_pid",
             FallbackReason::PidNamespace => "pid_namespace",
+            FallbackReason::PidReused => "pid_reused",
         }
     }
 
@@ -100,9 +109,10 @@ impl FallbackReason {
             FallbackReason::ProcDenied => "the agent may not open /proc/<pid> (or its root) of containers (run it as root on the host, or in a container with `pid: host` and, for containers whose process is not root, `cap_add: [SYS_PTRACE]`)",
             FallbackReason::UserNamespace => "containers run in their own user namespace (userns-remap or rootless Docker)",
             FallbackReason::NoOpenat2 => "the kernel has no openat2 (Linux 5.6+ needed)",
-            FallbackReason::CgroupMismatch => "the process at the container's pid is not in the container's cgroup (pid reused, or another cgroup namespace)",
+            FallbackReason::CgroupMismatch => "the process at the container's pid is not exactly in the container's cgroup (pid reused, a cgroup that merely contains the id, or an unknown cgroup layout)",
             FallbackReason::NoPid => "the engine reported no pid for the container",
             FallbackReason::PidNamespace => "the agent runs in its own PID namespace, where the pids Docker reports do not exist (give its container `pid: host`)",
+            FallbackReason::PidReused => "the process at the container's pid started after the container (the pid was reused)",
         }
     }
 }
@@ -118,13 +128,24 @@ pub enum DirectError {
         /// What exactly was seen.
         detail: String,
     },
-    /// The directory is not on a tmpfs: refused, nothing written.
-    #[error("{dir} is on {fs}, not tmpfs")]
+    /// The directory is not provably on the container's tmpfs: refused, nothing written.
+    #[error("{dir} is not provably on the container's tmpfs: {reason}")]
     NotTmpfs {
         /// Directory inside the container.
         dir: String,
-        /// The filesystem type found.
-        fs: String,
+        /// What was found instead.
+        reason: String,
+    },
+    /// An entry at one of DSO's names that DSO did not create and may not remove (a non-empty
+    /// directory, a fifo, …): refused, naming it.
+    #[error("`{entry}` in {dir} is {what}, which DSO did not create and does not remove; remove it (or recreate the container)")]
+    Foreign {
+        /// The entry, relative to the secrets directory.
+        entry: String,
+        /// What it is.
+        what: String,
+        /// Directory inside the container.
+        dir: String,
     },
     /// The container's main process exited (before or during the write).
     #[error("the container's main process (pid {pid}) exited {when}")]

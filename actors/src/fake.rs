@@ -297,7 +297,7 @@ impl DirectWriter for FakeDirectWriter {
             }),
             FakeDirect::NotTmpfs => Err(DirectError::NotTmpfs {
                 dir: target.dir.to_string(),
-                fs: "overlay".to_string(),
+                reason: "it is on overlay".to_string(),
             }),
             FakeDirect::Gone => Err(DirectError::Gone {
                 pid: target.pid,

@@ -348,6 +348,7 @@ impl Metrics {
             "exec_failed",
             "timeout",
             "write_failed",
+            "foreign_entry",
             "engine_error",
             "container_gone",
         ] {

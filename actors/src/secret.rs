@@ -171,6 +171,9 @@ pub enum RefParseError {
     /// The reference is too long.
     #[error("reference is {0} bytes long; the limit is 1024")]
     TooLong(usize),
+    /// The key holds a control character (never echoed: it could forge log lines).
+    #[error("the key of a reference holds a control character")]
+    BadKey,
 }
 
 impl std::str::FromStr for SecretRef {
@@ -187,9 +190,9 @@ impl std::str::FromStr for SecretRef {
         };
         let (provider, path) = body
             .split_once('/')
-            .ok_or_else(|| RefParseError::MissingSlash(s.to_string()))?;
+            .ok_or_else(|| RefParseError::MissingSlash(s.escape_debug().to_string()))?;
         if provider.is_empty() || path.is_empty() || key.is_some_and(str::is_empty) {
-            return Err(RefParseError::Empty(s.to_string()));
+            return Err(RefParseError::Empty(s.escape_debug().to_string()));
         }
         let seg_ok = |seg: &str| {
             !seg.is_empty()
@@ -200,7 +203,10 @@ impl std::str::FromStr for SecretRef {
                     .all(|c| c.is_ascii_alphanumeric() || "._@+=,-".contains(c))
         };
         if !seg_ok(provider) || !path.split('/').all(seg_ok) {
-            return Err(RefParseError::BadPath(s.to_string()));
+            return Err(RefParseError::BadPath(s.escape_debug().to_string()));
+        }
+        if key.is_some_and(|k| k.chars().any(char::is_control)) {
+            return Err(RefParseError::BadKey);
         }
         Ok(SecretRef {
             provider: provider.to_string(),

@@ -151,7 +151,7 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// The file name is not a plain file name.
-    #[error("label `{label}`: secret name `{name}` is not a plain file name ([A-Za-z0-9._-], 1-255 chars, not `.` or `..`)")]
+    #[error("label `{label}`: secret name `{name}` is not a plain file name ([A-Za-z0-9._-], 1-255 chars, not `.` or `.ready`, not starting with `..`, which DSO keeps for its own entries)")]
     BadName {
         /// The offending label key (truncated if huge).
         label: String,
@@ -167,7 +167,7 @@ pub enum SpecError {
         source: RefParseError,
     },
     /// `.mode` is not an octal permission.
-    #[error("label `{label}`: mode `{value}` is not an octal permission such as 0400")]
+    #[error("label `{label}`: mode `{value}` is not an octal permission from 0000 to 0777 such as 0400 (no setuid, setgid or sticky bit)")]
     BadMode {
         /// The offending label key.
         label: String,
@@ -221,12 +221,13 @@ fn trunc(s: &str) -> String {
     }
 }
 
-/// True for a plain file name.
+/// True for a plain file name that is none of DSO's own: `[A-Za-z0-9._-]`, 1–255 bytes, not `.`,
+/// not `.ready`, not starting with `..` (`..data`, `..data_<digest>`, the staging names).
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name != "."
-        && name != ".."
+        && !name.starts_with("..")
         && name != READY_MARKER
         && name
             .chars()
@@ -249,13 +250,14 @@ pub fn valid_dir(dir: &str) -> bool {
         })
 }
 
-/// Parses an octal mode such as `0400` or `440`.
+/// Parses an octal permission such as `0400` or `440`: at most `0777` (no setuid, setgid or
+/// sticky bit on a file DSO writes as root).
 pub fn parse_mode(s: &str) -> Option<u32> {
     let s = s.trim();
     if s.is_empty() || s.len() > 5 {
         return None;
     }
-    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777)
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o777)
 }
 
 /// Default owner from the container's `User`: numeric `U` or `U:G`, else root.
@@ -427,10 +429,19 @@ pub fn build_spec(
 
 /// True if `dir` is one of `mounts` or lies beneath one (path components, not string prefixes).
 pub fn dir_on_tmpfs(dir: &str, mounts: &[String]) -> bool {
-    mounts.iter().any(|m| {
-        let m = m.trim_end_matches('/');
-        dir == m || (dir.starts_with(m) && dir.as_bytes().get(m.len()) == Some(&b'/'))
-    })
+    tmpfs_mount_of(dir, mounts).is_some()
+}
+
+/// The tmpfs mount point that holds `dir` (the longest one when mounts are nested).
+pub fn tmpfs_mount_of<'a>(dir: &str, mounts: &'a [String]) -> Option<&'a str> {
+    mounts
+        .iter()
+        .map(|m| m.trim_end_matches('/'))
+        .filter(|m| {
+            !m.is_empty()
+                && (dir == *m || (dir.starts_with(m) && dir.as_bytes().get(m.len()) == Some(&b'/')))
+        })
+        .max_by_key(|m| m.len())
 }
 
 /// Quick check used by the reconciler: does this container carry any `dso.` label or match a rule?
@@ -506,6 +517,23 @@ mod tests {
                 vec![("dso.secret..ready", "local/a")],
                 "not a plain file name",
             ),
+            (
+                vec![("dso.secret...data_x", "local/a")],
+                "not a plain file name",
+            ),
+            (
+                vec![("dso.secret...dso_staging", "local/a")],
+                "not a plain file name",
+            ),
+            (
+                vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.mode", "4755")],
+                "no setuid",
+            ),
+            (
+                vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.mode", "1777")],
+                "no setuid",
+            ),
+            (vec![("dso.secret.ok", "local/a#k\nx")], "control character"),
             (vec![("dso.secret.ok", "nope")], "missing `/`"),
             (vec![("dso.secret.ok", "local/../../x")], "invalid path"),
             (
@@ -584,6 +612,12 @@ mod tests {
         assert!(dir_on_tmpfs("/run/secrets/dso", &m));
         assert!(!dir_on_tmpfs("/run/secretsX", &m));
         assert!(!dir_on_tmpfs("/run", &m));
+        let nested = vec!["/run".to_string(), "/run/secrets/".to_string()];
+        assert_eq!(
+            tmpfs_mount_of("/run/secrets/dso", &nested),
+            Some("/run/secrets")
+        );
+        assert_eq!(tmpfs_mount_of("/run/x", &nested), Some("/run"));
     }
 
     #[test]

@@ -346,7 +346,7 @@ async fn one_exec_with_one_tar_for_all_secrets() {
     assert_eq!(execs.len(), 1, "one exec");
     let (_, cmd, tar_bytes) = &execs[0];
     assert_eq!(
-        &cmd[6..],
+        &cmd[8..],
         &[
             "api",
             "440",

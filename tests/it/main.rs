@@ -12,6 +12,7 @@ mod cli;
 mod envrun;
 mod faults;
 mod starve;
+mod hostile;
 mod inject;
 mod limits;
 mod metrics;

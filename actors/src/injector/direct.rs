@@ -15,6 +15,7 @@ use super::{refused, short, InjectorSettings, Outcome};
 pub(super) struct DirectJob<'a> {
     pub job: &'a ContainerJob,
     pub info: &'a ContainerInfo,
+    pub mount: &'a str,
     pub dir: &'a str,
     pub digest: &'a str,
     pub pairs: &'a [(&'a SecretFile, &'a SecretValue)],
@@ -38,6 +39,8 @@ pub(super) async fn write_direct(
         },
         pid: info.pid.unwrap_or(0),
         dir: w.dir,
+        mount: w.mount,
+        started_at: info.started_at.as_deref(),
     };
     let mut written = writer.write(&target, w.digest, w.pairs);
     if let Err(DirectError::Gone {
@@ -73,6 +76,13 @@ pub(super) async fn write_direct(
         Err(e @ DirectError::NotTmpfs { .. }) => Err(refused(
             "not_tmpfs",
             format!("container `{}`: {e}; nothing written", info.name),
+        )),
+        Err(e @ DirectError::Foreign { .. }) => Err(refused(
+            "foreign_entry",
+            format!(
+                "container `{}`: {e}; the previous files (if any) are still in place",
+                info.name
+            ),
         )),
         Err(e @ DirectError::Gone { .. }) => {
             tracing::info!(container = %short(&job.id), "{e}; container gone");

@@ -1,11 +1,13 @@
-//! The exec write path: one `docker exec` of `sh -c SCRIPT` as root with all files on stdin (one
+//! The exec write path: one `docker exec` of `sh -c write.sh` as root with all files on stdin (one
 //! tar, or in an image without `tar` one base64 line per file), and the classification of how the
-//! script ended. [`ScriptExit`] names its exit codes; the script text is generated from it, so the
-//! codes the script uses and the ones classified here cannot drift apart.
+//! script ended. The script follows the write path's rules (SECURITY.md) inside the container.
+//! [`ScriptExit`] names its exit codes; the script text is generated from it, so the codes the
+//! script uses and the ones classified here cannot drift apart. Nothing the container prints is
+//! logged: a refusal names an entry only when it is one of the names DSO gave the script.
 
 use crate::engine::{ContainerEngine, EngineError};
 use crate::messages::ContainerJob;
-use crate::model::{ContainerInfo, SecretFile};
+use crate::model::{ContainerInfo, SecretFile, READY_MARKER};
 use crate::secret::SecretValue;
 use crate::spec::ContainerSpec;
 use crate::tarball::{build_b64_lines, build_tar};
@@ -18,31 +20,36 @@ use super::{refused, Outcome};
 pub enum ScriptExit {
     /// A new generation is in place.
     Written,
-    /// The directory already holds exactly this content (`.ready` has the digest): nothing done.
+    /// The directory already holds exactly this content (compared with what was sent): nothing
+    /// done.
     Unchanged,
-    /// The directory is not on a tmpfs: nothing written.
+    /// The directory is not provably on the container's tmpfs: nothing written.
     NotTmpfs,
     /// Neither the extractor of the transport (`tar`, or `base64` for the fallback) is in the
     /// image: nothing written.
     NoExtractor,
+    /// An entry DSO did not create and may not remove sits at one of its names: nothing changed.
+    Foreign,
 }
 
 impl ScriptExit {
     /// Every exit the script knows.
-    pub const ALL: [ScriptExit; 4] = [
+    pub const ALL: [ScriptExit; 5] = [
         ScriptExit::Written,
         ScriptExit::Unchanged,
         ScriptExit::NotTmpfs,
         ScriptExit::NoExtractor,
+        ScriptExit::Foreign,
     ];
 
-    /// The process exit code (10 and 64/65 stay clear of `sh`'s own 1, 2, 126, 127 and signals).
+    /// The process exit code (10 and 64–66 stay clear of `sh`'s own 1, 2, 126, 127 and signals).
     pub const fn code(self) -> i64 {
         match self {
             ScriptExit::Written => 0,
             ScriptExit::Unchanged => 10,
             ScriptExit::NotTmpfs => 64,
             ScriptExit::NoExtractor => 65,
+            ScriptExit::Foreign => 66,
         }
     }
 
@@ -59,6 +66,7 @@ impl ScriptExit {
             ScriptExit::Unchanged => "@UNCHANGED@",
             ScriptExit::NotTmpfs => "@NOT_TMPFS@",
             ScriptExit::NoExtractor => "@NO_TAR@",
+            ScriptExit::Foreign => "@FOREIGN@",
         }
     }
 }
@@ -66,75 +74,12 @@ impl ScriptExit {
 /// What the in-container script prints when it replaced an earlier set (not a first injection).
 const REPLACED_MARKER: &str = "replaced";
 
-/// The part of the in-container script before extraction: arguments, the "already there" check
-/// (the digest in `.ready`), the tmpfs check (of the nearest existing ancestor, before anything
-/// is created) and a staging directory on that same tmpfs. Builtins wherever possible: every
-/// process costs about a millisecond.
-const SCRIPT_HEAD: &str = r#"set -e
-d="$1"; g="$2"; shift 2
-if [ -f "$d/.ready" ] && [ -L "$d/..data" ]; then
-  cur=; read -r cur < "$d/.ready" || true
-  [ "$cur" != "$g" ] || exit @UNCHANGED@
-fi
-had=; [ ! -f "$d/.ready" ] || had=1
-p="$d"
-while [ ! -d "$p" ]; do p="${p%/*}"; [ -n "$p" ] || p=/; done
-fs=$(stat -f -c %T "$p" 2>/dev/null || echo unknown)
-case "$fs" in tmpfs|unknown) ;; *) echo "dso: $d is on $fs, not tmpfs" >&2; exit @NOT_TMPFS@;; esac
-umask 022
-mkdir -p "$d"
-umask 077
-t="$d/.dso-staging.$$"
-[ ! -e "$t" ] || rm -rf "$t"
-mkdir "$t"
-trap 'rm -rf "$t"' EXIT
-"#;
+/// The line prefix by which the script names a foreign entry.
+const FOREIGN_MARKER: &str = "dso-foreign:";
 
-/// After the files are in the staging dir, the Kubernetes AtomicWriter pattern: the staging dir
-/// becomes `..data_<digest>`, one rename swaps the `..data` symlink to it (readers see the old set
-/// or the new set, never a mix), each visible name is a symlink into `..data`, older generations
-/// are removed, and `.ready` (holding the digest) is replaced last.
-const SCRIPT_TAIL: &str = r#"chmod 0755 "$t"
-new="..data_$g"
-[ ! -e "$d/$new" ] || rm -rf "$d/$new"
-mv "$t" "$d/$new"
-trap - EXIT
-ln -s "$new" "$d/..data_tmp.$$"
-mv -T -f "$d/..data_tmp.$$" "$d/..data"
-links=; plain=
-while [ $# -ge 4 ]; do
-  if [ ! -L "$d/$1" ]; then links="$links ..data/$1"; [ ! -e "$d/$1" ] || plain="$plain $d/$1"; fi
-  shift 4
-done
-[ -z "$plain" ] || rm -f $plain
-[ -z "$links" ] || ln -s $links "$d/"
-for o in "$d"/..data_*; do [ "$o" = "$d/$new" ] || [ "$o" = "$d/..data_tmp.$$" ] || rm -rf "$o"; done
-printf '%s\n' "$g" > "$d/.ready.tmp.$$"
-chmod 0444 "$d/.ready.tmp.$$"
-mv -f "$d/.ready.tmp.$$" "$d/.ready"
-[ -z "$had" ] || echo replaced
-"#;
-
-/// Extraction with `tar` (the normal path). Run as root, tar restores each entry's owner and mode
-/// from the header (busybox and GNU tar alike), whatever the umask.
-const EXTRACT_TAR: &str = r#"command -v tar >/dev/null 2>&1 || { echo "dso: no tar in this container" >&2; exit @NO_TAR@; }
-tar -x -f - -C "$t"
-"#;
-
-/// Extraction without `tar`: one base64 line per file on stdin, in argument order, then owner and
-/// mode set explicitly. `printf` is a shell builtin, so values never appear in a process's argv.
-const EXTRACT_B64: &str = r#"command -v base64 >/dev/null 2>&1 || { echo "dso: neither tar nor base64 in this container" >&2; exit @NO_TAR@; }
-i=0
-for a in "$@"; do
-  case $((i % 4)) in
-    0) n="$a"; IFS= read -r line; printf '%s' "$line" | base64 -d > "$t/$n"; line= ;;
-    1) m="$a" ;;
-    2) u="$a" ;;
-    3) chown "$u:$a" "$t/$n"; chmod "$m" "$t/$n" ;;
-  esac
-  i=$((i + 1))
-done
-"#;
+/// The in-container script. Its arguments: mount point, directory, digest, `tar`|`b64`, then
+/// name, mode, uid, gid per file.
+const SCRIPT: &str = include_str!("write.sh");
 
 /// How the files travel on stdin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,21 +90,19 @@ pub enum Transport {
     Base64Lines,
 }
 
-/// The full in-container script for a transport, its exit codes filled in from [`ScriptExit`].
-pub fn script(transport: Transport) -> String {
-    let extract = match transport {
-        Transport::Tar => EXTRACT_TAR,
-        Transport::Base64Lines => EXTRACT_B64,
-    };
+/// The in-container script (one text for both transports), its exit codes filled in from
+/// [`ScriptExit`].
+pub fn script() -> String {
     ScriptExit::ALL
         .into_iter()
-        .fold(format!("{SCRIPT_HEAD}{extract}{SCRIPT_TAIL}"), |text, e| {
+        .fold(SCRIPT.to_string(), |text, e| {
             text.replace(e.placeholder(), &e.code().to_string())
         })
 }
 
-/// The argv of the exec that installs `files` into `dir`.
+/// The argv of the exec that installs `files` into `dir`, on the tmpfs mounted at `mount`.
 pub fn inject_command(
+    mount: &str,
     dir: &str,
     digest: &str,
     files: &[&SecretFile],
@@ -168,10 +111,16 @@ pub fn inject_command(
     let mut cmd = vec![
         "sh".to_string(),
         "-c".to_string(),
-        script(transport),
+        script(),
         "dso-inject".to_string(),
+        mount.to_string(),
         dir.to_string(),
         digest.to_string(),
+        match transport {
+            Transport::Tar => "tar",
+            Transport::Base64Lines => "b64",
+        }
+        .to_string(),
     ];
     for f in files {
         cmd.push(f.name.clone());
@@ -184,9 +133,11 @@ pub fn inject_command(
 
 /// The exec path: one `docker exec` of the in-container script with the tar on stdin (or, in an
 /// image without `tar`, base64 lines).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn write_exec(
     job: &ContainerJob,
     info: &ContainerInfo,
+    mount: &str,
     spec: &ContainerSpec,
     digest: &str,
     values: Vec<SecretValue>,
@@ -203,7 +154,7 @@ pub(super) async fn write_exec(
     let mut result = engine
         .exec(
             &job.id,
-            &inject_command(&spec.dir, digest, &files, Transport::Tar),
+            &inject_command(mount, &spec.dir, digest, &files, Transport::Tar),
             &tar,
         )
         .await;
@@ -215,13 +166,13 @@ pub(super) async fn write_exec(
         result = engine
             .exec(
                 &job.id,
-                &inject_command(&spec.dir, digest, &files, Transport::Base64Lines),
+                &inject_command(mount, &spec.dir, digest, &files, Transport::Base64Lines),
                 &payload,
             )
             .await;
     }
     drop(values);
-    let written = classify(info, &spec.dir, result);
+    let written = classify(info, mount, spec, result);
     if written.is_ok() {
         metrics.injection_mode("exec");
     }
@@ -253,7 +204,8 @@ pub(super) async fn write_exec(
 /// message, audit record, status entry or metric ever quotes it; a message may give its length.
 fn classify(
     info: &ContainerInfo,
-    dir: &str,
+    mount: &str,
+    spec: &ContainerSpec,
     result: Result<crate::model::ExecOutput, EngineError>,
 ) -> WriteResult {
     let out = match result {
@@ -281,9 +233,17 @@ fn classify(
         Some(ScriptExit::NotTmpfs) => Err(refused(
             "not_tmpfs",
             format!(
-                "container `{}`: the injection script found `{dir}` on a filesystem that is not tmpfs (exit {}); nothing written",
+                "container `{}`: `{}` is not provably on the container's tmpfs (no tmpfs mount at `{mount}` in the container's mountinfo, or a symlink or another mount below it); nothing written",
+                info.name, spec.dir
+            ),
+        )),
+        Some(ScriptExit::Foreign) => Err(refused(
+            "foreign_entry",
+            format!(
+                "container `{}`: {} in {} is an entry DSO did not create and does not remove (a non-empty directory, a fifo, …); remove it (or recreate the container); the previous files (if any) are still in place",
                 info.name,
-                ScriptExit::NotTmpfs.code()
+                foreign_entry(&out.output, &spec.files),
+                spec.dir
             ),
         )),
         Some(ScriptExit::NoExtractor) => Err(refused(
@@ -316,11 +276,42 @@ fn exit_meaning(code: Option<i64>) -> String {
     }
 }
 
+/// The entry a foreign-entry verdict names, when it is one of DSO's names (text from inside the
+/// container is never logged otherwise).
+fn foreign_entry(output: &str, files: &[SecretFile]) -> String {
+    let fixed = [
+        "..data",
+        READY_MARKER,
+        "..dso_staging",
+        "..dso_link",
+        "..dso_ready",
+    ];
+    output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(FOREIGN_MARKER))
+        .find(|n| {
+            fixed.contains(n)
+                || files.iter().any(|f| f.name == *n)
+                || n.strip_prefix("..data_").is_some_and(|h| {
+                    !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+        })
+        .map_or_else(|| "an entry".to_string(), |n| format!("`{n}`"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     use crate::model::test_file as file;
+
+    fn spec_at(dir: &str) -> ContainerSpec {
+        ContainerSpec {
+            dir: dir.to_string(),
+            files: Vec::new(),
+            reload: Default::default(),
+        }
+    }
 
     fn refusal(r: WriteResult) -> (&'static str, String) {
         match r {
@@ -341,7 +332,7 @@ mod tests {
                 output: "s3cr3t-from-stdin".into(),
                 output_len: 17,
             };
-            let (_, msg) = refusal(classify(&info, "/run/secrets/dso", Ok(out)));
+            let (_, msg) = refusal(classify(&info, "/run/secrets/dso", &spec_at("/run/secrets/dso"), Ok(out)));
             assert!(!msg.contains("s3cr3t"), "{msg}");
         }
         let out = crate::model::ExecOutput {
@@ -349,31 +340,39 @@ mod tests {
             output: "s3cr3t".into(),
             output_len: 6,
         };
-        let (result, msg) = refusal(classify(&info, "/d", Ok(out)));
+        let (result, msg) = refusal(classify(&info, "/d", &spec_at("/d"), Ok(out)));
         assert_eq!(result, "exec_failed");
         assert!(msg.contains("exited with 1 (6 bytes of output"), "{msg}");
         let timeout = EngineError::ExecTimeout {
             after: std::time::Duration::from_secs(2),
             killed: true,
         };
-        let (result, msg) = refusal(classify(&info, "/d", Err(timeout)));
+        let (result, msg) = refusal(classify(&info, "/d", &spec_at("/d"), Err(timeout)));
         assert_eq!(result, "timeout");
         assert!(msg.contains("within 2s; its process was killed"), "{msg}");
-        let (result, _) = refusal(classify(&info, "/d", Err(EngineError::ExecBusy)));
+        let (result, _) = refusal(classify(&info, "/d", &spec_at("/d"), Err(EngineError::ExecBusy)));
         assert_eq!(result, "timeout");
     }
 
     #[test]
     fn command_passes_names_as_arguments() {
         let a = file("db_password", 0o440);
-        let cmd = inject_command("/run/secrets/dso", "0123abcd", &[&a], Transport::Tar);
+        let cmd = inject_command(
+            "/run/secrets/dso",
+            "/run/secrets/dso",
+            "0123abcd",
+            &[&a],
+            Transport::Tar,
+        );
         assert_eq!(&cmd[..2], &["sh", "-c"]);
         assert_eq!(
             &cmd[3..],
             &[
                 "dso-inject",
                 "/run/secrets/dso",
+                "/run/secrets/dso",
                 "0123abcd",
+                "tar",
                 "db_password",
                 "440",
                 "1000",
@@ -385,8 +384,8 @@ mod tests {
 
     #[test]
     fn the_script_uses_exactly_the_named_exit_codes() {
-        for t in [Transport::Tar, Transport::Base64Lines] {
-            let s = script(t);
+        {
+            let s = script();
             for e in ScriptExit::ALL {
                 assert!(
                     !s.contains(e.placeholder()),
@@ -397,6 +396,7 @@ mod tests {
                 ScriptExit::Unchanged,
                 ScriptExit::NotTmpfs,
                 ScriptExit::NoExtractor,
+                ScriptExit::Foreign,
             ] {
                 assert!(s.contains(&format!("exit {}", e.code())), "{e:?} missing");
             }
@@ -406,5 +406,24 @@ mod tests {
         }
         assert_eq!(ScriptExit::from_code(Some(1)), None);
         assert_eq!(ScriptExit::from_code(None), None);
+    }
+
+    #[test]
+    fn a_foreign_entry_is_named_only_when_dso_gave_the_name() {
+        let a = file("db_password", 0o440);
+        let files = [a];
+        assert_eq!(
+            foreign_entry("dso-foreign:db_password\n", &files),
+            "`db_password`"
+        );
+        assert_eq!(
+            foreign_entry("dso-foreign:..data_00ff\n", &files),
+            "`..data_00ff`"
+        );
+        assert_eq!(
+            foreign_entry("dso-foreign:\x1b[31mforged\n", &files),
+            "an entry"
+        );
+        assert_eq!(foreign_entry("garbage", &files), "an entry");
     }
 }

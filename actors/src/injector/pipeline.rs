@@ -16,7 +16,7 @@ use crate::messages::{ContainerJob, FetchError, FileStatus, GetSecret, Trigger};
 use crate::metrics::{Metrics, CONTAINER_WARNING_REASONS};
 use crate::model::{ContainerAction, ContainerInfo, SecretFile};
 use crate::secret::SecretValue;
-use crate::spec::{build_spec, dir_on_tmpfs, ContainerSpec, SpecError, Target};
+use crate::spec::{build_spec, tmpfs_mount_of, ContainerSpec, SpecError, Target};
 use crate::tarball::digest;
 
 use super::direct::{write_direct, DirectJob};
@@ -116,9 +116,12 @@ async fn inject(
     let files = file_statuses(&pairs, versions, settings);
     let names: Vec<String> = spec.files.iter().map(|f| f.name.clone()).collect();
     let keys = keys(&spec);
+    // `plan` checked that the directory is on one of the container's tmpfs mounts.
+    let mount = tmpfs_mount_of(&spec.dir, &info.tmpfs_mounts).unwrap_or(spec.dir.as_str());
     let direct = DirectJob {
         job,
         info,
+        mount,
         dir: &spec.dir,
         digest: &digest,
         pairs: &pairs,
@@ -127,7 +130,7 @@ async fn inject(
         Some(w) => w,
         None => {
             drop(pairs);
-            write_exec(job, info, &spec, &digest, values, engine, metrics).await
+            write_exec(job, info, mount, &spec, &digest, values, engine, metrics).await
         }
     };
     let (changed, replaced) = written?;
@@ -184,7 +187,7 @@ fn plan(info: &ContainerInfo, settings: &InjectorSettings) -> Result<ContainerSp
             format!("container `{}`: {denied}; nothing written", info.name),
         ));
     }
-    if !dir_on_tmpfs(&spec.dir, &info.tmpfs_mounts) {
+    if tmpfs_mount_of(&spec.dir, &info.tmpfs_mounts).is_none() {
         return Err(refused(
             "not_tmpfs",
             format!(
