@@ -347,7 +347,12 @@ pub async fn serve(
             let supervisor = supervisor.clone();
             let peer = match stream.peer_cred() {
                 Ok(c) => Peer {
-                    text: format!("uid={} gid={} pid={}", c.uid(), c.gid(), c.pid().unwrap_or(0)),
+                    text: format!(
+                        "uid={} gid={} pid={}",
+                        c.uid(),
+                        c.gid(),
+                        c.pid().unwrap_or(0)
+                    ),
                     caller: Some(Caller {
                         uid: c.uid(),
                         gid: c.gid(),

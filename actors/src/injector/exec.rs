@@ -332,7 +332,12 @@ mod tests {
                 output: "s3cr3t-from-stdin".into(),
                 output_len: 17,
             };
-            let (_, msg) = refusal(classify(&info, "/run/secrets/dso", &spec_at("/run/secrets/dso"), Ok(out)));
+            let (_, msg) = refusal(classify(
+                &info,
+                "/run/secrets/dso",
+                &spec_at("/run/secrets/dso"),
+                Ok(out),
+            ));
             assert!(!msg.contains("s3cr3t"), "{msg}");
         }
         let out = crate::model::ExecOutput {
@@ -350,7 +355,12 @@ mod tests {
         let (result, msg) = refusal(classify(&info, "/d", &spec_at("/d"), Err(timeout)));
         assert_eq!(result, "timeout");
         assert!(msg.contains("within 2s; its process was killed"), "{msg}");
-        let (result, _) = refusal(classify(&info, "/d", &spec_at("/d"), Err(EngineError::ExecBusy)));
+        let (result, _) = refusal(classify(
+            &info,
+            "/d",
+            &spec_at("/d"),
+            Err(EngineError::ExecBusy),
+        ));
         assert_eq!(result, "timeout");
     }
 
