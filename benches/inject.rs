@@ -186,11 +186,13 @@ fn main() {
         .build()
         .expect("runtime");
     let (noop, per_secret) = rt.block_on(async {
-        let (engine, _) = BollardEngine::connect("unix:///var/run/docker.sock")
-            .expect("docker")
-            .negotiate()
-            .await
-            .expect("negotiate");
+        let (engine, _) = BollardEngine::connect(&dso::endpoint::Endpoint::Unix(
+            "/var/run/docker.sock".into(),
+        ))
+        .expect("docker")
+        .negotiate()
+        .await
+        .expect("negotiate");
         let mut noop = Vec::new();
         for _ in 0..n.max(20) {
             let t = Instant::now();

@@ -17,6 +17,8 @@ use dso_actors::model::{
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
+use crate::endpoint::Endpoint;
+
 /// Most exec output kept (the injection script prints at most a line or two).
 const MAX_EXEC_OUTPUT: usize = 8 * 1024;
 
@@ -37,20 +39,39 @@ pub enum ConnectError {
         /// bollard's reason.
         reason: String,
     },
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::docker_tls::TlsSetupError),
 }
 
+/// Seconds bollard waits for one request.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
 impl BollardEngine {
-    /// A client for `host` (`unix:///var/run/docker.sock`, `tcp://…`). Does not connect yet.
-    pub fn connect(host: &str) -> Result<Self, ConnectError> {
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
-        } else {
-            Docker::connect_with_host(host)
-        }
-        .map_err(|e| ConnectError::BadHost {
-            host: host.to_string(),
+    /// A client for `endpoint`. Does not connect yet.
+    pub fn connect(endpoint: &Endpoint) -> Result<Self, ConnectError> {
+        let bad = |e: bollard::errors::Error| ConnectError::BadHost {
+            host: endpoint.describe(),
             reason: e.to_string(),
-        })?;
+        };
+        let docker = match endpoint {
+            Endpoint::Unix(path) => Docker::connect_with_unix(
+                &path.to_string_lossy(),
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(bad)?,
+            Endpoint::Tcp { addr, tls: None } => Docker::connect_with_http(
+                &format!("http://{addr}"),
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(bad)?,
+            Endpoint::Tcp {
+                addr,
+                tls: Some(files),
+            } => crate::docker_tls::connect(addr, files, REQUEST_TIMEOUT_SECS)?,
+        };
         Ok(Self { docker })
     }
 
@@ -77,6 +98,14 @@ fn map_err(e: bollard::errors::Error) -> EngineError {
             status_code: 409,
             message,
         } => EngineError::NotRunning(message),
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } if crate::docker_tls::plain_http_to_tls(status_code, &message) => EngineError::Engine(
+            "TLS: the engine speaks TLS on this port; set agent.tls_ca, tls_cert and tls_key \
+             (or DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH)"
+                .to_string(),
+        ),
         other => EngineError::Engine(other.to_string()),
     }
 }

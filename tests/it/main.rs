@@ -17,4 +17,5 @@ mod outage;
 mod process_provider;
 mod reload;
 mod rotation;
+mod tls;
 mod vault_provider;

@@ -130,6 +130,13 @@ key_file = "{key}"
         self.path("dso.toml")
     }
 
+    /// Adds `lines` (TOML keys) to `[agent]` (after `write_config`).
+    pub fn add_agent_settings(&self, lines: &str) {
+        let cfg = std::fs::read_to_string(self.config()).expect("read config");
+        let cfg = cfg.replacen("[agent]\n", &format!("[agent]\n{lines}\n"), 1);
+        std::fs::write(self.config(), cfg).expect("write config");
+    }
+
     /// Sets `agent.write_mode` in the config (after `write_config`).
     pub fn set_write_mode(&self, mode: &str) {
         let cfg = std::fs::read_to_string(self.config()).expect("read config");
@@ -306,6 +313,15 @@ impl Agent {
 
     /// Starts the agent under `wrapper` (e.g. `["unshare", "--pid", "--fork", "--mount-proc"]`).
     pub fn start_wrapped(config: &Path, envs: &[(&str, &str)], wrapper: &[&str]) -> Agent {
+        Self::spawn(config, envs, wrapper, true)
+    }
+
+    /// Starts the agent and waits only for its admin endpoint (the engine may stay unreachable).
+    pub fn start_unconnected(config: &Path) -> Agent {
+        Self::spawn(config, &[], &[], false)
+    }
+
+    fn spawn(config: &Path, envs: &[(&str, &str)], wrapper: &[&str], connected: bool) -> Agent {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -371,7 +387,9 @@ impl Agent {
                     agent.admin = addr;
                 }
             }
-            if !agent.admin.is_empty() && logs.contains("docker event stream connected") {
+            if !agent.admin.is_empty()
+                && (!connected || logs.contains("docker event stream connected"))
+            {
                 return agent;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {
