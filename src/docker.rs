@@ -110,6 +110,16 @@ fn map_err(e: bollard::errors::Error) -> EngineError {
     }
 }
 
+/// An engine event's action as the agent sees it: Docker's names and Podman's (`died`, `remove`).
+fn action_of(action: &str) -> Option<ContainerAction> {
+    match action {
+        "start" => Some(ContainerAction::Start),
+        "die" | "died" => Some(ContainerAction::Die),
+        "destroy" | "remove" => Some(ContainerAction::Destroy),
+        _ => None,
+    }
+}
+
 #[async_trait]
 impl ContainerEngine for BollardEngine {
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, EngineError> {
@@ -250,13 +260,13 @@ impl ContainerEngine for BollardEngine {
     async fn events(&self, since: Option<SystemTime>) -> Result<EventStream, EngineError> {
         let mut filters = HashMap::new();
         filters.insert("type".to_string(), vec!["container".to_string()]);
+        // Podman 4.3's compat API matches its own names in the filter (`died`, `remove`) while
+        // it reports `die`; Docker ignores names it does not emit. Both sets, one mapping.
         filters.insert(
             "event".to_string(),
-            vec![
-                "start".to_string(),
-                "die".to_string(),
-                "destroy".to_string(),
-            ],
+            ["start", "die", "died", "destroy", "remove"]
+                .map(String::from)
+                .to_vec(),
         );
         let since = since.map(|t| {
             let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -271,11 +281,8 @@ impl ContainerEngine for BollardEngine {
             }))
             .map_err(map_err)
             .try_filter_map(|m| async move {
-                let action = match m.action.as_deref() {
-                    Some("start") => ContainerAction::Start,
-                    Some("die") => ContainerAction::Die,
-                    Some("destroy") => ContainerAction::Destroy,
-                    _ => return Ok(None),
+                let Some(action) = m.action.as_deref().and_then(action_of) else {
+                    return Ok(None);
                 };
                 let Some(id) = m.actor.and_then(|a| a.id) else {
                     return Ok(None);
@@ -310,5 +317,24 @@ impl ContainerEngine for BollardEngine {
             .restart_container(id, Some(RestartContainerOptions::default()))
             .await
             .map_err(map_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_and_podman_event_names_map_to_the_same_actions() {
+        assert_eq!(action_of("start"), Some(ContainerAction::Start));
+        for die in ["die", "died"] {
+            assert_eq!(action_of(die), Some(ContainerAction::Die));
+        }
+        for gone in ["destroy", "remove"] {
+            assert_eq!(action_of(gone), Some(ContainerAction::Destroy));
+        }
+        for other in ["create", "init", "cleanup", "sync", "exec_die", "stop"] {
+            assert_eq!(action_of(other), None, "{other}");
+        }
     }
 }

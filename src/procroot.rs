@@ -69,6 +69,29 @@ impl ProcRootWriter {
     }
 }
 
+/// `/proc/<pid>/cgroup` (`cgroup`) places the process in container `id`'s own cgroup: some line's
+/// path has a component that is exactly one of the engines' names for it — Docker's `<id>`
+/// (cgroupfs) or `docker-<id>.scope` (systemd), Podman's `libpod-<id>` (cgroupfs) or
+/// `libpod-<id>.scope` (systemd). Conmon's `libpod-conmon-<id>.scope` names the id too but is
+/// the monitor's cgroup, not the container's: it does not match, nor does a longer or shorter id.
+pub fn cgroup_names_container(cgroup: &str, id: &str) -> bool {
+    if id.len() < 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return false;
+    }
+    cgroup
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .flat_map(|path| path.split('/'))
+        .any(|c| {
+            let c = c.strip_suffix(".scope").unwrap_or(c);
+            let c = c
+                .strip_prefix("docker-")
+                .or_else(|| c.strip_prefix("libpod-"))
+                .unwrap_or(c);
+            c == id
+        })
+}
+
 fn errno_is(e: Errno, list: &[Errno]) -> bool {
     list.contains(&e)
 }
@@ -134,9 +157,7 @@ impl DirectWriter for ProcRootWriter {
             }
             Err(e) => return Err(denied("reading cgroup", e)),
         };
-        if target.container_id.len() < 12
-            || !String::from_utf8_lossy(&cgroup).contains(target.container_id)
-        {
+        if !cgroup_names_container(&String::from_utf8_lossy(&cgroup), target.container_id) {
             return Err(DirectError::Fallback {
                 reason: FallbackReason::CgroupMismatch,
                 detail: format!(
@@ -718,6 +739,47 @@ mod tests {
                 reason: FallbackReason::NoPid,
                 ..
             })
+        ));
+    }
+}
+
+#[cfg(test)]
+mod cgroup_tests {
+    use super::cgroup_names_container;
+
+    const ID: &str = "b991c48cf6f560c0537ff301c7853296de944de10ca7e96e2afbbf1dc823a135";
+
+    #[test]
+    fn each_engines_layout_names_the_container() {
+        for line in [
+            format!("0::/docker/{ID}"),
+            format!("0::/system.slice/docker-{ID}.scope"),
+            format!("0::/libpod_parent/libpod-{ID}"),
+            format!("0::/machine.slice/libpod-{ID}.scope"),
+            format!("0::/machine.slice/libpod-{ID}.scope/container"),
+            format!("9:name=systemd:/\n8:pids:/libpod_parent/libpod-{ID}"),
+        ] {
+            assert!(cgroup_names_container(&line, ID), "{line}");
+        }
+    }
+
+    #[test]
+    fn conmon_other_ids_and_prefixes_do_not() {
+        let other = ID.replace('b', "c");
+        for line in [
+            format!("0::/machine.slice/libpod-conmon-{ID}.scope"),
+            "0::/libpod_parent/conmon".to_string(),
+            format!("0::/docker/{other}"),
+            format!("0::/docker/{}", &ID[..12]),
+            format!("0::/docker/{ID}0"),
+            format!("0::/user.slice/x-{ID}.scope"),
+            "0::/".to_string(),
+        ] {
+            assert!(!cgroup_names_container(&line, ID), "{line}");
+        }
+        assert!(!cgroup_names_container(
+            &format!("0::/docker/{}", &ID[..8]),
+            &ID[..8]
         ));
     }
 }

@@ -14,6 +14,7 @@ mod inject;
 mod limits;
 mod metrics;
 mod outage;
+mod podman;
 mod process_provider;
 mod reload;
 mod rotation;
