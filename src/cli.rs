@@ -36,6 +36,10 @@ pub enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
+        /// Address for /metrics, /healthz, /readyz instead of agent.listen (a second agent on
+        /// the host, a hot standby, sharing the config file needs its own).
+        #[arg(long, env = "DSO_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Validate the config and print every problem with its path; exit 0 when valid, 4 when not.
     ///
@@ -140,7 +144,7 @@ pub enum Command {
     /// Example: dso health --addr 127.0.0.1:9464
     Health {
         /// Address of the agent's admin listener (default: agent.listen from the config).
-        #[arg(long)]
+        #[arg(long, env = "DSO_LISTEN")]
         addr: Option<String>,
     },
 }

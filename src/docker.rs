@@ -106,7 +106,9 @@ fn map_err(e: bollard::errors::Error) -> EngineError {
              (or DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH)"
                 .to_string(),
         ),
-        other => EngineError::Engine(other.to_string()),
+        // With its sources: hyper's "client error (Connect)" alone does not say what failed
+        // (refused, EAGAIN on a full accept queue, EMFILE, ...).
+        other => EngineError::Engine(crate::providers::wire::error_chain(&other)),
     }
 }
 

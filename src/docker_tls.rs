@@ -102,16 +102,7 @@ fn certs(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>, Tls
 
 /// The whole error chain in one line, prefixed with what a TLS failure means when it is one.
 fn explain(e: &(dyn std::error::Error + 'static), with_cert: bool) -> String {
-    let mut chain = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !chain.contains(&t) {
-            chain.push_str(": ");
-            chain.push_str(&t);
-        }
-        cur = s.source();
-    }
+    let chain = crate::providers::wire::error_chain(e);
     match tls_reason(&chain, with_cert) {
         Some(why) => format!("TLS: {why} ({chain})"),
         None => chain,

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use actix::Addr;
 use bytes::Bytes;
@@ -25,8 +25,8 @@ use tokio::net::TcpListener;
 pub struct AdminState {
     /// Metrics registry.
     pub registry: Arc<Registry>,
-    /// Asked for readiness.
-    pub supervisor: Addr<Supervisor>,
+    /// Asked for readiness; unset while the agent is a hot standby (`/readyz` then says so).
+    pub supervisor: Arc<OnceLock<Addr<Supervisor>>>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -73,11 +73,14 @@ async fn handle(
         }
         "/healthz" | "/live" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" | "/ready" => {
-            let r = state
-                .supervisor
-                .send(GetReadiness)
-                .await
-                .unwrap_or_default();
+            let Some(supervisor) = state.supervisor.get() else {
+                return Ok(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    "{\"ready\":false,\"standby\":true}\n".into(),
+                ));
+            };
+            let r = supervisor.send(GetReadiness).await.unwrap_or_default();
             let body = serde_json::json!({
                 "ready": r.ready(),
                 "docker": r.docker,

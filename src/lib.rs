@@ -16,3 +16,4 @@ pub mod http;
 pub mod procroot;
 pub mod providers;
 pub mod resolve_proto;
+pub mod standby;

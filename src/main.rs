@@ -26,7 +26,9 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let config = cli.config.as_deref();
     let code = match cli.command {
-        Command::Agent { log_format } => return commands::agent::agent(config, log_format),
+        Command::Agent { log_format, listen } => {
+            return commands::agent::agent(config, log_format, listen)
+        }
         Command::Run {
             socket,
             no_agent,

@@ -48,6 +48,9 @@ fn restart_dockerd() {
         .arg("sh")
         .arg(log)
         .args(&argv)
+        // The daemon is the shared service, not a leftover of this run (`scripts/test` fails
+        // when a process carrying its DSO_TEST_RUN mark outlives the tests).
+        .env_remove("DSO_TEST_RUN")
         .stdin(Stdio::null())
         .output()
         .expect("start dockerd again");

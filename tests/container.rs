@@ -229,16 +229,21 @@ key_file = "/var/lib/dso/vault.key"
 
     /// The agent's metric sample (host network: its listen address is reachable from here).
     fn metric(&self, series: &str) -> Option<f64> {
-        let mut s = std::net::TcpStream::connect(&self.listen).ok()?;
-        use std::io::{Read, Write};
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
+        metric_at(&self.listen, series)
     }
+}
+
+/// A metric sample from the agent listening on `addr`.
+fn metric_at(addr: &str, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Drop for Project {
@@ -295,8 +300,11 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
     p.set_secret("app/db#password", "ct-password-41");
     p.set_secret("app/db#user", "ct-user-17");
     assert!(Path::new(&p.path("state/vault.key")).is_file());
+    // The admin socket's directory is created when missing (/run is emptied at boot).
+    std::fs::remove_dir(p.path("run")).unwrap();
 
     p.compose(&["up", "-d"]);
+    assert!(p.path("run").is_dir(), "the run directory is created");
     let agent = p.agent_id();
     let app = p.eventually("the app container", || p.ids("app").into_iter().next());
     let before = p.eventually("the app's secrets and its reload counter", || {
@@ -328,6 +336,53 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
                 .then_some(())
         },
     );
+    // A container whose process runs as a non-root user: its /proc/<pid>/root is behind a ptrace
+    // access-mode check, which CAP_SYS_PTRACE (compose.yaml) passes — the direct path, no exec.
+    let scope = format!("com.docker.compose.project={}", p.name);
+    let name = unique("ctuser");
+    let id = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        &scope,
+        "--user",
+        "1000:1000",
+        "--tmpfs",
+        DIR,
+        "--label",
+        "dso.secret.pw=local/app/db#password",
+        &image(),
+        "/bin/sleep",
+        "600",
+    ]);
+    let user = Container { id, name };
+    p.eventually("the non-root container's secret", || {
+        (p.read(&user.id, &format!("{DIR}/pw"))? == "ct-password-41").then_some(())
+    });
+    assert_eq!(
+        docker(&[
+            "exec",
+            &user.id,
+            "stat",
+            "-L",
+            "-c",
+            "%u",
+            &format!("{DIR}/pw")
+        ]),
+        "1000",
+        "owned by the container's user"
+    );
+    let direct = p.metric("dso_injections_by_mode_total{mode=\"direct\"}");
+    let denied = p.metric("dso_direct_fallbacks_total{reason=\"proc_denied\"}");
+    assert!(
+        direct >= Some(2.0) && denied == Some(0.0),
+        "the app and the non-root container written directly, no fallback (direct {direct:?}, \
+         proc_denied {denied:?})\n{}",
+        p.context()
+    );
+    drop(user);
     let first_logs = docker_try(&["logs", &agent]).2;
     assert!(
         first_logs.contains("memory locked (mlockall)"),
@@ -446,4 +501,125 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
             "a secret value in the logs, docker inspect or the audit log"
         );
     }
+}
+
+#[test]
+fn a_missing_vault_key_is_an_error_not_an_empty_directory() {
+    // Compose creates nothing in place of a missing bind source (long syntax): the agent must
+    // not start on an empty directory where its key should be. No agent image needed: the
+    // container is refused before it is created.
+    require_compose();
+    let p = Project::new();
+    let (ok, out, err) =
+        run(p
+            .compose_cmd()
+            .env("DSO_IMAGE", image())
+            .args(["up", "-d", "--no-deps", "dso"]));
+    assert!(!ok, "up succeeded without vault.key:\n{out}\n{err}");
+    let key = p.path("state/vault.key");
+    assert!(
+        err.contains("bind source path does not exist") && err.contains(&*key.to_string_lossy()),
+        "the error names the missing vault.key:\n{err}"
+    );
+    assert!(!key.exists(), "nothing created in its place");
+}
+
+/// A free port on 127.0.0.1 (for an agent on the host network).
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn a_standby_agent_container_takes_over_from_a_killed_one_and_docker_healthchecks_both() {
+    require_compose();
+    build_image();
+    let p = Project::new();
+    p.set_secret("app/db#password", "sb-password-5");
+    p.set_secret("app/db#user", "sb-user-6");
+    let standby_listen = free_addr();
+    let up = p
+        .compose_cmd()
+        .env("DSO_STANDBY_LISTEN", &standby_listen)
+        .args(["--profile", "standby", "up", "-d"])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "docker-compose --profile standby up: {}\n{}",
+        String::from_utf8_lossy(&up.stderr),
+        p.context()
+    );
+    let app = p.eventually("the app container", || p.ids("app").into_iter().next());
+    let before = p.eventually("the app's secrets", || app_state(&p, &app));
+    assert_eq!(before.0, "sb-password-5", "{}", p.context());
+    // Exactly one of the two is active; which one won the lock at start-up does not matter.
+    let agents = [("dso", p.listen.clone()), ("dso-standby", standby_listen)];
+    let leaders = p.eventually("both agents answering dso_leader", || {
+        agents
+            .iter()
+            .map(|(_, addr)| metric_at(addr, "dso_leader"))
+            .collect::<Option<Vec<f64>>>()
+    });
+    assert_eq!(
+        leaders.iter().sum::<f64>(),
+        1.0,
+        "{leaders:?}\n{}",
+        p.context()
+    );
+    let (active, passive) = if leaders[0] == 1.0 {
+        (&agents[0], &agents[1])
+    } else {
+        (&agents[1], &agents[0])
+    };
+    let active_id = p.ids(active.0).remove(0);
+    let passive_id = p.ids(passive.0).remove(0);
+    // Docker's healthcheck (`dso health`, DSO_LISTEN) passes on the standby too.
+    p.eventually("both agent containers healthy", || {
+        [&active_id, &passive_id]
+            .iter()
+            .all(|id| p.inspect(id, "{{.State.Health.Status}}") == "healthy")
+            .then_some(())
+    });
+
+    let pid: i32 = p.inspect(&active_id, "{{.State.Pid}}").parse().unwrap();
+    let killed = Instant::now();
+    signal(pid, libc::SIGKILL);
+    let took_over = p.eventually("the standby taking over", || {
+        (metric_at(&passive.1, "dso_leader")? == 1.0).then(|| killed.elapsed())
+    });
+    eprintln!(
+        "compose hot standby: {} answered dso_leader 1 {} ms after kill -9 of {}",
+        passive.0,
+        took_over.as_millis(),
+        active.0
+    );
+    assert!(took_over < Duration::from_secs(10), "{took_over:?}");
+    // It found the app's files in place: nothing rewritten, no reload.
+    p.eventually("the new active agent finding the app unchanged", || {
+        (metric_at(&passive.1, "dso_injections_total{result=\"unchanged\"}")? >= 1.0).then_some(())
+    });
+    assert_eq!(
+        metric_at(&passive.1, "dso_injections_total{result=\"success\"}"),
+        Some(0.0),
+        "{}",
+        p.context()
+    );
+    assert_eq!(app_state(&p, &app), Some(before), "{}", p.context());
+    // Docker restarts the killed one, which now waits as the standby.
+    p.eventually("the killed agent restarted as the standby", || {
+        (p.inspect(&active_id, "{{.RestartCount}} {{.State.Running}}") == "1 true"
+            && metric_at(&active.1, "dso_leader")? == 0.0)
+            .then_some(())
+    });
+    let audit = std::fs::read_to_string(p.path("state/audit.jsonl")).unwrap_or_default();
+    assert_eq!(
+        audit.matches("\"delivered\"").count(),
+        1,
+        "one delivery in all: the app's\n{audit}"
+    );
 }

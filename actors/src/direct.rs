@@ -51,7 +51,9 @@ pub enum Written {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FallbackReason {
     /// The agent may not read `/proc/<pid>` (EPERM/EACCES: not root, or in a container without
-    /// `pid: host`, or the pid is not visible).
+    /// `pid: host`, or the pid is not visible), or its `root`: that is a ptrace access-mode
+    /// check, which root in a container without `CAP_SYS_PTRACE` fails for a process of another
+    /// uid (a container with `user: 1000`).
     ProcDenied,
     /// The container runs in its own user namespace (userns-remap, rootless): ownership would be
     /// wrong seen from inside.
@@ -95,7 +97,7 @@ impl FallbackReason {
     /// What it means, for the one log line per reason.
     pub fn explain(self) -> &'static str {
         match self {
-            FallbackReason::ProcDenied => "the agent may not open /proc/<pid> of containers (run it as root on the host, or with `pid: host`)",
+            FallbackReason::ProcDenied => "the agent may not open /proc/<pid> (or its root) of containers (run it as root on the host, or in a container with `pid: host` and, for containers whose process is not root, `cap_add: [SYS_PTRACE]`)",
             FallbackReason::UserNamespace => "containers run in their own user namespace (userns-remap or rootless Docker)",
             FallbackReason::NoOpenat2 => "the kernel has no openat2 (Linux 5.6+ needed)",
             FallbackReason::CgroupMismatch => "the process at the container's pid is not in the container's cgroup (pid reused, or another cgroup namespace)",

@@ -49,6 +49,8 @@ pub struct FakeEngine {
     pub exec_exit: Mutex<i64>,
     /// How long each exec takes.
     pub exec_delay: Mutex<Duration>,
+    /// How long each restart call takes.
+    pub restart_delay: Mutex<Duration>,
     /// Sender side of the event stream, once `events` was called.
     pub events_tx: Mutex<Option<mpsc::UnboundedSender<Result<EngineEvent, EngineError>>>>,
     /// When true, `ping` and `events` fail.
@@ -193,6 +195,10 @@ impl ContainerEngine for FakeEngine {
 
     async fn restart(&self, id: &str) -> Result<(), EngineError> {
         self.record(EngineCall::Restart(id.to_string()));
+        let delay = self.restart_delay.lock().map(|d| *d).unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         Ok(())
     }
 }

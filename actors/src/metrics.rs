@@ -124,6 +124,9 @@ pub struct Metrics {
     /// `dso_direct_fallbacks_total{reason}`: writes that went through exec because the direct
     /// path was not usable for the container.
     pub direct_fallbacks: Family<ReasonLabel, Counter>,
+    /// `dso_leader`: 1 while this agent holds `<state_dir>/agent.lock` (the active one), 0 while
+    /// it waits as a hot standby.
+    pub leader: Gauge,
     version: String,
 }
 
@@ -166,6 +169,7 @@ impl Metrics {
             secret_stale_seconds: Gauge::default(),
             injections_by_mode: Family::default(),
             direct_fallbacks: Family::default(),
+            leader: Gauge::default(),
             version: version.to_string(),
         };
         m.build_info
@@ -262,6 +266,11 @@ impl Metrics {
             m.docker_reconnects.clone(),
         );
         r.register("build_info", "Build information", m.build_info.clone());
+        r.register(
+            "leader",
+            "1 when this agent is the active one on its state_dir, 0 while it is a hot standby",
+            m.leader.clone(),
+        );
         r.register(
             "rotations",
             "Re-injections after a secret changed in its backend, by result",

@@ -4,6 +4,12 @@
 //! `com.docker.compose.service` labels) restart one at a time: each waits until the previous one
 //! is running again — and healthy, if it has a healthcheck — plus a random splay. Containers
 //! outside Compose are their own group.
+//!
+//! One restart, one outcome: a request for a container whose restart call has not returned yet
+//! is part of that restart (the container starts afresh and is injected with the current values,
+//! the ones that request is about); it neither queues a second restart nor logs a second result.
+//! A request that comes after the call returned is about values written into the restarted
+//! container, and is queued.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -47,6 +53,8 @@ pub struct Restarter {
     settings: RestarterSettings,
     queues: HashMap<String, VecDeque<String>>,
     busy: HashSet<String>,
+    /// Containers whose restart call is under way.
+    restarting: HashSet<String>,
 }
 
 impl Restarter {
@@ -62,6 +70,7 @@ impl Restarter {
             settings,
             queues: HashMap::new(),
             busy: HashSet::new(),
+            restarting: HashSet::new(),
         }
     }
 
@@ -81,43 +90,61 @@ impl Restarter {
                 .splay
                 .mul_f64(rand::thread_rng().gen_range(0.0..1.0))
         };
+        self.restarting.insert(id.clone());
+        let call = {
+            let (engine, target) = (engine.clone(), id.clone());
+            async move { engine.restart(&target).await.map_err(|e| e.to_string()) }
+        };
         let target = id.clone();
-        async move {
-            engine.restart(&target).await.map_err(|e| e.to_string())?;
-            let deadline = Instant::now() + settings.ready_timeout;
-            loop {
-                match engine.inspect(&target).await {
-                    Ok(i) if i.running && i.health.as_deref().is_none_or(|h| h == "healthy") => break,
-                    Ok(_) | Err(_) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
+        call.into_actor(self)
+            .then(move |res, act, _ctx| {
+                // From now on new values reach the restarted container: a request is a new restart.
+                act.restarting.remove(&target);
+                Self::wait_ready(engine, target, settings, splay, res).into_actor(act)
+            })
+            .map(move |res: Result<(), String>, act, ctx| {
+                match res {
+                    Ok(()) => {
+                        act.metrics.reload("restart", "ok");
+                        tracing::info!(container = %&id[..id.len().min(12)], group = %group, "restarted after new secret values");
                     }
-                    Ok(i) => {
-                        return Err(format!(
-                            "not running/healthy {:?} after {:?}",
-                            i.health, settings.ready_timeout
-                        ))
+                    Err(e) => {
+                        act.metrics.reload("restart", "error");
+                        tracing::error!(container = %&id[..id.len().min(12)], group = %group, error = %e, "restart after new secret values failed");
                     }
-                    Err(e) => return Err(e.to_string()),
                 }
+                act.next(group, ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// After the restart call: waits until the container runs (and is healthy), then the splay.
+    async fn wait_ready(
+        engine: Arc<dyn ContainerEngine>,
+        target: String,
+        settings: RestarterSettings,
+        splay: Duration,
+        restarted: Result<(), String>,
+    ) -> Result<(), String> {
+        restarted?;
+        let deadline = Instant::now() + settings.ready_timeout;
+        loop {
+            match engine.inspect(&target).await {
+                Ok(i) if i.running && i.health.as_deref().is_none_or(|h| h == "healthy") => break,
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(i) => {
+                    return Err(format!(
+                        "not running/healthy {:?} after {:?}",
+                        i.health, settings.ready_timeout
+                    ))
+                }
+                Err(e) => return Err(e.to_string()),
             }
-            tokio::time::sleep(splay).await;
-            Ok(())
         }
-        .into_actor(self)
-        .map(move |res: Result<(), String>, act, ctx| {
-            match res {
-                Ok(()) => {
-                    act.metrics.reload("restart", "ok");
-                    tracing::info!(container = %&id[..id.len().min(12)], group = %group, "restarted after new secret values");
-                }
-                Err(e) => {
-                    act.metrics.reload("restart", "error");
-                    tracing::error!(container = %&id[..id.len().min(12)], group = %group, error = %e, "restart after new secret values failed");
-                }
-            }
-            act.next(group, ctx);
-        })
-        .spawn(ctx);
+        tokio::time::sleep(splay).await;
+        Ok(())
     }
 }
 
@@ -133,6 +160,10 @@ impl Handler<RequestRestart> for Restarter {
     type Result = ();
 
     fn handle(&mut self, msg: RequestRestart, ctx: &mut Self::Context) {
+        if self.restarting.contains(&msg.id) {
+            tracing::debug!(container = %&msg.id[..msg.id.len().min(12)], "restart already under way; the restarted container gets the current values");
+            return;
+        }
         let group = msg.group.unwrap_or_else(|| format!("container:{}", msg.id));
         let queue = self.queues.entry(group.clone()).or_default();
         if !queue.contains(&msg.id) {

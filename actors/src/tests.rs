@@ -1081,3 +1081,56 @@ async fn an_exec_that_fails_because_the_container_stopped_counts_as_gone_not_fai
     settle(|| render(&r.registry).contains("dso_injections_total{result=\"exec_failed\"} 1")).await;
     assert!(render(&r.registry).contains("dso_injections_total{result=\"exec_failed\"} 1"));
 }
+
+#[actix_rt::test]
+async fn a_restart_requested_again_while_its_call_runs_is_one_restart_with_one_outcome() {
+    use crate::messages::RequestRestart;
+    use crate::restarter::{Restarter, RestarterSettings};
+    let engine = FakeEngine::new();
+    engine.add(container("c", &[], &[]));
+    if let Ok(mut d) = engine.restart_delay.lock() {
+        *d = Duration::from_millis(300);
+    }
+    let (metrics, registry) = Metrics::new("test");
+    let r = Restarter::new(
+        engine.clone() as Arc<dyn ContainerEngine>,
+        metrics,
+        RestarterSettings {
+            splay: Duration::ZERO,
+            ready_timeout: Duration::from_secs(5),
+            mailbox: 100,
+        },
+    )
+    .start();
+    let ask = || RequestRestart {
+        id: "c".into(),
+        group: None,
+    };
+    r.send(ask()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A second rotation replaced files while the restart call runs: the container starts afresh
+    // with the current values anyway.
+    r.send(ask()).await.unwrap();
+    let restarts = || {
+        engine
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, EngineCall::Restart(_)))
+            .count()
+    };
+    settle(|| render(&registry).contains("dso_reloads_total{policy=\"restart\",result=\"ok\"} 1"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = render(&registry);
+    assert_eq!(restarts(), 1, "{:?}", engine.calls());
+    assert!(
+        text.contains("dso_reloads_total{policy=\"restart\",result=\"ok\"} 1")
+            && !text.contains("result=\"error\"} 1"),
+        "{text}"
+    );
+    // After the call returned, new values went into the restarted container: a new restart.
+    r.send(ask()).await.unwrap();
+    settle(|| render(&registry).contains("dso_reloads_total{policy=\"restart\",result=\"ok\"} 2"))
+        .await;
+    assert_eq!(restarts(), 2, "{:?}", engine.calls());
+}

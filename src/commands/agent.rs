@@ -23,13 +23,14 @@ use crate::cli::LogFormat;
 pub fn agent(
     config: Option<&Path>,
     log_format: LogFormat,
+    listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let (cfg, name) = match super::load_config(config) {
         Ok(c) => c,
         Err(code) => return Ok(code.into()),
     };
     init_logging(log_format);
-    run_agent(cfg, name, config.map(Path::to_path_buf))
+    run_agent(cfg, name, config.map(Path::to_path_buf), listen)
 }
 
 /// Logs to stderr, filtered by `DSO_LOG` (default `info`), human or JSON lines.
@@ -49,20 +50,62 @@ fn init_logging(format: LogFormat) {
 /// Hardens the process, wires the actor system and runs it until a signal stops it; re-executes
 /// itself after a SIGHUP that brought a valid, changed config.
 fn run_agent(
-    cfg: Config,
+    mut cfg: Config,
     config_name: String,
     config_path: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<std::process::ExitCode> {
     crate::hardening::disable_core_dumps();
     crate::hardening::lock_memory();
     let reexec = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reexec_flag = reexec.clone();
+    // The file's config: what a SIGHUP compares the file with.
     let running_cfg = cfg.clone();
+    if let Some(listen) = listen {
+        cfg.agent.listen = listen;
+    }
     let system = actix::System::new();
     let endpoint = cfg.agent.engine_endpoint().map_err(anyhow::Error::msg)?;
     let host = endpoint.describe();
-    let setup: anyhow::Result<Option<i32>> = system.block_on(async move {
+    let setup: anyhow::Result<Result<dso::standby::LeaderLock, i32>> = system.block_on(async move {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_name, docker = %host, "dso agent starting");
+        // agent.listen first: a hot standby answers /healthz (and /metrics, dso_leader 0) there.
+        let (metrics, registry) = Metrics::new(env!("CARGO_PKG_VERSION"));
+        let listener = tokio::net::TcpListener::bind(cfg.agent.listen)
+            .await
+            .with_context(|| format!("agent.listen: cannot listen on {}", cfg.agent.listen))?;
+        let addr = listener.local_addr()?;
+        let state = AdminState {
+            registry: Arc::new(registry),
+            supervisor: Arc::default(),
+        };
+        let supervisor_slot = state.supervisor.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        actix_rt::spawn(dso::http::serve(listener, state, async move {
+            let _ = stop_rx.await;
+        }));
+        tracing::info!(%addr, "admin endpoint listening (/metrics /healthz /readyz)");
+        // One active agent per state_dir; another one waits here, a hot standby, until the
+        // active one's process ends. Nothing below runs before: no Docker connection, no admin
+        // socket, no write.
+        let leader = match dso::standby::lead_or_wait(
+            &cfg.agent.state_dir,
+            wait_for_signal(&running_cfg, config_path.as_deref()),
+        )
+        .await?
+        {
+            Ok(lock) => lock,
+            Err(stop) => {
+                if stop == Stop::Reload {
+                    reexec_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!("configuration changed; restarting the standby in place with it");
+                } else {
+                    tracing::info!("signal received; the standby stops");
+                }
+                return Ok(Err(ExitCode::Ok.as_i32()));
+            }
+        };
+        metrics.leader.set(1);
         // The socket may not exist yet (dockerd restarting): retry like the event stream does.
         let mut attempt = 0u32;
         let engine = loop {
@@ -79,7 +122,7 @@ fn run_agent(
                         "docker unreachable after {} reconnect attempts: {e}",
                         cfg.agent.docker_max_reconnects
                     );
-                    return Ok(Some(ExitCode::DockerUnreachable.as_i32()));
+                    return Ok(Err(ExitCode::DockerUnreachable.as_i32()));
                 }
             }
         };
@@ -101,7 +144,6 @@ fn run_agent(
         let digest_key_path = cfg.agent.state_dir.join("digest.key");
         let digest_key = dso::providers::file::load_or_create_key_file(&digest_key_path)
             .with_context(|| format!("agent.state_dir: {}", cfg.agent.state_dir.display()))?;
-        let (metrics, registry) = Metrics::new(env!("CARGO_PKG_VERSION"));
         let providers = cfg
             .providers
             .iter()
@@ -132,10 +174,6 @@ fn run_agent(
             max_concurrent_rotations: cfg.agent.max_concurrent_rotations,
             audit: Some(actix::Actor::start(dso::audit::AuditLog::open(&cfg.agent.audit_log())?).recipient()),
         };
-        let listener = tokio::net::TcpListener::bind(cfg.agent.listen)
-            .await
-            .with_context(|| format!("agent.listen: cannot listen on {}", cfg.agent.listen))?;
-        let addr = listener.local_addr()?;
         let admin = dso::admin::bind(&cfg.agent.admin_socket)?;
         // `write_mode = "auto"`: files go through `/proc/<pid>/root` where the host allows it.
         // A tcp:// engine is another host's (or may be): its pids mean nothing here, so exec only.
@@ -147,21 +185,13 @@ fn run_agent(
         });
         let supervisor =
             actix::Actor::start(Supervisor::new(engine, direct, providers, settings, metrics));
+        let _ = supervisor_slot.set(supervisor.clone());
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
         actix_rt::spawn(dso::admin::serve(admin, supervisor.clone(), async move {
             let _ = admin_stop_rx.await;
         }));
         tracing::info!(socket = %cfg.agent.admin_socket.display(), "admin socket listening");
         let socket_path = cfg.agent.admin_socket.clone();
-        let state = AdminState {
-            registry: Arc::new(registry),
-            supervisor: supervisor.clone(),
-        };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        actix_rt::spawn(dso::http::serve(listener, state, async move {
-            let _ = stop_rx.await;
-        }));
-        tracing::info!(%addr, "admin endpoint listening (/metrics /healthz /readyz)");
         actix_rt::spawn(async move {
             if wait_for_signal(&running_cfg, config_path.as_deref()).await == Stop::Reload {
                 reexec_flag.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -174,11 +204,19 @@ fn run_agent(
             let _ = std::fs::remove_file(&socket_path);
             let _ = supervisor.send(Shutdown).await;
         });
-        Ok(None)
+        Ok(Ok(leader))
     });
-    if let Some(code) = setup? {
-        return Ok(exit_status(code));
-    }
+    // Held until the process ends (or re-executes itself: exec closes it, and the re-executed
+    // agent takes it back — see dso::standby).
+    let _leader = match setup? {
+        Ok(lock) => lock,
+        Err(code) => {
+            if reexec.load(std::sync::atomic::Ordering::SeqCst) && code == 0 {
+                return reexec_self();
+            }
+            return Ok(exit_status(code));
+        }
+    };
     let code = system.run_with_code().context("actor system")?;
     if reexec.load(std::sync::atomic::Ordering::SeqCst) && code == 0 {
         return reexec_self();

@@ -19,7 +19,7 @@ pub mod file;
 pub mod process;
 pub mod settings;
 pub mod vault;
-mod wire;
+pub(crate) mod wire;
 
 use aws::AwsConfig;
 use file::FileConfig;

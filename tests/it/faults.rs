@@ -176,6 +176,8 @@ fn containers_that_exit_during_their_injection_get_a_clear_outcome_and_leave_not
 #[test]
 fn an_agent_in_its_own_pid_namespace_falls_back_to_exec() {
     // Like an agent container without `pid: host`: the pids Docker reports are not its own.
+    // `--kill-child`: the forked agent is the init of its PID namespace (SIGTERM does not stop it)
+    // and must die with `unshare`, or it would outlive the test and act on later tests' containers.
     let ws = Workspace::new();
     ws.write_config("");
     ws.set_write_mode("auto");
@@ -183,7 +185,7 @@ fn an_agent_in_its_own_pid_namespace_falls_back_to_exec() {
     let agent = Agent::start_wrapped(
         &ws.config(),
         &[],
-        &["unshare", "--pid", "--fork", "--mount-proc"],
+        &["unshare", "--pid", "--kill-child", "--mount-proc"],
     );
     let c = ws.container(&["--tmpfs", DIR, "--label", "dso.secret.k=local/pidns#k"]);
     c.wait_for(&format!("{DIR}/.ready"), &agent);
@@ -199,4 +201,29 @@ fn an_agent_in_its_own_pid_namespace_falls_back_to_exec() {
         Some(1.0)
     );
     agent.wait_log("own PID namespace");
+    // The forked agent dies with the test's agent handle (it ignores SIGTERM as its namespace's
+    // init): nothing is left running to act on later tests' containers.
+    let forked = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.pid()))
+        .unwrap_or_default();
+    let forked: Vec<u32> = forked
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert_eq!(forked.len(), 1, "unshare forked one agent: {forked:?}");
+    drop(agent);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| Some(s.rsplit_once(") ")?.1.chars().next()? != 'Z'))
+            .unwrap_or(false)
+    };
+    while alive(forked[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forked agent (pid {}) outlived unshare",
+            forked[0]
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -18,5 +18,6 @@ mod podman;
 mod process_provider;
 mod reload;
 mod rotation;
+mod standby;
 mod tls;
 mod vault_provider;

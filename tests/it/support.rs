@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -297,6 +298,8 @@ pub fn grep_tree(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// A running `dso agent`, killed on drop. Its stderr (logs) is collected.
 pub struct Agent {
     child: Child,
+    /// Set once the agent was reaped: its pid (the process group's id) may be reused.
+    reaped: bool,
     logs: Arc<Mutex<String>>,
     pub admin: String,
 }
@@ -311,17 +314,26 @@ impl Agent {
         Self::start_wrapped(config, envs, &[])
     }
 
-    /// Starts the agent under `wrapper` (e.g. `["unshare", "--pid", "--fork", "--mount-proc"]`).
+    /// Starts the agent under `wrapper` (e.g. `["unshare", "--pid", "--kill-child",
+    /// "--mount-proc"]`). The agent (and anything under it) runs in a process group of its own,
+    /// which drop kills whole: a wrapper's child must not outlive the test.
     pub fn start_wrapped(config: &Path, envs: &[(&str, &str)], wrapper: &[&str]) -> Agent {
-        Self::spawn(config, envs, wrapper, true)
+        Self::spawn(config, envs, wrapper, "docker event stream connected")
+    }
+
+    /// Starts a second agent on a config whose `agent.state_dir` an active agent holds: it
+    /// waits, serving its own `/healthz`, until it takes over.
+    pub fn start_standby(config: &Path) -> Agent {
+        Self::spawn(config, &[], &[], "hot standby")
     }
 
     /// Starts the agent and waits only for its admin endpoint (the engine may stay unreachable).
     pub fn start_unconnected(config: &Path) -> Agent {
-        Self::spawn(config, &[], &[], false)
+        Self::spawn(config, &[], &[], "admin endpoint listening")
     }
 
-    fn spawn(config: &Path, envs: &[(&str, &str)], wrapper: &[&str], connected: bool) -> Agent {
+    /// Starts the agent; returns once its admin endpoint listens and its logs hold `ready`.
+    fn spawn(config: &Path, envs: &[(&str, &str)], wrapper: &[&str], ready: &str) -> Agent {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -335,7 +347,8 @@ impl Agent {
             .args(["agent", "--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -366,6 +379,7 @@ impl Agent {
         }
         let mut agent = Agent {
             child,
+            reaped: false,
             logs,
             admin: String::new(),
         };
@@ -387,12 +401,11 @@ impl Agent {
                     agent.admin = addr;
                 }
             }
-            if !agent.admin.is_empty()
-                && (!connected || logs.contains("docker event stream connected"))
-            {
+            if !agent.admin.is_empty() && logs.contains(ready) {
                 return agent;
             }
             if let Ok(Some(status)) = agent.child.try_wait() {
+                agent.reaped = true;
                 panic!("agent exited early with {status}\n--- logs ---\n{logs}");
             }
             assert!(
@@ -422,7 +435,9 @@ impl Agent {
 
     /// True while the agent process runs.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        let running = matches!(self.child.try_wait(), Ok(None));
+        self.reaped |= !running;
+        running
     }
 
     /// Waits until the logs contain `needle`; returns them.
@@ -454,6 +469,18 @@ impl Agent {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// `kill -9` of the agent (and its process group), reaped; its logs stay readable.
+    pub fn kill9(&mut self) {
+        if !self.reaped {
+            // SAFETY: kill(2) on our own child's process group, not reaped yet.
+            unsafe {
+                libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(mut self) -> (Option<i32>, String) {
         // SAFETY: kill(2) on our own child's pid.
@@ -463,6 +490,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
+                self.reaped = true;
                 std::thread::sleep(Duration::from_millis(50));
                 return (st.code(), self.logs());
             }
@@ -478,6 +506,14 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // The whole process group (the agent is its leader, and its pid stays reserved until it
+        // is reaped below): a wrapper's forked child, a provider program.
+        if !self.reaped {
+            // SAFETY: kill(2) on our own child's process group.
+            unsafe {
+                libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
