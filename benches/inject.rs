@@ -240,7 +240,10 @@ fn main() {
 
     println!("\nDSO injection benchmark: {n} containers × {SECRETS} secrets, warm cache, sequential starts, write_mode = \"{write_mode}\"");
     let dso_med = summary(
-        if write_mode == "exec" {
+        // A tcp:// engine always uses the exec path, whatever write_mode says.
+        if write_mode == "exec"
+            || std::env::var("DOCKER_HOST").is_ok_and(|h| h.starts_with("tcp://"))
+        {
             "dso: event → 10 files in place (one exec)"
         } else {
             "dso: event → 10 files in place (direct)"

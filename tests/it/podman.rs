@@ -37,17 +37,7 @@ impl Podman {
         p.start_service();
         // The offline test image, from Docker.
         if !run(Command::new("podman").args(["image", "exists", &image()])).0 {
-            let mut save = Command::new("docker")
-                .args(["save", &image()])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("docker save");
-            let pipe = save.stdout.take().expect("pipe");
-            let (ok, out, err) = run(Command::new("podman").args(["load", "-q"]).stdin(pipe));
-            assert!(
-                save.wait().expect("docker save").success() && ok,
-                "podman load: {out}{err}"
-            );
+            copy_test_image(Command::new("podman").args(["load", "-q"]));
         }
         Some(p)
     }
@@ -76,13 +66,7 @@ impl Podman {
 
     fn stop_service(&mut self) {
         if let Some(mut child) = self.service.take() {
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_child(&mut child, Duration::from_secs(15));
         }
     }
 
@@ -99,35 +83,45 @@ impl Podman {
         out.trim().to_string()
     }
 
-    /// A labelled container (scope label, a tmpfs at DIR). Podman on these VMs needs the ulimits.
+    /// A labelled container (scope label, a tmpfs at DIR) created through the service.
     fn container(&self, labels: &[&str], cmd: &[&str]) -> String {
+        let (name, args) = self.run_args(labels, cmd);
+        self.podman(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        name
+    }
+
+    /// The same, with the local CLI (no service: it talks to storage directly).
+    fn container_without_service(&self, labels: &[&str], cmd: &[&str]) -> String {
+        let (name, args) = self.run_args(labels, cmd);
+        let (ok, out, err) = run(Command::new("podman").args(&args));
+        assert!(ok, "podman run: {out}{err}");
+        name
+    }
+
+    /// `run` arguments: name, scope label, `labels`, tmpfs, and the ulimits Podman needs on
+    /// these VMs (no CAP_SYS_RESOURCE).
+    fn run_args(&self, labels: &[&str], cmd: &[&str]) -> (String, Vec<String>) {
         let name = unique("pod");
-        let scope = format!("dso.test={}", self.scope);
-        let mut args = vec![
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            "none",
-            "--label",
-            &scope,
-        ];
-        args.extend([
+        let mut args: Vec<String> = ["run", "-d", "--name", &name, "--network", "none"]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--label".into(), format!("dso.test={}", self.scope)]);
+        for l in labels {
+            args.extend(["--label".into(), l.to_string()]);
+        }
+        for a in [
             "--ulimit",
             "nofile=1024:1024",
             "--ulimit",
             "nproc=4096:4096",
-        ]);
-        args.extend(["--tmpfs", DIR]);
-        for l in labels {
-            args.extend(["--label", l]);
+            "--tmpfs",
+            DIR,
+        ] {
+            args.push(a.into());
         }
-        let img = image();
-        args.push(&img);
-        args.extend(cmd);
-        self.podman(&args);
-        name
+        args.push(image());
+        args.extend(cmd.iter().map(|c| c.to_string()));
+        (name, args)
     }
 
     fn read(&self, name: &str, path: &str) -> Option<String> {
@@ -201,7 +195,7 @@ fn core_suite(write_mode: &str) {
 
     // The service restarts: the agent reconnects and replays; a container started meanwhile is served.
     podman.stop_service();
-    let late = podman_direct_run(&podman, &label);
+    let late = podman.container_without_service(&[&label], &["/bin/sleep", "600"]);
     podman.start_service();
     eventually(
         &agent,
@@ -217,36 +211,6 @@ fn core_suite(write_mode: &str) {
         (agent.metric("dso_managed_containers") == Some(0.0)).then_some(())
     });
     assert!(!agent.logs().contains("second-value") && !agent.logs().contains("first-value"));
-}
-
-/// `podman run` without the service (the local CLI talks to storage directly).
-fn podman_direct_run(podman: &Podman, label: &str) -> String {
-    let name = unique("pod");
-    let scope = format!("dso.test={}", podman.scope);
-    let img = image();
-    let (ok, out, err) = run(Command::new("podman").args([
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "--label",
-        &scope,
-        "--label",
-        label,
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=4096:4096",
-        "--tmpfs",
-        DIR,
-        &img,
-        "/bin/sleep",
-        "600",
-    ]));
-    assert!(ok, "podman run: {out}{err}");
-    name
 }
 
 #[test]

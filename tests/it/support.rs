@@ -56,6 +56,33 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// `docker save` of the test image piped into `load` (another engine's `load`, e.g. `podman load`).
+pub fn copy_test_image(load: &mut Command) {
+    let mut save = Command::new("docker")
+        .args(["save", &image()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker save");
+    let pipe = save.stdout.take().expect("pipe");
+    let (ok, out, err) = run(load.stdin(pipe));
+    let saved = save.wait().expect("docker save");
+    assert!(
+        saved.success() && ok,
+        "image copy: save {saved}, load: {out}{err}"
+    );
+}
+
+/// SIGTERM to a child we started, up to `grace` for it to exit, then SIGKILL; always reaped.
+pub fn stop_child(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// `docker ARGS`, panicking with full output on failure.
 pub fn docker(args: &[&str]) -> String {
     let (ok, out, err) = run(Command::new("docker").args(args));

@@ -193,16 +193,7 @@ impl TlsEngine {
             std::thread::sleep(Duration::from_millis(200));
         }
         // The offline test image, from the host's daemon.
-        let mut save = Command::new("docker")
-            .args(["save", &image()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("docker save");
-        let pipe = save.stdout.take().expect("pipe");
-        let (ok, out, err) = run(engine.docker_cmd().arg("load").stdin(pipe));
-        let saved = save.wait().expect("docker save");
-        assert!(saved.success(), "docker save failed");
-        assert!(ok, "docker load: {out}{err}");
+        copy_test_image(engine.docker_cmd().arg("load"));
         engine
     }
 
@@ -245,13 +236,7 @@ impl Drop for TlsEngine {
                 args.extend(ids);
                 let _ = self.docker_try(&args);
             }
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_child(&mut child, Duration::from_secs(20));
         }
         let _ = Command::new("ip")
             .args(["link", "del", &format!("{}a", self.veth)])
