@@ -7,7 +7,10 @@
 //! reference implementation's mechanism) and a no-op `docker exec` (the floor of the exec path).
 //!
 //! Run: `scripts/test-env.sh up && . target/test-env/env && cargo bench --bench inject`.
-//! `DSO_BENCH_N` sets N (default 30).
+//! `DSO_BENCH_N` sets N (default 30), `DSO_BENCH_WRITE_MODE` the write mode. Another engine: the
+//! agent, the `docker` CLI and the baselines follow `DOCKER_HOST` (and `DOCKER_TLS_VERIFY`,
+//! `DOCKER_CERT_PATH`), e.g. a Podman socket or a TLS dockerd; `DSO_BENCH_RUN_ARGS` adds
+//! `docker run` arguments.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,6 +53,9 @@ fn main() {
         std::env::var("DSO_TEST_IMAGE").unwrap_or_else(|_| "dso-test/busybox:latest".into());
     // `agent.write_mode`: `auto` (direct writes through /proc/<pid>/root) or `exec`.
     let write_mode = std::env::var("DSO_BENCH_WRITE_MODE").unwrap_or_else(|_| "auto".into());
+    // Extra `docker run` arguments (Podman on these VMs: `--ulimit nofile=1024:1024 --ulimit
+    // nproc=4096:4096`).
+    let run_args = std::env::var("DSO_BENCH_RUN_ARGS").unwrap_or_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let scope = format!("bench{}", std::process::id());
     let cfg = dir.path().join("dso.toml");
@@ -142,6 +148,7 @@ fn main() {
     let mut ids = Vec::new();
     let start_one = |ids: &mut Vec<String>| {
         let mut args: Vec<&str> = vec!["run", "-d"];
+        args.extend(run_args.split_whitespace());
         args.extend(labels.iter().map(String::as_str));
         args.extend([image.as_str(), "/bin/sleep", "600"]);
         ids.push(docker(&args));
@@ -186,7 +193,11 @@ fn main() {
         .build()
         .expect("runtime");
     let (noop, per_secret) = rt.block_on(async {
-        let (engine, _) = BollardEngine::connect("unix:///var/run/docker.sock")
+        // The engine the agent uses (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH).
+        let endpoint = dso::config::AgentConfig::default()
+            .engine_endpoint()
+            .expect("engine endpoint");
+        let (engine, _) = BollardEngine::connect(&endpoint)
             .expect("docker")
             .negotiate()
             .await
@@ -229,7 +240,10 @@ fn main() {
 
     println!("\nDSO injection benchmark: {n} containers × {SECRETS} secrets, warm cache, sequential starts, write_mode = \"{write_mode}\"");
     let dso_med = summary(
-        if write_mode == "exec" {
+        // A tcp:// engine always uses the exec path, whatever write_mode says.
+        if write_mode == "exec"
+            || std::env::var("DOCKER_HOST").is_ok_and(|h| h.starts_with("tcp://"))
+        {
             "dso: event → 10 files in place (one exec)"
         } else {
             "dso: event → 10 files in place (direct)"

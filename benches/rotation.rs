@@ -185,11 +185,13 @@ fn exec_floor(ids: &[String], concurrency: usize) -> f64 {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let (engine, _) = BollardEngine::connect("unix:///var/run/docker.sock")
-            .expect("docker")
-            .negotiate()
-            .await
-            .expect("negotiate");
+        let (engine, _) = BollardEngine::connect(&dso::endpoint::Endpoint::Unix(
+            "/var/run/docker.sock".into(),
+        ))
+        .expect("docker")
+        .negotiate()
+        .await
+        .expect("negotiate");
         let engine = &engine;
         let cmd = vec![
             "sh".to_string(),

@@ -49,6 +49,11 @@ install_missing() {
   command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
   command -v curl >/dev/null 2>&1 || pkgs+=(curl)
   command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
+  # tests/it/tls.rs: certificates, a network namespace, a second dockerd entered with nsenter.
+  command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+  command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+  # tests/it/podman.rs (about 40 s to install; the tests skip with a message without it).
+  command -v podman >/dev/null 2>&1 || pkgs+=(podman)
   if ! command -v bao >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1; then
     command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
     python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)

@@ -15,6 +15,7 @@ use dso_actors::spec::{parse_mode, valid_name, SecretRule, Target};
 use serde::{Deserialize, Serialize};
 
 use crate::de::at as de_at;
+use crate::endpoint::{Endpoint, EndpointSettings};
 use crate::providers::file::FileConfig;
 pub use crate::providers::{ProviderConfig, ProviderKind, ProviderSettings, ProviderSpec};
 
@@ -46,6 +47,15 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Docker endpoint. Default: `DOCKER_HOST`, else `unix:///var/run/docker.sock`.
     pub docker_host: Option<String>,
+    /// CA (PEM) that signed a `tcp://` engine's certificate; turns TLS on. Default: with
+    /// `DOCKER_TLS_VERIFY` set, `$DOCKER_CERT_PATH/ca.pem` (and `cert.pem`, `key.pem`).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to a TLS engine; with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain `tcp://` to an engine that is not on loopback. Default false.
+    pub allow_insecure_tcp: bool,
     /// Injector shards, 4–32. Default 8.
     pub shards: usize,
     /// Capacity of every actor mailbox and shard queue. Default 2000.
@@ -110,6 +120,10 @@ impl Default for AgentConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             docker_host: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_insecure_tcp: false,
             shards: 8,
             queue_capacity: 2000,
             shard_concurrency: 4,
@@ -137,6 +151,24 @@ impl AgentConfig {
             .clone()
             .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+    }
+
+    /// The engine endpoint in effect (`docker_host`, the TLS settings and the Docker CLI's
+    /// `DOCKER_TLS_VERIFY` / `DOCKER_CERT_PATH`), or what is wrong with it.
+    pub fn engine_endpoint(&self) -> Result<Endpoint, String> {
+        let host = self.docker_host();
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        Endpoint::resolve(&EndpointSettings {
+            host: &host,
+            tls_ca: self.tls_ca.as_deref(),
+            tls_cert: self.tls_cert.as_deref(),
+            tls_key: self.tls_key.as_deref(),
+            allow_insecure_tcp: self.allow_insecure_tcp,
+            env_tls_verify: env("DOCKER_TLS_VERIFY").is_some(),
+            env_cert_path: env("DOCKER_CERT_PATH")
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".docker"))),
+        })
     }
 
     /// The audit log in effect.
@@ -417,15 +449,8 @@ impl Config {
         if a.docker_max_reconnects == 0 {
             p.push("agent.docker_max_reconnects: must be at least 1".into());
         }
-        if let Some(h) = &a.docker_host {
-            if !["unix://", "tcp://", "http://", "https://"]
-                .iter()
-                .any(|s| h.starts_with(s))
-            {
-                p.push(format!(
-                    "agent.docker_host: `{h}` must start with unix://, tcp://, http:// or https://"
-                ));
-            }
+        if let Err(e) = a.engine_endpoint() {
+            p.push(e);
         }
         if let Some(s) = &a.scope {
             if s.is_empty() || s.starts_with('=') {

@@ -18,6 +18,8 @@ use dso_actors::model::{
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
+use crate::endpoint::Endpoint;
+
 /// Most exec stdout kept (the injection script prints at most one word; the rest is counted).
 const MAX_EXEC_STDOUT: usize = 256;
 /// Default `agent.exec_timeout`.
@@ -44,20 +46,39 @@ pub enum ConnectError {
         /// bollard's reason.
         reason: String,
     },
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::docker_tls::TlsSetupError),
 }
 
+/// Seconds bollard waits for one request.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
 impl BollardEngine {
-    /// A client for `host` (`unix:///var/run/docker.sock`, `tcp://…`). Does not connect yet.
-    pub fn connect(host: &str) -> Result<Self, ConnectError> {
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
-        } else {
-            Docker::connect_with_host(host)
-        }
-        .map_err(|e| ConnectError::BadHost {
-            host: host.to_string(),
+    /// A client for `endpoint`. Does not connect yet.
+    pub fn connect(endpoint: &Endpoint) -> Result<Self, ConnectError> {
+        let bad = |e: bollard::errors::Error| ConnectError::BadHost {
+            host: endpoint.describe(),
             reason: e.to_string(),
-        })?;
+        };
+        let docker = match endpoint {
+            Endpoint::Unix(path) => Docker::connect_with_unix(
+                &path.to_string_lossy(),
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(bad)?,
+            Endpoint::Tcp { addr, tls: None } => Docker::connect_with_http(
+                &format!("http://{addr}"),
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(bad)?,
+            Endpoint::Tcp {
+                addr,
+                tls: Some(files),
+            } => crate::docker_tls::connect(addr, files, REQUEST_TIMEOUT_SECS)?,
+        };
         Ok(Self {
             docker,
             exec_timeout: DEFAULT_EXEC_TIMEOUT,
@@ -181,9 +202,27 @@ fn map_err(e: bollard::errors::Error) -> EngineError {
             status_code: 409,
             message,
         } => EngineError::NotRunning(message),
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } if crate::docker_tls::plain_http_to_tls(status_code, &message) => EngineError::Engine(
+            "TLS: the engine speaks TLS on this port; set agent.tls_ca, tls_cert and tls_key \
+             (or DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH)"
+                .to_string(),
+        ),
         // With its sources: hyper's "client error (Connect)" alone does not say what failed
         // (refused, EAGAIN on a full accept queue, EMFILE, ...).
         other => EngineError::Engine(crate::providers::wire::error_chain(&other)),
+    }
+}
+
+/// An engine event's action as the agent sees it: Docker's names and Podman's (`died`, `remove`).
+fn action_of(action: &str) -> Option<ContainerAction> {
+    match action {
+        "start" => Some(ContainerAction::Start),
+        "die" | "died" => Some(ContainerAction::Die),
+        "destroy" | "remove" => Some(ContainerAction::Destroy),
+        _ => None,
     }
 }
 
@@ -311,13 +350,13 @@ impl ContainerEngine for BollardEngine {
     async fn events(&self, since: Option<SystemTime>) -> Result<EventStream, EngineError> {
         let mut filters = HashMap::new();
         filters.insert("type".to_string(), vec!["container".to_string()]);
+        // Podman 4.3's compat API matches its own names in the filter (`died`, `remove`) while
+        // it reports `die`; Docker ignores names it does not emit. Both sets, one mapping.
         filters.insert(
             "event".to_string(),
-            vec![
-                "start".to_string(),
-                "die".to_string(),
-                "destroy".to_string(),
-            ],
+            ["start", "die", "died", "destroy", "remove"]
+                .map(String::from)
+                .to_vec(),
         );
         let since = since.map(|t| {
             let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -332,11 +371,8 @@ impl ContainerEngine for BollardEngine {
             }))
             .map_err(map_err)
             .try_filter_map(|m| async move {
-                let action = match m.action.as_deref() {
-                    Some("start") => ContainerAction::Start,
-                    Some("die") => ContainerAction::Die,
-                    Some("destroy") => ContainerAction::Destroy,
-                    _ => return Ok(None),
+                let Some(action) = m.action.as_deref().and_then(action_of) else {
+                    return Ok(None);
                 };
                 let Some(id) = m.actor.and_then(|a| a.id) else {
                     return Ok(None);
@@ -371,5 +407,24 @@ impl ContainerEngine for BollardEngine {
             .restart_container(id, Some(RestartContainerOptions::default()))
             .await
             .map_err(map_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_and_podman_event_names_map_to_the_same_actions() {
+        assert_eq!(action_of("start"), Some(ContainerAction::Start));
+        for die in ["die", "died"] {
+            assert_eq!(action_of(die), Some(ContainerAction::Die));
+        }
+        for gone in ["destroy", "remove"] {
+            assert_eq!(action_of(gone), Some(ContainerAction::Destroy));
+        }
+        for other in ["create", "init", "cleanup", "sync", "exec_die", "stop"] {
+            assert_eq!(action_of(other), None, "{other}");
+        }
     }
 }

@@ -81,6 +81,7 @@ async fn handle(
             let body = serde_json::json!({
                 "ready": r.ready(),
                 "docker": r.docker,
+                "docker_error": r.docker_error,
                 "providers": r.providers.iter().map(|(n, up)| (n.clone(), *up)).collect::<std::collections::BTreeMap<_, _>>(),
             });
             let status = if r.ready() {

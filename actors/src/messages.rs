@@ -80,6 +80,21 @@ pub struct FetchVersion {
 #[rtype(result = "bool")]
 pub struct IsUp;
 
+/// Supervisor → EventWatcher: connected, and if not, the last engine error (for `/readyz`).
+#[derive(Debug, Message)]
+#[rtype(result = "EngineHealth")]
+pub struct GetEngineHealth;
+
+/// Answer to [`GetEngineHealth`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineHealth {
+    /// The event stream is connected.
+    pub up: bool,
+    /// Why the last connection attempt failed (cleared on connect). Engine errors only: never
+    /// container output.
+    pub error: Option<String>,
+}
+
 /// Anyone → Reconciler: list running containers and send the ones that need secrets to injection.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
@@ -113,6 +128,8 @@ pub struct GetReadiness;
 pub struct Readiness {
     /// Docker event stream connected.
     pub docker: bool,
+    /// Why it is not (the last engine error, e.g. a TLS failure named as one).
+    pub docker_error: Option<String>,
     /// Provider name → up.
     pub providers: Vec<(String, bool)>,
 }
@@ -234,6 +251,8 @@ pub struct AgentStatus {
     pub version: String,
     /// Docker event stream connected.
     pub docker: bool,
+    /// Why it is not (the last engine error, e.g. a TLS failure named as one).
+    pub docker_error: Option<String>,
     /// Providers.
     pub providers: Vec<ProviderStatus>,
     /// Containers that asked for secrets, sorted by name.

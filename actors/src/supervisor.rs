@@ -22,8 +22,8 @@ use crate::direct::DirectWriter;
 use crate::engine::ContainerEngine;
 use crate::injector::{Injector, InjectorSettings, ShardRouter};
 use crate::messages::{
-    AgentStatus, CheckNow, ContainerJob, Drain, Fatal, FetchError, GetReadiness, GetSecret,
-    GetShardStatus, GetStatus, InjectNow, IsUp, ProviderStatus, Readiness, Reconcile,
+    AgentStatus, CheckNow, ContainerJob, Drain, Fatal, FetchError, GetEngineHealth, GetReadiness,
+    GetSecret, GetShardStatus, GetStatus, InjectNow, IsUp, ProviderStatus, Readiness, Reconcile,
     SecretChanged, Shutdown, StopWatching, Trigger,
 };
 use crate::metrics::Metrics;
@@ -264,10 +264,11 @@ impl Handler<GetReadiness> for Supervisor {
         let watcher = tree.watcher.clone();
         let providers = tree.providers.clone();
         Box::pin(async move {
-            let docker = watcher.send(IsUp).await.unwrap_or(false);
+            let engine = watcher.send(GetEngineHealth).await.unwrap_or_default();
             let ups = join_all(providers.iter().map(|(_, a)| a.send(IsUp))).await;
             Readiness {
-                docker,
+                docker: engine.up,
+                docker_error: engine.error,
                 providers: providers
                     .iter()
                     .zip(ups)
@@ -360,14 +361,15 @@ impl Handler<GetStatus> for Supervisor {
             (t.watcher.clone(), t.providers.clone(), t.router.clone());
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let docker = watcher.send(IsUp).await.unwrap_or(false);
+            let engine = watcher.send(GetEngineHealth).await.unwrap_or_default();
             let ups = join_all(providers.iter().map(|(_, a)| a.send(IsUp))).await;
             let shards = join_all(router.all().iter().map(|s| s.send(GetShardStatus))).await;
             let mut containers: Vec<_> = shards.into_iter().flatten().flatten().collect();
             containers.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
             AgentStatus {
                 version: metrics.build_info_version().unwrap_or_default(),
-                docker,
+                docker: engine.up,
+                docker_error: engine.error,
                 providers: providers
                     .iter()
                     .zip(ups)

@@ -14,7 +14,9 @@ use rand::Rng;
 
 use crate::engine::{ContainerEngine, EngineError};
 use crate::injector::ShardRouter;
-use crate::messages::{ContainerJob, Fatal, IsUp, Reconcile, StopWatching, Trigger};
+use crate::messages::{
+    ContainerJob, EngineHealth, Fatal, GetEngineHealth, IsUp, Reconcile, StopWatching, Trigger,
+};
 use crate::metrics::{ActionLabel, Metrics};
 use crate::model::EngineEvent;
 
@@ -28,6 +30,7 @@ pub struct EventWatcher {
     max_reconnects: u32,
     failures: u32,
     connected: bool,
+    last_error: Option<String>,
     ever_connected: bool,
     last_event: Option<SystemTime>,
     stopping: bool,
@@ -53,6 +56,7 @@ impl EventWatcher {
             max_reconnects,
             failures: 0,
             connected: false,
+            last_error: None,
             ever_connected: false,
             last_event: None,
             stopping: false,
@@ -88,6 +92,7 @@ impl EventWatcher {
                     "startup"
                 };
                 act.connected = true;
+                act.last_error = None;
                 act.ever_connected = true;
                 act.failures = 0;
                 act.stream = Some(ctx.add_stream(stream));
@@ -101,6 +106,7 @@ impl EventWatcher {
 
     fn retry(&mut self, ctx: &mut Context<Self>, err: &EngineError) {
         self.connected = false;
+        self.last_error = Some(err.to_string());
         if self.stopping {
             return;
         }
@@ -205,6 +211,17 @@ impl Handler<IsUp> for EventWatcher {
 
     fn handle(&mut self, _msg: IsUp, _ctx: &mut Self::Context) -> bool {
         self.connected
+    }
+}
+
+impl Handler<GetEngineHealth> for EventWatcher {
+    type Result = MessageResult<GetEngineHealth>;
+
+    fn handle(&mut self, _msg: GetEngineHealth, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(EngineHealth {
+            up: self.connected,
+            error: (!self.connected).then(|| self.last_error.clone()).flatten(),
+        })
     }
 }
 

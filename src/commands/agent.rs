@@ -56,7 +56,8 @@ fn run_agent(
         cfg.agent.listen = listen;
     }
     let system = actix::System::new();
-    let host = cfg.agent.docker_host();
+    let endpoint = cfg.agent.engine_endpoint().map_err(anyhow::Error::msg)?;
+    let host = endpoint.describe();
     let setup: anyhow::Result<Result<dso::standby::LeaderLock, i32>> = system.block_on(async move {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_name, docker = %host, "dso agent starting");
         if let Some((from, to)) = dso::listen::raise_nofile_limit() {
@@ -102,7 +103,7 @@ fn run_agent(
         // The socket may not exist yet (dockerd restarting): retry like the event stream does.
         let mut attempt = 0u32;
         let engine = loop {
-            match BollardEngine::connect(&host) {
+            match BollardEngine::connect(&endpoint) {
                 Ok(e) => break e.with_exec_timeout(cfg.agent.exec_timeout),
                 Err(e) if attempt < cfg.agent.docker_max_reconnects => {
                     attempt += 1;
@@ -176,7 +177,11 @@ fn run_agent(
         };
         let admin = dso::admin::bind(&cfg.agent.admin_socket)?;
         // `write_mode = "auto"`: files go through `/proc/<pid>/root` where the host allows it.
-        let direct = (cfg.agent.write_mode == WriteMode::Auto).then(|| {
+        // A tcp:// engine is another host's (or may be): its pids mean nothing here, so exec only.
+        if cfg.agent.write_mode == WriteMode::Auto && !endpoint.is_local() {
+            tracing::info!("tcp:// engine: every write uses the exec path (the direct path needs the engine's containers on this host)");
+        }
+        let direct = (cfg.agent.write_mode == WriteMode::Auto && endpoint.is_local()).then(|| {
             Arc::new(dso::procroot::ProcRootWriter::new()) as Arc<dyn dso_actors::direct::DirectWriter>
         });
         let supervisor =

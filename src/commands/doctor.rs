@@ -6,8 +6,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use dso::config::{Config, ProviderConfig};
+use dso::config::{Config, ProviderConfig, WriteMode};
 use dso::docker::BollardEngine;
+use dso::endpoint::Endpoint;
 use dso_actors::backend::BackendError;
 use dso_actors::engine::ContainerEngine;
 use dso_actors::exit::ExitCode;
@@ -58,13 +59,25 @@ pub fn doctor(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(report(&checks, json));
     };
     access(&mut checks, &cfg);
-    let host = cfg.agent.docker_host();
-    docker_socket(&mut checks, &host);
+    let endpoint = match cfg.agent.engine_endpoint() {
+        Ok(e) => e,
+        Err(e) => {
+            checks.push(
+                "docker",
+                false,
+                e,
+                Some("fix agent.docker_host and the TLS settings".into()),
+            );
+            return Ok(report(&checks, json));
+        }
+    };
+    docker_socket(&mut checks, &endpoint);
+    write_path(&mut checks, &cfg, &endpoint);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let engine = docker(&mut checks, &host).await;
+        let engine = docker(&mut checks, &endpoint).await;
         providers(&mut checks, &cfg).await;
         if let Some(engine) = engine {
             containers(&mut checks, &engine, &cfg).await;
@@ -139,12 +152,23 @@ fn access(checks: &mut Checks, cfg: &Config) {
     );
 }
 
+/// Which write path the agent will use: one rule, from the endpoint and `agent.write_mode`.
+fn write_path(checks: &mut Checks, cfg: &Config, endpoint: &Endpoint) {
+    let detail = match (endpoint.is_local(), cfg.agent.write_mode) {
+        (false, _) => "tcp:// engine: every write uses one exec (the direct path needs the engine's containers on this host)",
+        (true, WriteMode::Exec) => "agent.write_mode = \"exec\": every write uses one exec",
+        (true, WriteMode::Auto) => "direct through /proc/<pid>/root where the host allows it, else one exec",
+    };
+    checks.push("write path", true, detail.into(), None);
+}
+
 /// The Docker socket's mode (a `unix://` host only).
-fn docker_socket(checks: &mut Checks, host: &str) {
-    let Some(path) = host.strip_prefix("unix://") else {
+fn docker_socket(checks: &mut Checks, endpoint: &Endpoint) {
+    let Endpoint::Unix(path) = endpoint else {
         return;
     };
-    match std::fs::metadata(path) {
+    let path = path.display();
+    match std::fs::metadata(path.to_string()) {
         Ok(m) => {
             let mode = m.permissions().mode() & 0o777;
             let loose = mode & 0o006 != 0;
@@ -165,8 +189,9 @@ fn docker_socket(checks: &mut Checks, host: &str) {
 }
 
 /// The Docker API answers, at 1.41 or later; the engine for the container checks.
-async fn docker(checks: &mut Checks, host: &str) -> Option<BollardEngine> {
-    match BollardEngine::connect(host) {
+async fn docker(checks: &mut Checks, endpoint: &Endpoint) -> Option<BollardEngine> {
+    let host = endpoint.describe();
+    match BollardEngine::connect(endpoint) {
         Ok(e) => match tokio::time::timeout(Duration::from_secs(5), e.negotiate()).await {
             Ok(Ok((e, v))) => {
                 let num = |s: &str| -> (u32, u32) {
@@ -183,12 +208,14 @@ async fn docker(checks: &mut Checks, host: &str) -> Option<BollardEngine> {
                 Some(e)
             }
             Ok(Err(e)) => {
-                checks.push(
-                    "docker",
-                    false,
-                    format!("{host}: {e}"),
-                    Some("is dockerd running, and may this user use its socket?".into()),
-                );
+                let text = e.to_string();
+                let fix = if text.contains("TLS: ") {
+                    "check agent.tls_ca, tls_cert, tls_key (or DOCKER_CERT_PATH): tls_ca must have \
+                     signed the engine's certificate, the engine's --tlscacert the client's"
+                } else {
+                    "is the engine running, and may this user use its socket?"
+                };
+                checks.push("docker", false, format!("{host}: {text}"), Some(fix.into()));
                 None
             }
             Err(_) => {
@@ -207,7 +234,8 @@ async fn docker(checks: &mut Checks, host: &str) -> Option<BollardEngine> {
                 false,
                 e.to_string(),
                 Some(
-                    "set agent.docker_host to unix:///var/run/docker.sock or tcp://HOST:PORT"
+                    "set agent.docker_host to unix:///var/run/docker.sock or tcp://HOST:PORT, and \
+                     the TLS files to readable PEM files"
                         .into(),
                 ),
             );

@@ -39,7 +39,10 @@ fn print_status(body: &str) -> anyhow::Result<()> {
             "DOWN"
         }
     };
-    println!("docker: {}", yes(&s["docker"]));
+    match s["docker_error"].as_str() {
+        Some(why) => println!("docker: {} ({why})", yes(&s["docker"])),
+        None => println!("docker: {}", yes(&s["docker"])),
+    }
     for p in s["providers"].as_array().into_iter().flatten() {
         println!(
             "provider {}: {}",

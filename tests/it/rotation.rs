@@ -51,7 +51,7 @@ timeout = "5s"
 }
 
 /// A shell that counts SIGHUPs into /tmp/hups (the writable layer: not a secret).
-const HUP_COUNTER: &[&str] = &[
+pub(crate) const HUP_COUNTER: &[&str] = &[
     "/bin/sh",
     "-c",
     "n=0; echo 0 > /tmp/hups; trap 'n=$((n+1)); echo $n > /tmp/hups' HUP; while :; do sleep 0.1; done",

@@ -56,6 +56,33 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// `docker save` of the test image piped into `load` (another engine's `load`, e.g. `podman load`).
+pub fn copy_test_image(load: &mut Command) {
+    let mut save = Command::new("docker")
+        .args(["save", &image()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker save");
+    let pipe = save.stdout.take().expect("pipe");
+    let (ok, out, err) = run(load.stdin(pipe));
+    let saved = save.wait().expect("docker save");
+    assert!(
+        saved.success() && ok,
+        "image copy: save {saved}, load: {out}{err}"
+    );
+}
+
+/// SIGTERM to a child we started, up to `grace` for it to exit, then SIGKILL; always reaped.
+pub fn stop_child(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// `docker ARGS`, panicking with full output on failure.
 pub fn docker(args: &[&str]) -> String {
     let (ok, out, err) = run(Command::new("docker").args(args));
@@ -129,6 +156,13 @@ key_file = "{key}"
 
     pub fn config(&self) -> PathBuf {
         self.path("dso.toml")
+    }
+
+    /// Adds `lines` (TOML keys) to `[agent]` (after `write_config`).
+    pub fn add_agent_settings(&self, lines: &str) {
+        let cfg = std::fs::read_to_string(self.config()).expect("read config");
+        let cfg = cfg.replacen("[agent]\n", &format!("[agent]\n{lines}\n"), 1);
+        std::fs::write(self.config(), cfg).expect("write config");
     }
 
     /// Sets `agent.write_mode` in the config (after `write_config`).
@@ -318,6 +352,11 @@ impl Agent {
     /// waits, serving its own `/healthz`, until it takes over.
     pub fn start_standby(config: &Path) -> Agent {
         Self::spawn(config, &[], &[], "hot standby")
+    }
+
+    /// Starts the agent and waits only for its admin endpoint (the engine may stay unreachable).
+    pub fn start_unconnected(config: &Path) -> Agent {
+        Self::spawn(config, &[], &[], "admin endpoint listening")
     }
 
     /// Starts the agent; returns once its admin endpoint listens and its logs hold `ready`.
