@@ -488,15 +488,15 @@ fn wrap_services(
         find_wait_helper()?
     };
     let helper = helper.to_string_lossy().into_owned();
-    let host = std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    // The engine the Docker CLI would talk to: DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH.
+    let endpoint = crate::config::AgentConfig::default()
+        .engine_endpoint()
+        .map_err(ComposeError::Docker)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| ComposeError::Docker(e.to_string()))?;
-    let engine = BollardEngine::connect(&host).map_err(|e| ComposeError::Docker(e.to_string()))?;
+    let engine = BollardEngine::connect(&endpoint).map_err(|e| ComposeError::Docker(e.to_string()))?;
     let engine = rt
         .block_on(engine.negotiate())
         .map_err(|e| ComposeError::Docker(e.to_string()))?
