@@ -248,6 +248,7 @@ async fn docker(checks: &mut Checks, endpoint: &Endpoint) -> Option<BollardEngin
 async fn providers(checks: &mut Checks, cfg: &Config) {
     for (name, p) in &cfg.providers {
         key_file(checks, name, p);
+        sources(checks, name, p);
         probe(checks, name, p).await;
     }
 }
@@ -278,6 +279,23 @@ fn key_file(checks: &mut Checks, name: &str, p: &ProviderConfig) {
             }
         }
     }
+}
+
+/// Where the settings that may come from the environment (`VAULT_ADDR`, …) came from.
+fn sources(checks: &mut Checks, name: &str, p: &ProviderConfig) {
+    let sources = p.spec.sources();
+    if sources.is_empty() {
+        return;
+    }
+    let detail = sources
+        .iter()
+        .map(|(field, value, origin)| match origin {
+            dso::providers::vault::Origin::Unset => format!("{field} {origin}"),
+            _ => format!("{field} {value:?} {origin}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    checks.push(&format!("provider {name} settings"), true, detail, None);
 }
 
 /// The backend builds, answers and accepts our credentials within the provider's timeout.

@@ -78,10 +78,14 @@ impl ProviderKind {
     }
 
     /// Parses the type's own table (without `type` and the [`ProviderSettings`] keys); errors
-    /// name their path below `prefix`.
+    /// name their path below `prefix`. A `vault` table takes what it leaves out from
+    /// `VAULT_ADDR`, `VAULT_CACERT` and `VAULT_NAMESPACE` ([`VaultConfig::apply_env`]).
     pub fn parse(self, table: toml::Value, prefix: &str) -> Result<ProviderSpec, String> {
         match self {
-            ProviderKind::Vault => crate::de::at(table, prefix).map(ProviderSpec::Vault),
+            ProviderKind::Vault => crate::de::at(table, prefix).map(|mut v: VaultConfig| {
+                v.apply_env(&|name| std::env::var(name).ok());
+                ProviderSpec::Vault(v)
+            }),
             ProviderKind::Aws => crate::de::at(table, prefix).map(ProviderSpec::Aws),
             ProviderKind::File => crate::de::at(table, prefix).map(ProviderSpec::File),
             ProviderKind::Process => crate::de::at(table, prefix).map(ProviderSpec::Process),
@@ -123,6 +127,15 @@ impl ProviderSpec {
             ProviderSpec::Aws(_) => ProviderKind::Aws,
             ProviderSpec::File(_) => ProviderKind::File,
             ProviderSpec::Process(_) => ProviderKind::Process,
+        }
+    }
+
+    /// Settings that may come from the environment: (field, value, where it came from). Empty
+    /// for types that take nothing from the environment.
+    pub fn sources(&self) -> Vec<(&'static str, String, vault::Origin)> {
+        match self {
+            ProviderSpec::Vault(c) => c.sources(),
+            ProviderSpec::Aws(_) | ProviderSpec::File(_) | ProviderSpec::Process(_) => Vec::new(),
         }
     }
 

@@ -29,7 +29,9 @@ impl<'de> Deserialize<'de> for InlineSecretId {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
-    /// Base URL of the server, e.g. `"http://127.0.0.1:8200"` (required).
+    /// Base URL of the server, e.g. `"http://127.0.0.1:8200"`. Default: `VAULT_ADDR` (as the
+    /// Vault CLI); one of the two is required.
+    #[serde(default)]
     pub address: String,
     /// `"token"` (default) or `"approle"`.
     #[serde(default)]
@@ -63,11 +65,13 @@ pub struct VaultConfig {
     #[serde(default = "default_approle_mount")]
     pub approle_mount: String,
     /// Vault Enterprise / OpenBao namespace (e.g. `"team-a"` or `"org/team-a"`), sent as
-    /// `X-Vault-Namespace` on every request. Default: none (the root namespace).
+    /// `X-Vault-Namespace` on every request. Default: `VAULT_NAMESPACE`, else none (the root
+    /// namespace).
     #[serde(default)]
     pub namespace: Option<String>,
     /// PEM file with the CA certificate(s) that signed Vault's TLS certificate, trusted in
-    /// addition to the built-in roots. `https` only. Default: none.
+    /// addition to the built-in roots. `https` only. Default: `VAULT_CACERT` when the address is
+    /// `https`, else none.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// The name Vault's TLS certificate is checked against, when it differs from the host in
@@ -81,7 +85,51 @@ pub struct VaultConfig {
     /// KV engine version: 1 or 2, default 2.
     #[serde(default = "default_kv_version")]
     pub kv_version: u8,
+    /// Where `address`, `ca_file` and `namespace` came from (set by [`VaultConfig::apply_env`];
+    /// not a config key).
+    #[serde(skip)]
+    pub origins: VaultOrigins,
 }
+
+/// Where one setting's value came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// Neither the config nor the environment sets it.
+    #[default]
+    Unset,
+    /// Written in the config file.
+    Config,
+    /// Taken from this environment variable (the Vault CLI's conventions).
+    Env(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Unset => f.write_str("not set"),
+            Origin::Config => f.write_str("from the config"),
+            Origin::Env(var) => write!(f, "from {var}"),
+        }
+    }
+}
+
+/// Where a `vault` provider's `address`, `ca_file` and `namespace` came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VaultOrigins {
+    /// `address` (config, else `VAULT_ADDR`).
+    pub address: Origin,
+    /// `ca_file` (config, else `VAULT_CACERT` for an https address).
+    pub ca_file: Origin,
+    /// `namespace` (config, else `VAULT_NAMESPACE`).
+    pub namespace: Origin,
+}
+
+/// The environment variable that defaults `address`.
+pub const ADDR_ENV: &str = "VAULT_ADDR";
+/// The environment variable that defaults `ca_file` (https only).
+pub const CACERT_ENV: &str = "VAULT_CACERT";
+/// The environment variable that defaults `namespace`.
+pub const NAMESPACE_ENV: &str = "VAULT_NAMESPACE";
 
 pub(super) fn default_mount() -> String {
     "secret".to_string()
@@ -205,6 +253,77 @@ pub(super) fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, String> 
 }
 
 impl VaultConfig {
+    /// Fills `address`, `ca_file` and `namespace` the config leaves out from `VAULT_ADDR`,
+    /// `VAULT_CACERT` and `VAULT_NAMESPACE` (read through `env`; an empty variable counts as
+    /// unset), as the Vault CLI does, and records in [`VaultConfig::origins`] where each came
+    /// from. `VAULT_CACERT` is used only with an https address (the CLI ignores it for http).
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        self.origins.address = if !self.address.trim().is_empty() {
+            Origin::Config
+        } else if let Some(v) = var(ADDR_ENV) {
+            self.address = v;
+            Origin::Env(ADDR_ENV)
+        } else {
+            Origin::Unset
+        };
+        self.origins.namespace = if self.namespace.is_some() {
+            Origin::Config
+        } else if let Some(v) = var(NAMESPACE_ENV) {
+            self.namespace = Some(v);
+            Origin::Env(NAMESPACE_ENV)
+        } else {
+            Origin::Unset
+        };
+        let https = self
+            .address
+            .trim()
+            .to_ascii_lowercase()
+            .starts_with("https://");
+        self.origins.ca_file = if self.ca_file.is_some() {
+            Origin::Config
+        } else if let Some(v) = var(CACERT_ENV).filter(|_| https) {
+            self.ca_file = Some(PathBuf::from(v));
+            Origin::Env(CACERT_ENV)
+        } else {
+            Origin::Unset
+        };
+    }
+
+    /// `address`, `ca_file` and `namespace` with their values and where each came from, for
+    /// `dso check` and `dso doctor`.
+    pub fn sources(&self) -> Vec<(&'static str, String, Origin)> {
+        vec![
+            (
+                "address",
+                self.address.trim().to_string(),
+                self.origins.address,
+            ),
+            (
+                "ca_file",
+                self.ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                self.origins.ca_file,
+            ),
+            (
+                "namespace",
+                self.namespace.clone().unwrap_or_default(),
+                self.origins.namespace,
+            ),
+        ]
+    }
+
+    /// `PREFIX.field`, plus `(from VAR)` when the value came from the environment, so an error
+    /// points at where to fix it.
+    fn at(&self, prefix: &str, field: &str, origin: Origin) -> String {
+        match origin {
+            Origin::Env(var) => format!("{prefix}.{field} (from {var})"),
+            _ => format!("{prefix}.{field}"),
+        }
+    }
+
     /// Every semantic problem, each as `"PREFIX.field: what is wrong and what to do"`.
     ///
     /// Checks: address is an http(s) URL; `auth = "token"` has at most one of `token_env` /
@@ -216,11 +335,20 @@ impl VaultConfig {
     /// `ca_file`, but neither the network nor any token or secret id.
     pub fn validate(&self, prefix: &str) -> Vec<String> {
         let mut errs = Vec::new();
-        let url = match parse_address(&self.address) {
-            Ok(url) => Some(url),
-            Err(e) => {
-                errs.push(format!("{prefix}.address: {e}"));
-                None
+        let url = if self.address.trim().is_empty() {
+            errs.push(format!(
+                "{prefix}.address: not set: write address = \"http://127.0.0.1:8200\" (your \
+                 server's URL) in the provider's table, or export {ADDR_ENV}"
+            ));
+            None
+        } else {
+            match parse_address(&self.address) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    let at = self.at(prefix, "address", self.origins.address);
+                    errs.push(format!("{at}: {e}"));
+                    None
+                }
             }
         };
         if self.secret_id.is_some() {
@@ -334,27 +462,29 @@ impl VaultConfig {
             }
         }
         if let Some(ns) = &self.namespace {
+            let at = self.at(prefix, "namespace", self.origins.namespace);
             if let Some(p) = path_problem(ns) {
                 errs.push(format!(
-                    "{prefix}.namespace: `{ns}` {p}: write it like \"team-a\" or \"org/team-a\", \
+                    "{at}: `{ns}` {p}: write it like \"team-a\" or \"org/team-a\", \
                      or remove the field for the root namespace"
                 ));
             } else if HeaderValue::from_str(ns.trim_matches('/')).is_err() {
                 errs.push(format!(
-                    "{prefix}.namespace: `{ns}` has characters not allowed in an HTTP header: \
+                    "{at}: `{ns}` has characters not allowed in an HTTP header: \
                      use the namespace path as Vault shows it"
                 ));
             }
         }
         let https = url.as_ref().map(|u| u.scheme() == "https");
         if let Some(ca) = &self.ca_file {
+            let at = self.at(prefix, "ca_file", self.origins.ca_file);
             if ca.as_os_str().is_empty() {
                 errs.push(format!(
                     "{prefix}.ca_file: is empty: give the path of the CA's PEM file, or remove \
                      the field"
                 ));
             } else if let Err(e) = load_ca(ca) {
-                errs.push(format!("{prefix}.ca_file: {e}"));
+                errs.push(format!("{at}: {e}"));
             }
             if https == Some(false) {
                 errs.push(format!(

@@ -21,7 +21,69 @@ fn cfg(address: &str) -> VaultConfig {
         tls_server_name: None,
         mount: default_mount(),
         kv_version: 2,
+        origins: VaultOrigins::default(),
     }
+}
+
+/// `VAULT_ADDR`, `VAULT_CACERT` and `VAULT_NAMESPACE` fill what the config leaves out, the
+/// config wins, and each value says where it came from.
+#[test]
+fn vault_env_conventions_default_address_ca_and_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not pem").unwrap();
+    let env_of = |addr: &'static str, ca: String| {
+        move |name: &str| match name {
+            "VAULT_ADDR" => Some(addr.to_string()),
+            "VAULT_CACERT" => Some(ca.clone()),
+            "VAULT_NAMESPACE" => Some("team-a".to_string()),
+            _ => None,
+        }
+    };
+    let mut c: VaultConfig = toml::from_str("").unwrap();
+    c.apply_env(&env_of(
+        "https://vault.example.com",
+        ca.display().to_string(),
+    ));
+    assert_eq!(c.address, "https://vault.example.com");
+    assert_eq!(c.namespace.as_deref(), Some("team-a"));
+    assert_eq!(c.ca_file.as_deref(), Some(ca.as_path()));
+    assert_eq!(
+        c.sources()
+            .iter()
+            .map(|(f, _, o)| format!("{f} {o}"))
+            .collect::<Vec<_>>(),
+        [
+            "address from VAULT_ADDR",
+            "ca_file from VAULT_CACERT",
+            "namespace from VAULT_NAMESPACE"
+        ]
+    );
+    // A problem with a value from the environment names the variable.
+    let errs = c.validate("providers.v");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("providers.v.ca_file (from VAULT_CACERT): ")),
+        "{errs:?}"
+    );
+    // The config wins; VAULT_CACERT is ignored for an http address, as the CLI does.
+    let mut c: VaultConfig = toml::from_str("address = \"http://127.0.0.1:8200\"").unwrap();
+    c.apply_env(&env_of("https://other", ca.display().to_string()));
+    assert_eq!(c.address, "http://127.0.0.1:8200");
+    assert_eq!(c.origins.address, Origin::Config);
+    assert_eq!(c.ca_file, None);
+    assert_eq!(c.origins.ca_file, Origin::Unset);
+    assert!(c.validate("p").is_empty(), "{:?}", c.validate("p"));
+    // Neither: a clear refusal naming both ways to set it.
+    let mut c: VaultConfig = toml::from_str("").unwrap();
+    c.apply_env(&|_| None);
+    assert_eq!(c.origins.address, Origin::Unset);
+    let errs = c.validate("providers.v");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("providers.v.address: not set") && errs[0].contains("VAULT_ADDR"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -52,7 +114,9 @@ fn config_defaults_and_unknown_fields() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("tokn"), "{err}");
-    assert!(toml::from_str::<VaultConfig>(r#"mount = "x""#).is_err());
+    // No address: parses (VAULT_ADDR may give it), refused by validate when nothing does.
+    let c = toml::from_str::<VaultConfig>(r#"mount = "x""#).unwrap();
+    assert!(c.validate("p")[0].starts_with("p.address: not set"));
 }
 
 #[test]
