@@ -30,7 +30,9 @@ use std::sync::Arc;
 use actix::Addr;
 use bytes::Bytes;
 use dso_actors::access::{AccessRules, Caller};
-use dso_actors::messages::{CheckNow, GetSecret, GetStatus, InjectNow, Reconcile};
+use dso_actors::messages::{
+    CheckNow, GetSecret, GetStatus, InjectNow, Reconcile, Subscribe, Unsubscribe,
+};
 use dso_actors::secret::SecretRef;
 use dso_actors::supervisor::Supervisor;
 use http_body_util::{BodyExt, Full, Limited};
@@ -195,7 +197,47 @@ async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &Peer) -> Res
         tracing::warn!(peer = %peer.text, result = "denied", "access denied: {message}");
         return error(StatusCode::FORBIDDEN, message);
     }
+    for id in [&ask.watch, &ask.unwatch].into_iter().flatten() {
+        if id.is_empty()
+            || id.len() > resolve_proto::MAX_WATCH_ID
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "a watch id is 1 to 64 letters, digits or `-`",
+            );
+        }
+    }
+    if let Some(id) = &ask.unwatch {
+        tracing::info!(peer = %peer.text, watch = %id, "`dso run --watch` ended");
+        if supervisor
+            .send(Unsubscribe {
+                container: format!("dso-run:{id}"),
+            })
+            .await
+            .is_err()
+        {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "agent is shutting down");
+        }
+    }
     tracing::info!(peer = %peer.text, refs = %ask.refs.join(","), "resolving references for `dso run`");
+    if let Some(id) = &ask.watch {
+        let mut keys: Vec<(String, String)> = ask
+            .refs
+            .iter()
+            .filter_map(|r| r.parse::<SecretRef>().ok())
+            .map(|r| (r.provider, r.path))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let watch = Subscribe {
+            container: format!("dso-run:{id}"),
+            keys,
+        };
+        if supervisor.send(watch).await.is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "agent is shutting down");
+        }
+    }
     let mut values: Vec<(String, zeroize::Zeroizing<String>)> = Vec::new();
     let mut errors = serde_json::Map::new();
     let fail = |message: String, not_found: bool| {

@@ -116,6 +116,7 @@ pub enum Command {
     /// the recommended way: environment values show in `docker inspect` and never rotate.
     ///
     /// Example: DB_PASSWORD=dso://vault/app/db#password dso run -- docker compose up -d
+    /// Example: dso run --env-file app.env --watch -- ./server
     Run {
         /// Admin socket (default: agent.admin_socket from the config).
         #[arg(long)]
@@ -123,6 +124,18 @@ pub enum Command {
         /// Never ask the agent; read the backends directly.
         #[arg(long)]
         no_agent: bool,
+        /// Read variables from a dotenv file (`KEY=VALUE`, `dso://` references allowed); never
+        /// written back. Repeatable; the environment wins over a file.
+        #[arg(long, value_name = "FILE")]
+        env_file: Vec<PathBuf>,
+        /// Keep supervising the command: signals forwarded, exit code passed through, and when a
+        /// referenced value changes (re-checked every provider `refresh_interval`, through the
+        /// agent when it runs) the command is restarted with the new values.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: `restart` (default) or `signal:SIGHUP` (send a signal instead).
+        #[arg(long, value_name = "REACTION")]
+        on_change: Option<String>,
         /// The command and its arguments (after `--`).
         #[arg(
             required = true,

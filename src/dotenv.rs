@@ -1,4 +1,5 @@
-//! `.env` files (`dso secret import`): `KEY=VALUE` lines, parsed without ever echoing a value.
+//! `.env` files (`dso secret import`, `dso run --env-file`): `KEY=VALUE` lines, parsed without
+//! ever echoing a value.
 
 use zeroize::Zeroizing;
 
@@ -21,8 +22,9 @@ pub fn parse(text: &str) -> Result<Vec<(String, Zeroizing<String>)>, String> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
         {
+            // The text before `=` is not quoted: on a malformed line it may be a value.
             return Err(format!(
-                "line {}: `{key}` is not a valid variable name",
+                "line {}: the variable name is not valid (letters, digits, `_`, `.`, `-`)",
                 n + 1
             ));
         }
@@ -87,6 +89,8 @@ mod tests {
         );
         let e = parse("OK=1\nnot a line\n").unwrap_err();
         assert_eq!(e, "line 2: expected KEY=VALUE");
+        let e = parse("my secretvalue=1\n").unwrap_err();
+        assert!(e.contains("line 1") && !e.contains("secretvalue"), "{e}");
         let e = parse("X=\"secretvalue\n").unwrap_err();
         assert!(e.contains("line 1") && !e.contains("secretvalue"), "{e}");
     }

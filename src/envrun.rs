@@ -155,13 +155,33 @@ pub enum AgentResolveError {
 
 /// Resolves through a running agent (`POST /v1/resolve` on its admin socket).
 pub fn resolve_via_agent(socket: &Path, refs: &[EnvRef]) -> Result<Resolved, AgentResolveError> {
+    resolve_via_agent_watching(socket, refs, None)
+}
+
+/// Tells the agent that the `dso run --watch` with this id ended (best effort).
+pub fn unwatch(socket: &Path, id: &str) {
+    let body = serde_json::json!({"refs": [], "unwatch": id}).to_string();
+    let _ = admin::request(socket, "POST", resolve_proto::PATH, Some(&body));
+}
+
+/// As [`resolve_via_agent`]; with `watch`, the agent also keeps these paths re-checked every
+/// `refresh_interval` under that id, so re-asking it later sees changes without any request of
+/// ours reaching the backend.
+pub fn resolve_via_agent_watching(
+    socket: &Path,
+    refs: &[EnvRef],
+    watch: Option<&str>,
+) -> Result<Resolved, AgentResolveError> {
     let wanted: Vec<String> = refs.iter().map(|r| r.source.to_string()).collect();
-    let body = serde_json::to_string(&ResolveRequest { refs: wanted }).map_err(|e| {
-        AgentResolveError::Failed {
-            path: socket.display().to_string(),
-            status: 0,
-            message: e.to_string(),
-        }
+    let request = ResolveRequest {
+        refs: wanted,
+        watch: watch.map(str::to_string),
+        unwatch: None,
+    };
+    let body = serde_json::to_string(&request).map_err(|e| AgentResolveError::Failed {
+        path: socket.display().to_string(),
+        status: 0,
+        message: e.to_string(),
     })?;
     let (status, mut text) = match admin::request(socket, "POST", resolve_proto::PATH, Some(&body))
     {

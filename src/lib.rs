@@ -23,3 +23,4 @@ pub mod procroot;
 pub mod providers;
 pub mod resolve_proto;
 pub mod standby;
+pub mod runwatch;

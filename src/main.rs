@@ -37,8 +37,21 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Run {
             socket,
             no_agent,
+            env_file,
+            watch,
+            on_change,
             command,
-        } => return commands::run::run(config, socket, no_agent, command),
+        } => {
+            let args = commands::run::RunArgs {
+                socket,
+                no_agent,
+                env_files: env_file,
+                watch,
+                on_change,
+                command,
+            };
+            return commands::run::run(config, args);
+        }
         Command::Compose { args } => return Ok(dso::compose::main(config, args).into()),
         Command::InstallPlugin { system, dir } => dso::compose::install_plugin(system, dir),
         Command::Check { json } => commands::check::check(config, json),

@@ -13,12 +13,23 @@ pub const MAX_REFS: usize = 256;
 /// Largest request body the server reads.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// The request body: `{"refs": ["<provider>/<path>[#<key>]", …]}`.
+/// The request body: `{"refs": ["<provider>/<path>[#<key>]", …]}`, plus `"watch": "<id>"` from
+/// `dso run --watch` (the agent keeps these paths re-checked every `refresh_interval` under that
+/// id) or `"unwatch": "<id>"` when it ends.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ResolveRequest {
     /// The references, without the `dso://` scheme.
     pub refs: Vec<String>,
+    /// Keep the paths of `refs` re-checked under this watcher id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
+    /// Stop re-checking for this watcher id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwatch: Option<String>,
 }
+
+/// Longest watcher id accepted.
+pub const MAX_WATCH_ID: usize = 64;
 
 /// The answer: each reference is in `values` (base64) or in `errors`; `error` alone when the
 /// whole request was refused. Values are wiped by whoever holds them (`zeroize`).

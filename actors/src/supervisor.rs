@@ -24,7 +24,7 @@ use crate::injector::{Injector, InjectorSettings, ShardRouter};
 use crate::messages::{
     AgentStatus, CheckNow, ContainerJob, Drain, Fatal, FetchError, GetEngineHealth, GetReadiness,
     GetSecret, GetShardStatus, GetStatus, InjectNow, IsUp, ProviderStatus, Readiness, Reconcile,
-    SecretChanged, Shutdown, StopWatching, Trigger,
+    SecretChanged, Shutdown, StopWatching, Subscribe, Trigger, Unsubscribe,
 };
 use crate::metrics::Metrics;
 use crate::provider::{BackendFactory, ProviderConnection};
@@ -425,6 +425,35 @@ impl Handler<CheckNow> for Supervisor {
                 .send(msg)
                 .await
                 .unwrap_or(Err(FetchError::ProviderGone(provider)))
+        })
+    }
+}
+
+impl Handler<Subscribe> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    /// Keeps keys re-checked by the Cache for a `dso run --watch` (the admin socket's
+    /// `/v1/resolve` with `watch`): its changes then come from the agent's one refresh loop.
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
+        let cache = self.tree.as_ref().map(|t| t.cache.clone());
+        Box::pin(async move {
+            if let Some(cache) = cache {
+                let _ = cache.send(msg).await;
+            }
+        })
+    }
+}
+
+impl Handler<Unsubscribe> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    /// Ends a `dso run --watch` subscription.
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) -> Self::Result {
+        let cache = self.tree.as_ref().map(|t| t.cache.clone());
+        Box::pin(async move {
+            if let Some(cache) = cache {
+                let _ = cache.send(msg).await;
+            }
         })
     }
 }

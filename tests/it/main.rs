@@ -23,4 +23,6 @@ mod rotation;
 mod standby;
 mod starve;
 mod tls;
+mod run_watch;
+mod vault_env;
 mod vault_provider;
