@@ -189,11 +189,6 @@ fn labels(i: usize, distinct: bool) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The non-zero entries of a `{label → value}` family.
-fn nonzero(m: BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    m.into_iter().filter(|(_, v)| *v != 0.0).collect()
-}
-
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -394,6 +389,8 @@ struct StormResult {
     max_lag: f64,
     /// Fraction of the storm the agent was runnable but waiting for a CPU.
     agent_wait_frac: f64,
+    /// The same for the bench process (simulator and generator threads, summed).
+    sim_wait_frac: f64,
     repairs: f64,
     cpu_per_k: f64,
     agent_cpu_frac: f64,
@@ -411,6 +408,7 @@ fn storm(
     std::thread::sleep(Duration::from_secs(1));
     let before = r.agent.stats();
     let sim_cpu0 = proc_cpu_secs(std::process::id());
+    let sim_wait0 = proc_stats(std::process::id()).run_wait_s;
     let m0 = r.agent.metrics();
     let recv0: f64 = m0
         .by_label("dso_events_received_total{action=")
@@ -427,7 +425,7 @@ fn storm(
                 &r.agent.pid.to_string(),
                 "-o",
             ])
-            .arg(r.dir.path().join("perf.data"))
+            .arg(perf_data(rate_per_min))
             .args(["--", "sleep", &secs.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -487,6 +485,8 @@ fn storm(
     let agent_cpu_frac = (during.cpu_s - before.cpu_s) / t.elapsed().as_secs_f64();
     let agent_wait_frac = (during.run_wait_s - before.run_wait_s) / t.elapsed().as_secs_f64();
     let sim_cpu_frac = (proc_cpu_secs(std::process::id()) - sim_cpu0) / t.elapsed().as_secs_f64();
+    let sim_wait_frac =
+        (proc_stats(std::process::id()).run_wait_s - sim_wait0) / t.elapsed().as_secs_f64();
     // Tail: the remaining containers die at their time (slower than the rate: they are few).
     while let Some((at, id)) = alive.pop_front() {
         let now = Instant::now();
@@ -545,25 +545,31 @@ fn storm(
     lat.sort_by(|a, b| a.total_cmp(b));
     if let Some(Some(mut p)) = perf_child {
         let _ = p.wait();
-        let report = std::process::Command::new("perf")
-            .args([
-                "report",
-                "--stdio",
-                "--no-children",
-                "--percent-limit",
-                "2",
-                "-g",
-                "none",
-                "-i",
-            ])
-            .arg(r.dir.path().join("perf.data"))
-            .output();
-        if let Ok(out) = report {
-            println!("  perf (agent only, {rate_per_min}/min):");
+        println!(
+            "  perf (agent only, {rate_per_min}/min; `perf report -i {}`):",
+            perf_data(rate_per_min).display()
+        );
+        for (sort, lines) in [("dso", 5), ("sym", 20)] {
+            let Ok(out) = std::process::Command::new("perf")
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "-g",
+                    "none",
+                    "--sort",
+                    sort,
+                    "-i",
+                ])
+                .arg(perf_data(rate_per_min))
+                .output()
+            else {
+                continue;
+            };
             for l in String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .take(25)
+                .take(lines)
             {
                 println!("    {l}");
             }
@@ -586,6 +592,7 @@ fn storm(
         sim_cpu_frac,
         max_lag,
         agent_wait_frac,
+        sim_wait_frac,
         repairs: m.get("dso_reconcile_repairs_total"),
         cpu_per_k: (after.cpu_s - before.cpu_s) / (emitted as f64 / 1000.0),
         agent_cpu_frac,
@@ -593,9 +600,14 @@ fn storm(
     }
 }
 
+/// Where a storm's `perf record` goes (kept for `perf report -i`).
+fn perf_data(rate: u64) -> PathBuf {
+    std::env::temp_dir().join(format!("dso-storm-{rate}.perf.data"))
+}
+
 fn print_storm(s: &StormResult) {
     println!(
-        "  {:>7}/min: emitted {:>7} received {:>7} (lag ≤ {:.0}) dropped {:?} | labelled {:>6} injected {:>6} missed {:>5} dup-writes {} redundant-execs {} | latency p50 {:>6.0} ms p99 {:>6.0} ms (exec {:.0}/{:.0} ms) | repairs {} | inspects {} | agent {:.3} CPU-s/1k events, {:.0} % of a core while storming, runnable but waiting for a CPU {:.0} % of the time (simulator {:.0} % of a core)",
+        "  {:>7}/min: emitted {:>7} received {:>7} (lag ≤ {:.0}) dropped {:?} | labelled {:>6} injected {:>6} missed {:>5} dup-writes {} redundant-execs {} | latency p50 {:>6.0} ms p99 {:>6.0} ms (exec {:.0}/{:.0} ms) | repairs {} | inspects {} | agent {:.3} CPU-s/1k events, {:.0} % of a core while storming, runnable but waiting for a CPU {:.0} % of the time (simulator {:.0} % of a core, waiting {:.0} %)",
         s.rate,
         s.emitted,
         s.received,
@@ -615,7 +627,8 @@ fn print_storm(s: &StormResult) {
         s.cpu_per_k,
         s.agent_cpu_frac * 100.0,
         s.agent_wait_frac * 100.0,
-        s.sim_cpu_frac * 100.0
+        s.sim_cpu_frac * 100.0,
+        s.sim_wait_frac * 100.0
     );
 }
 

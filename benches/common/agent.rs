@@ -86,6 +86,8 @@ impl Agent {
     /// Starts `bin --config CONFIG agent --log-format json` with `envs`; waits up to 60 s for the
     /// admin endpoint and the Docker event stream. Panics with the log's tail when it does not come.
     pub fn start(bin: &str, config: &Path, log: &Path, envs: &[(&str, &str)]) -> Agent {
+        // The file may hold earlier runs: only what this run writes counts.
+        let offset = std::fs::metadata(log).map_or(0, |m| m.len() as usize);
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,9 +114,9 @@ impl Agent {
             spawned,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        // The file may hold earlier runs: ready when every start has its connected stream.
         loop {
-            let text = agent.log_text();
+            let all = agent.log_text();
+            let text = all.get(offset..).unwrap_or("");
             let addr = text
                 .lines()
                 .rfind(|l| l.contains("admin endpoint listening"))
@@ -126,12 +128,8 @@ impl Agent {
                 .lines()
                 .filter(|l| l.contains("docker event stream connected"))
                 .count();
-            let starts = text
-                .lines()
-                .filter(|l| l.contains("dso agent starting"))
-                .count();
             if let Some(a) = addr {
-                if connected >= starts && starts > 0 {
+                if connected > 0 {
                     agent.admin = a;
                     return agent;
                 }

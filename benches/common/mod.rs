@@ -42,6 +42,11 @@ pub fn docker(args: &[&str]) -> String {
     out
 }
 
+/// The non-zero entries of a `{label → value}` family.
+pub fn nonzero(m: BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    m.into_iter().filter(|(_, v)| *v != 0.0).collect()
+}
+
 /// The `p` quantile of sorted samples (NaN when empty).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
