@@ -33,6 +33,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
+use crate::resolve_proto::{self, ResolveFailure, ResolveRequest, MAX_REFS};
+
 /// Why the admin socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminSocketError {
@@ -92,32 +94,23 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
 /// `POST /v1/resolve`: each reference through the Cache (one fetch per distinct path).
 async fn resolve(body: &[u8], supervisor: &Addr<Supervisor>, peer: &str) -> Response<Full<Bytes>> {
     use base64::Engine as _;
-    #[derive(serde::Deserialize)]
-    struct Ask {
-        refs: Vec<String>,
-    }
-    let Ok(ask) = serde_json::from_slice::<Ask>(body) else {
+    let Ok(ask) = serde_json::from_slice::<ResolveRequest>(body) else {
         return error(
             StatusCode::BAD_REQUEST,
             "body must be JSON like {\"refs\": [\"vault/app/db#password\"]}",
         );
     };
-    if ask.refs.len() > crate::envrun::MAX_REFS {
+    if ask.refs.len() > MAX_REFS {
         return error(
             StatusCode::BAD_REQUEST,
-            format!(
-                "{} references; the limit is {}",
-                ask.refs.len(),
-                crate::envrun::MAX_REFS
-            ),
+            format!("{} references; the limit is {MAX_REFS}", ask.refs.len()),
         );
     }
     tracing::info!(peer, refs = %ask.refs.join(","), "resolving references for `dso run`");
     let mut values = serde_json::Map::new();
     let mut errors = serde_json::Map::new();
     let fail = |message: String, not_found: bool| {
-        serde_json::to_value(crate::envrun::ResolveFailure { message, not_found })
-            .unwrap_or_default()
+        serde_json::to_value(ResolveFailure { message, not_found }).unwrap_or_default()
     };
     for raw in ask.refs {
         let r: SecretRef = match raw.parse() {
@@ -213,10 +206,14 @@ async fn handle(
                 Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "agent is shutting down"),
             }
         }
-        (Method::POST, "/v1/resolve") => {
-            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        (Method::POST, resolve_proto::PATH) => {
+            let limit = resolve_proto::MAX_REQUEST_BYTES;
+            let body = match Limited::new(req.into_body(), limit).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB")),
+                Err(_) => {
+                    let message = format!("body over {} KiB", limit / 1024);
+                    return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, message));
+                }
             };
             resolve(&body, &supervisor, &peer).await
         }

@@ -10,6 +10,15 @@ use std::path::Path;
 use actix::prelude::*;
 use dso_actors::messages::AuditRecord;
 
+/// The audit actor's mailbox: records waiting to be appended. The Injectors `try_send` one record
+/// per delivery, rotation, refusal and reload and count a record that finds the mailbox full in
+/// `dso_events_dropped_total{reason="audit_full"}` rather than wait: a slow disk never blocks an
+/// injection. An append is one small write, so the mailbox only fills while the disk stalls;
+/// 10,000 records (a few MB at most) absorb a mass start or rotation of thousands of containers.
+/// Deliberately not an operator setting: a larger mailbox only delays the drops when the disk is
+/// stuck, and the counter shows them.
+pub const QUEUE_CAPACITY: usize = 10_000;
+
 /// Why the audit log could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("agent.audit_log {path}: {reason}")]
@@ -53,7 +62,7 @@ impl Actor for AuditLog {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(10_000);
+        ctx.set_mailbox_capacity(QUEUE_CAPACITY);
     }
 }
 

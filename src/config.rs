@@ -1,26 +1,6 @@
 //! Configuration: TOML, every field defaulted and documented, unknown keys refused.
 
-/// Serde helpers for durations written like `"30s"`, `"10m"`, `"1h 30m"`.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Deserializes a humantime duration string.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{s}`: {e} (write it like \"30s\", \"10m\" or \"1h\")"
-            ))
-        })
-    }
-
-    /// Serializes as a humantime string.
-    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*v).to_string())
-    }
-}
+pub use crate::de::duration;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,30 +11,9 @@ use dso_actors::secret::SecretRef;
 use dso_actors::spec::{parse_mode, valid_name, SecretRule, Target};
 use serde::{Deserialize, Serialize};
 
-use crate::providers::aws::AwsConfig;
+use crate::de::at as de_at;
 use crate::providers::file::FileConfig;
-use crate::providers::process::ProcessConfig;
-use crate::providers::vault::VaultConfig;
-
-/// Default per-request `timeout` of every provider (30 s).
-pub fn default_provider_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-/// Default `refresh_interval` of every provider.
-pub fn default_refresh_interval() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// Default `rate_limit` of every provider (requests per second).
-pub fn default_rate_limit() -> f64 {
-    100.0
-}
-
-/// Default `burst` of every provider.
-pub fn default_burst() -> u32 {
-    50
-}
+pub use crate::providers::{ProviderConfig, ProviderKind, ProviderSettings, ProviderSpec};
 
 /// Where the config is read from when neither `--config` nor `DSO_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dso/dso.toml";
@@ -205,98 +164,6 @@ impl Default for CacheConfig {
     }
 }
 
-/// One `[providers.<name>]` table; `type` selects the variant.
-// Parsed once per config load: the size difference between variants does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum ProviderConfig {
-    /// `type = "vault"`: HashiCorp Vault / OpenBao KV.
-    Vault(VaultConfig),
-    /// `type = "file"`: the local encrypted vault.
-    File(FileConfig),
-    /// `type = "aws"`: AWS Secrets Manager.
-    Aws(AwsConfig),
-    /// `type = "process"`: an external program speaking JSON-RPC on stdin/stdout.
-    Process(ProcessConfig),
-}
-
-/// The settings every provider type has, whatever its backend.
-pub trait ProviderSettings {
-    /// Per-request timeout.
-    fn timeout(&self) -> Duration;
-    /// How often secrets in use are re-checked (`0s`: never).
-    fn refresh_interval(&self) -> Duration;
-    /// Token bucket: (requests per second, 0 = unlimited; burst).
-    fn rate(&self) -> (f64, u32);
-    /// Semantic problems, each `PREFIX.field: what is wrong and what to do`.
-    fn validate(&self, prefix: &str) -> Vec<String>;
-}
-
-/// Implements [`ProviderSettings`] for a provider config with the common fields `timeout`,
-/// `refresh_interval`, `rate_limit`, `burst` and an inherent `validate(&self, prefix)`.
-macro_rules! provider_settings {
-    ($($t:ty),*) => {$(
-        impl ProviderSettings for $t {
-            fn timeout(&self) -> Duration {
-                self.timeout
-            }
-            fn refresh_interval(&self) -> Duration {
-                self.refresh_interval
-            }
-            fn rate(&self) -> (f64, u32) {
-                (self.rate_limit, self.burst)
-            }
-            fn validate(&self, prefix: &str) -> Vec<String> {
-                <$t>::validate(self, prefix)
-            }
-        }
-    )*};
-}
-provider_settings!(VaultConfig, FileConfig, AwsConfig, ProcessConfig);
-
-/// Provider types and how to name them in errors.
-const PROVIDER_TYPES: &str = "`vault`, `aws`, `process` or `file`";
-
-impl ProviderConfig {
-    /// The `type` of this provider, as written in the config.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            ProviderConfig::Vault(_) => "vault",
-            ProviderConfig::File(_) => "file",
-            ProviderConfig::Aws(_) => "aws",
-            ProviderConfig::Process(_) => "process",
-        }
-    }
-
-    /// The settings shared by every provider type.
-    pub fn settings(&self) -> &dyn ProviderSettings {
-        match self {
-            ProviderConfig::Vault(c) => c,
-            ProviderConfig::File(c) => c,
-            ProviderConfig::Aws(c) => c,
-            ProviderConfig::Process(c) => c,
-        }
-    }
-
-    /// Per-request timeout.
-    pub fn timeout(&self) -> Duration {
-        self.settings().timeout()
-    }
-
-    /// Token bucket (requests per second, burst); None when unlimited.
-    pub fn rate_limit(&self) -> Option<(f64, u32)> {
-        let (rate, burst) = self.settings().rate();
-        (rate > 0.0).then_some((rate, burst.max(1)))
-    }
-
-    /// How often secrets in use are re-checked (`"0s"`: never).
-    pub fn refresh_interval(&self) -> Option<Duration> {
-        let d = self.settings().refresh_interval();
-        (!d.is_zero()).then_some(d)
-    }
-}
-
 /// One `[[secrets]]` entry.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -339,28 +206,13 @@ struct RawTop {
     secrets: Vec<SecretRuleConfig>,
 }
 
-fn de_at<T: for<'de> Deserialize<'de>>(value: toml::Value, prefix: &str) -> Result<T, String> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let path = match (prefix.is_empty(), inner == ".") {
-            (true, _) => inner,
-            (false, true) => prefix.to_string(),
-            (false, false) => format!("{prefix}.{inner}"),
-        };
-        let msg = e.inner().to_string();
-        // toml appends "in `table`"; the path already says where.
-        let msg = msg.lines().next().unwrap_or_default().trim().to_string();
-        format!("{path}: {msg}")
-    })
-}
-
 impl Config {
     /// The configuration used when there is no config file: one `file` provider named `local`.
     pub fn embedded_default() -> Self {
         let mut providers = BTreeMap::new();
         providers.insert(
             DEFAULT_PROVIDER.to_string(),
-            ProviderConfig::File(FileConfig::default()),
+            ProviderConfig::new(ProviderSpec::File(FileConfig::default())),
         );
         Config {
             agent: AgentConfig::default(),
@@ -397,32 +249,16 @@ impl Config {
             Some(toml::Value::Table(t)) => {
                 for (name, value) in t {
                     let prefix = format!("providers.{name}");
-                    let toml::Value::Table(mut pt) = value else {
+                    let toml::Value::Table(pt) = value else {
                         problems.push(format!("{prefix}: must be a table"));
                         continue;
                     };
-                    let ty = pt.remove("type");
-                    let parsed = match ty.as_ref().and_then(|t| t.as_str()) {
-                        Some("vault") => de_at::<VaultConfig>(toml::Value::Table(pt), &prefix)
-                            .map(ProviderConfig::Vault),
-                        Some("file") => de_at::<FileConfig>(toml::Value::Table(pt), &prefix)
-                            .map(ProviderConfig::File),
-                        Some("aws") => de_at::<AwsConfig>(toml::Value::Table(pt), &prefix)
-                            .map(ProviderConfig::Aws),
-                        Some("process") => de_at::<ProcessConfig>(toml::Value::Table(pt), &prefix)
-                            .map(ProviderConfig::Process),
-                        Some(other) => Err(format!(
-                            "{prefix}.type: unknown provider type `{other}` (expected {PROVIDER_TYPES})"
-                        )),
-                        None => Err(format!(
-                            "{prefix}.type: missing; set `type` to {PROVIDER_TYPES}"
-                        )),
-                    };
+                    let parsed = ProviderConfig::parse(pt, &prefix);
                     match parsed {
                         Ok(p) => {
                             providers.insert(name, p);
                         }
-                        Err(p) => problems.push(p),
+                        Err(p) => problems.extend(p),
                     }
                 }
             }
@@ -434,7 +270,7 @@ impl Config {
         if providers.is_empty() && problems.is_empty() {
             providers.insert(
                 DEFAULT_PROVIDER.to_string(),
-                ProviderConfig::File(FileConfig::default()),
+                ProviderConfig::new(ProviderSpec::File(FileConfig::default())),
             );
         }
         let cfg = Config {
@@ -531,11 +367,7 @@ impl Config {
                     "{prefix}: provider names use [A-Za-z0-9._-] (it appears in references as `{name}/path`)"
                 ));
             }
-            p.extend(prov.settings().validate(&prefix));
-            let (rate, _) = prov.settings().rate();
-            if !rate.is_finite() || rate < 0.0 {
-                p.push(format!("{prefix}.rate_limit: {rate} must be 0 (unlimited) or a positive number of requests per second"));
-            }
+            p.extend(prov.validate(&prefix));
         }
         for (i, s) in self.secrets.iter().enumerate() {
             let prefix = format!("secrets[{i}]");
@@ -604,15 +436,18 @@ impl Config {
     pub fn file_provider(&self, name: Option<&str>) -> Result<(String, FileConfig), String> {
         match name {
             Some(n) => match self.providers.get(n) {
-                Some(ProviderConfig::File(f)) => Ok((n.to_string(), f.clone())),
+                Some(ProviderConfig {
+                    spec: ProviderSpec::File(f),
+                    ..
+                }) => Ok((n.to_string(), f.clone())),
                 Some(_) => Err(format!("provider `{n}` is not a `file` provider")),
                 None => Err(format!("no provider named `{n}` in the config")),
             },
             None => self
                 .providers
                 .iter()
-                .find_map(|(n, p)| match p {
-                    ProviderConfig::File(f) => Some((n.clone(), f.clone())),
+                .find_map(|(n, p)| match &p.spec {
+                    ProviderSpec::File(f) => Some((n.clone(), f.clone())),
                     _ => None,
                 })
                 .ok_or_else(|| {
@@ -661,7 +496,7 @@ mode = "0440"
         assert_eq!(c.agent.shards, 8);
         assert_eq!(c.cache.ttl, Duration::from_secs(600));
         assert_eq!(c.providers.len(), 2);
-        assert!(matches!(c.providers["vault"], ProviderConfig::Vault(_)));
+        assert!(matches!(c.providers["vault"].spec, ProviderSpec::Vault(_)));
         assert_eq!(c.rules()[0].mode, Some(0o440));
     }
 
@@ -669,8 +504,8 @@ mode = "0440"
     fn empty_config_gets_the_local_provider() {
         let c = Config::parse("", "t.toml").unwrap();
         assert!(matches!(
-            c.providers[DEFAULT_PROVIDER],
-            ProviderConfig::File(_)
+            c.providers[DEFAULT_PROVIDER].spec,
+            ProviderSpec::File(_)
         ));
         assert_eq!(c, Config::embedded_default());
     }

@@ -10,10 +10,9 @@ use bollard::query_parameters::{
     EventsOptions, KillContainerOptions, ListContainersOptions, RestartContainerOptions,
 };
 use bollard::Docker;
-use dso_actors::direct::{DirectWriter, ProcRootWriter};
-use dso_actors::engine::{
-    ContainerAction, ContainerEngine, ContainerInfo, ContainerSummary, EngineError, EngineEvent,
-    EventStream, ExecOutput,
+use dso_actors::engine::{ContainerEngine, EngineError, EventStream};
+use dso_actors::model::{
+    ContainerAction, ContainerInfo, ContainerSummary, EngineEvent, ExecOutput,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
@@ -25,8 +24,6 @@ const MAX_EXEC_OUTPUT: usize = 8 * 1024;
 #[derive(Clone, Debug)]
 pub struct BollardEngine {
     docker: Docker,
-    /// `agent.write_mode = "auto"`: files go through `/proc/<pid>/root` when possible.
-    direct: Option<ProcRootWriter>,
 }
 
 /// Why the Docker client could not be set up.
@@ -54,30 +51,14 @@ impl BollardEngine {
             host: host.to_string(),
             reason: e.to_string(),
         })?;
-        Ok(Self {
-            docker,
-            direct: None,
-        })
-    }
-
-    /// Writes go through the container's mount namespace (`/proc/<pid>/root`, no exec) when
-    /// `direct` is true and the host allows it, else through exec (`agent.write_mode`).
-    pub fn with_direct_writes(mut self, direct: bool) -> Self {
-        self.direct = direct.then(ProcRootWriter::new);
-        self
+        Ok(Self { docker })
     }
 
     /// Settles the API version with the daemon (Engine 20.10 speaks 1.41). Returns the version.
     pub async fn negotiate(self) -> Result<(Self, String), EngineError> {
         let docker = self.docker.negotiate_version().await.map_err(map_err)?;
         let v = docker.client_version().to_string();
-        Ok((
-            Self {
-                docker,
-                direct: self.direct,
-            },
-            v,
-        ))
+        Ok((Self { docker }, v))
     }
 
     /// The client's API version.
@@ -300,9 +281,5 @@ impl ContainerEngine for BollardEngine {
             .restart_container(id, Some(RestartContainerOptions::default()))
             .await
             .map_err(map_err)
-    }
-
-    fn direct_writer(&self) -> Option<&dyn DirectWriter> {
-        self.direct.as_ref().map(|w| w as &dyn DirectWriter)
     }
 }

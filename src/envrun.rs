@@ -19,12 +19,10 @@ use zeroize::Zeroize;
 
 use crate::admin::{self, AdminClientError};
 use crate::config::Config;
+use crate::resolve_proto::{self, ResolveAnswer, ResolveRequest, MAX_REFS};
 
 /// The scheme that marks a reference.
 pub const SCHEME: &str = "dso://";
-
-/// Most references resolved in one `dso run`.
-pub const MAX_REFS: usize = 256;
 
 /// One environment variable whose value is a reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,8 +156,15 @@ pub enum AgentResolveError {
 /// Resolves through a running agent (`POST /v1/resolve` on its admin socket).
 pub fn resolve_via_agent(socket: &Path, refs: &[EnvRef]) -> Result<Resolved, AgentResolveError> {
     let wanted: Vec<String> = refs.iter().map(|r| r.source.to_string()).collect();
-    let body = serde_json::json!({ "refs": wanted }).to_string();
-    let (status, mut text) = match admin::request(socket, "POST", "/v1/resolve", Some(&body)) {
+    let body = serde_json::to_string(&ResolveRequest { refs: wanted }).map_err(|e| {
+        AgentResolveError::Failed {
+            path: socket.display().to_string(),
+            status: 0,
+            message: e.to_string(),
+        }
+    })?;
+    let (status, mut text) = match admin::request(socket, "POST", resolve_proto::PATH, Some(&body))
+    {
         Ok(r) => r,
         Err(e @ AdminClientError::Connect { .. }) => return Err(AgentResolveError::NoAgent(e)),
         Err(e) => {
@@ -174,16 +179,7 @@ pub fn resolve_via_agent(socket: &Path, refs: &[EnvRef]) -> Result<Resolved, Age
         text.zeroize();
         return Err(AgentResolveError::Unsupported(socket.display().to_string()));
     }
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        #[serde(default)]
-        values: BTreeMap<String, String>,
-        #[serde(default)]
-        errors: BTreeMap<String, ResolveFailure>,
-        #[serde(default)]
-        error: Option<String>,
-    }
-    let parsed = serde_json::from_str::<Answer>(&text);
+    let parsed = serde_json::from_str::<ResolveAnswer>(&text);
     text.zeroize();
     let mut answer = match parsed {
         Ok(a) if status == 200 => a,
@@ -222,15 +218,6 @@ pub fn resolve_via_agent(socket: &Path, refs: &[EnvRef]) -> Result<Resolved, Age
         v.zeroize();
     }
     Ok(out)
-}
-
-/// One failed reference in a `/v1/resolve` answer.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ResolveFailure {
-    /// Why (never a value).
-    pub message: String,
-    /// True when the secret or key does not exist.
-    pub not_found: bool,
 }
 
 /// Resolves against the backends of `cfg` directly (no agent running): one fetch per distinct

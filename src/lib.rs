@@ -6,7 +6,11 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod de;
 pub mod docker;
+pub mod dotenv;
 pub mod envrun;
 pub mod http;
+pub mod procroot;
 pub mod providers;
+pub mod resolve_proto;

@@ -331,6 +331,8 @@ impl Actor for Cache {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // `agent.queue_capacity` (through `CacheSettings::mailbox`): every shard's `GetSecret`s
+        // (`send`: they wait for room) and its `Subscribe`/`Unsubscribe` (`try_send`).
         ctx.set_mailbox_capacity(self.settings.mailbox);
         let every = (self.settings.ttl / 2).max(Duration::from_secs(1));
         ctx.run_interval(every, |act, _| act.sweep());

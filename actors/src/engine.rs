@@ -3,88 +3,12 @@
 //! The real adapter (bollard) lives in the `dso` crate; [`crate::fake::FakeEngine`] records calls
 //! for unit tests.
 
-use std::collections::HashMap;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
-/// What the actors need to know about one container (a slice of `docker inspect`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContainerInfo {
-    /// Full container id.
-    pub id: String,
-    /// Name without the leading `/`.
-    pub name: String,
-    /// Labels.
-    pub labels: HashMap<String, String>,
-    /// `Config.User` as given (`""`, `"1000"`, `"1000:1000"`, `"app"`).
-    pub user: String,
-    /// True while the container is running.
-    pub running: bool,
-    /// Mount points inside the container that are tmpfs (`--tmpfs` and `--mount type=tmpfs`).
-    pub tmpfs_mounts: Vec<String>,
-    /// `GraphDriver.Data.UpperDir` when the driver has one (overlay2): where the writable layer lives.
-    pub upper_dir: Option<String>,
-    /// `State.StartedAt`, used to tell a fresh start from a stale event.
-    pub started_at: Option<String>,
-    /// `State.Health.Status` (`starting`, `healthy`, `unhealthy`) when the image has a healthcheck.
-    pub health: Option<String>,
-    /// `State.Pid`: the main process as the host sees it (None or 0 when not running).
-    pub pid: Option<u32>,
-}
-
-/// A container from `docker ps` (running only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerSummary {
-    /// Full container id.
-    pub id: String,
-    /// Labels.
-    pub labels: HashMap<String, String>,
-}
-
-/// Container lifecycle actions the agent acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ContainerAction {
-    /// The container started (or restarted).
-    Start,
-    /// The container's main process exited.
-    Die,
-    /// The container was removed.
-    Destroy,
-}
-
-impl ContainerAction {
-    /// Label for metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContainerAction::Start => "start",
-            ContainerAction::Die => "die",
-            ContainerAction::Destroy => "destroy",
-        }
-    }
-}
-
-/// One event from the engine's event stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineEvent {
-    /// Container id.
-    pub id: String,
-    /// What happened.
-    pub action: ContainerAction,
-    /// Engine timestamp in nanoseconds since the epoch (0 if unknown).
-    pub time_nanos: i64,
-}
-
-/// The result of one exec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// Exit code of the command (None if the engine did not report one).
-    pub exit_code: Option<i64>,
-    /// What the command wrote to stdout and stderr (bounded; never contains secret values because
-    /// the commands we run do not echo their input).
-    pub output: String,
-}
+use crate::model::{ContainerInfo, ContainerSummary, EngineEvent, ExecOutput};
 
 /// Why an engine call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,9 +45,4 @@ pub trait ContainerEngine: Send + Sync + 'static {
     async fn signal(&self, id: &str, signal: &str) -> Result<(), EngineError>;
     /// Restarts the container (Docker's own restart: stop with its timeout, then start).
     async fn restart(&self, id: &str) -> Result<(), EngineError>;
-    /// The writer that puts files straight into a container's filesystem, without exec
-    /// (`agent.write_mode = "auto"`). None (the default): every write is an exec.
-    fn direct_writer(&self) -> Option<&dyn crate::direct::DirectWriter> {
-        None
-    }
 }

@@ -10,12 +10,9 @@ use tokio::sync::mpsc;
 
 use crate::backend::{BackendError, SecretBackend};
 use crate::direct::{DirectError, DirectTarget, DirectWriter, FallbackReason, Written};
-use crate::engine::{
-    ContainerEngine, ContainerInfo, ContainerSummary, EngineError, EngineEvent, EventStream,
-    ExecOutput,
-};
+use crate::engine::{ContainerEngine, EngineError, EventStream};
+use crate::model::{ContainerInfo, ContainerSummary, EngineEvent, ExecOutput, SecretFile};
 use crate::secret::{SecretData, SecretValue};
-use crate::spec::SecretFile;
 
 /// One recorded engine call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +59,6 @@ pub struct FakeEngine {
     pub execs_in_flight: AtomicUsize,
     /// The most execs seen running at once.
     pub execs_max_in_flight: AtomicUsize,
-    /// The direct writer this engine offers (unset: exec only, like `write_mode = "exec"`).
-    pub direct: std::sync::OnceLock<Arc<dyn DirectWriter>>,
 }
 
 impl FakeEngine {
@@ -200,10 +195,6 @@ impl ContainerEngine for FakeEngine {
         self.record(EngineCall::Restart(id.to_string()));
         Ok(())
     }
-
-    fn direct_writer(&self) -> Option<&dyn DirectWriter> {
-        self.direct.get().map(|w| w.as_ref() as &dyn DirectWriter)
-    }
 }
 
 /// What [`FakeDirectWriter`] answers.
@@ -238,6 +229,7 @@ pub struct DirectCall {
 }
 
 /// A recording fake of the direct write path.
+#[derive(Debug)]
 pub struct FakeDirectWriter {
     /// How it answers.
     pub respond: Mutex<FakeDirect>,

@@ -1,4 +1,9 @@
 //! DSO's actor system. See `ARCHITECTURE.md` at the repository root.
+//!
+//! No OS calls and no `unsafe` here: the adapters (Docker, backends, the `/proc` writer) live in
+//! the `dso` crate and are injected through the traits in `engine`, `backend` and `direct`.
+
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod cache;
@@ -10,6 +15,7 @@ pub mod fake;
 pub mod injector;
 pub mod messages;
 pub mod metrics;
+pub mod model;
 pub mod provider;
 pub mod reconciler;
 pub mod restarter;

@@ -5,7 +5,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::backend::{BackendError, Fetched};
-use crate::engine::ContainerAction;
+use crate::model::ContainerAction;
 use crate::secret::SecretRef;
 
 /// Why an injection job exists.
@@ -293,4 +293,19 @@ pub struct AuditRecord {
 pub struct Prune {
     /// Ids of every running container.
     pub running: std::sync::Arc<std::collections::HashSet<String>>,
+}
+
+/// Supervisor → EventWatcher: stop following events (shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopWatching;
+
+/// Injector → Restarter: restart this container (after its secrets changed).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct RequestRestart {
+    /// Container id.
+    pub id: String,
+    /// Restart group (Compose project/service); None: the container alone.
+    pub group: Option<String>,
 }

@@ -270,6 +270,7 @@ impl Actor for ProviderConnection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // `agent.queue_capacity`: the Cache's `Fetch`/`FetchVersion` misses (`send`: they wait).
         ctx.set_mailbox_capacity(self.mailbox);
         // Every provider has its series from the start (a 0 is a fact; an absent series is not).
         let _ = self.metrics.provider_restarts.get_or_create(&self.label());

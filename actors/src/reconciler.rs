@@ -51,10 +51,17 @@ impl Reconciler {
     }
 }
 
+/// Mailbox capacity of the Reconciler. Its one message, `Reconcile`, is idempotent and coalesces
+/// (a request during a pass only marks one more pass), and its senders `try_send`: when the
+/// mailbox is full, the passes already waiting re-derive everything the dropped request would
+/// have. A small fixed bound is enough, not an operator setting.
+pub const RECONCILER_MAILBOX: usize = 16;
+
 impl Actor for Reconciler {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(RECONCILER_MAILBOX);
         if let Some(every) = self.interval {
             ctx.run_interval(every, |_, ctx| {
                 ctx.notify(Reconcile { reason: "periodic" });

@@ -13,17 +13,8 @@ use actix::prelude::*;
 use rand::Rng;
 
 use crate::engine::ContainerEngine;
+use crate::messages::RequestRestart;
 use crate::metrics::Metrics;
-
-/// Injector → Restarter: restart this container (after its secrets changed).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct RequestRestart {
-    /// Container id.
-    pub id: String,
-    /// Restart group (Compose project/service); None: the container alone.
-    pub group: Option<String>,
-}
 
 /// The restart group of a container from its labels.
 pub fn compose_group(labels: &HashMap<String, String>) -> Option<String> {
@@ -42,6 +33,11 @@ pub struct RestarterSettings {
     pub splay: Duration,
     /// Longest wait for a restarted container to be running (and healthy).
     pub ready_timeout: Duration,
+    /// Mailbox capacity. Injectors `try_send` one `RequestRestart` per container whose values
+    /// were replaced, all at once when a rotation fans out to a restart-policy service; a full
+    /// mailbox fails that reload (counted, logged). The agent passes `agent.queue_capacity`: the
+    /// operator's bound on work waiting per actor, sized like one shard's queue.
+    pub mailbox: usize,
 }
 
 /// The actor.
@@ -127,6 +123,10 @@ impl Restarter {
 
 impl Actor for Restarter {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.settings.mailbox);
+    }
 }
 
 impl Handler<RequestRestart> for Restarter {

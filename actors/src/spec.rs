@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::engine::ContainerInfo;
+use crate::model::{ContainerInfo, SecretFile, READY_MARKER};
 use crate::secret::{RefParseError, SecretRef};
 
 /// Default directory for secret files inside a container.
@@ -24,8 +24,6 @@ pub const MAX_SECRETS: usize = 256;
 pub const MAX_NAME_LEN: usize = 255;
 /// Longest label value we look at (longer ones are refused, not parsed).
 pub const MAX_LABEL_VALUE: usize = 4096;
-/// Name of the marker file written last.
-pub const READY_MARKER: &str = ".ready";
 /// Label of the reload policy.
 pub const RELOAD_LABEL: &str = "dso.reload";
 
@@ -77,21 +75,6 @@ impl ReloadPolicy {
             ReloadPolicy::Restart => "restart",
         }
     }
-}
-
-/// One file to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretFile {
-    /// File name inside the directory (validated: `[A-Za-z0-9._-]`, not `.`/`..`).
-    pub name: String,
-    /// Where its content comes from.
-    pub source: SecretRef,
-    /// Permission bits.
-    pub mode: u32,
-    /// Owner uid.
-    pub uid: u32,
-    /// Owner gid.
-    pub gid: u32,
 }
 
 /// Everything DSO must write into one container.

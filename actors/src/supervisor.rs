@@ -18,18 +18,19 @@ use futures_util::future::join_all;
 
 use crate::backend::Fetched;
 use crate::cache::{Cache, CacheSettings};
+use crate::direct::DirectWriter;
 use crate::engine::ContainerEngine;
 use crate::injector::{Injector, InjectorSettings, ShardRouter};
 use crate::messages::{
     AgentStatus, CheckNow, ContainerJob, Drain, Fatal, FetchError, GetReadiness, GetSecret,
     GetShardStatus, GetStatus, InjectNow, IsUp, ProviderStatus, Readiness, Reconcile,
-    SecretChanged, Shutdown, Trigger,
+    SecretChanged, Shutdown, StopWatching, Trigger,
 };
 use crate::metrics::Metrics;
 use crate::provider::{BackendFactory, ProviderConnection};
 use crate::reconciler::Reconciler;
 use crate::spec::{SecretRule, Target};
-use crate::watcher::{EventWatcher, StopWatching};
+use crate::watcher::EventWatcher;
 
 /// One configured backend.
 pub struct ProviderSpec {
@@ -50,7 +51,10 @@ pub struct ProviderSpec {
 pub struct AgentSettings {
     /// Number of injector shards (4–32).
     pub shards: usize,
-    /// Mailbox and queue capacity of each actor.
+    /// Mailbox and queue capacity (`agent.queue_capacity`) of the Supervisor, each Injector shard
+    /// (and its job queue), the Cache, each ProviderConnection and the Restarter. The EventWatcher
+    /// and the Reconciler have small fixed ones ([`crate::watcher::WATCHER_MAILBOX`],
+    /// [`crate::reconciler::RECONCILER_MAILBOX`]): see why there.
     pub queue_capacity: usize,
     /// Containers injected at once by one shard.
     pub shard_concurrency: usize,
@@ -85,6 +89,7 @@ pub struct AgentSettings {
 /// The root actor.
 pub struct Supervisor {
     engine: Arc<dyn ContainerEngine>,
+    direct: Option<Arc<dyn DirectWriter>>,
     providers: Vec<ProviderSpec>,
     settings: AgentSettings,
     metrics: Arc<Metrics>,
@@ -107,15 +112,18 @@ pub struct Handles {
 }
 
 impl Supervisor {
-    /// A supervisor for this engine and these providers.
+    /// A supervisor for this engine and these providers. `direct`: the writer of the direct
+    /// path, handed to every injector shard (None: every write is an exec, `write_mode = "exec"`).
     pub fn new(
         engine: Arc<dyn ContainerEngine>,
+        direct: Option<Arc<dyn DirectWriter>>,
         providers: Vec<ProviderSpec>,
         settings: AgentSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             engine,
+            direct,
             providers,
             settings,
             metrics,
@@ -129,6 +137,11 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let cap = self.settings.queue_capacity;
+        // Mailbox: `agent.queue_capacity`. The Supervisor takes the Cache's `SecretChanged`
+        // announcements (a burst when many keys rotate together; a full mailbox there is counted
+        // and repaired by a reconcile) and the admin and HTTP requests (`send`: they wait for
+        // room). The operator's one knob for work waiting per actor bounds it, like the others.
+        ctx.set_mailbox_capacity(cap);
         let mut provider_addrs = Vec::new();
         let mut by_name = HashMap::new();
         let mut refresh = HashMap::new();
@@ -168,6 +181,7 @@ impl Actor for Supervisor {
             crate::restarter::RestarterSettings {
                 splay: self.settings.restart_splay,
                 ready_timeout: Duration::from_secs(120),
+                mailbox: cap,
             },
         )
         .start();
@@ -185,6 +199,7 @@ impl Actor for Supervisor {
                 .max(1),
             audit: self.settings.audit.clone(),
             restarter: Some(restarter.recipient()),
+            direct: self.direct.clone(),
         };
         let shards: Vec<Addr<Injector>> = (0..self.settings.shards)
             .map(|i| {

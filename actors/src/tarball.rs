@@ -1,19 +1,15 @@
-//! Building the one tar (and the one command) that puts all of a container's secrets in place.
+//! The bytes of the exec write path and the digest both paths share: the one tar (or, in an image
+//! without `tar`, base64 lines) that carries all of a container's secrets on stdin, and the keyed
+//! content digest written to `.ready`.
 //!
 //! The tar is built in a buffer allocated once at its final size (no reallocation leaves copies of
-//! secret bytes in freed memory) and zeroed on drop. The command runs `sh` inside the container:
-//! it checks that the directory is a tmpfs, extracts into a staging directory on that same tmpfs,
-//! sets owner and mode, renames each file into place (atomic for readers), and writes `.ready` last.
+//! secret bytes in freed memory) and zeroed on drop. The in-container script that unpacks it lives
+//! with the exec path (`injector::exec`).
 
 use zeroize::Zeroizing;
 
+use crate::model::{SecretFile, READY_MARKER};
 use crate::secret::SecretValue;
-use crate::spec::{SecretFile, READY_MARKER};
-
-/// Exit code of the in-container script when the directory is not a tmpfs.
-pub const EXIT_NOT_TMPFS: i64 = 64;
-/// Exit code of the in-container script when `tar` is missing.
-pub const EXIT_NO_TAR: i64 = 65;
 
 /// Why a tar could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -74,82 +70,6 @@ pub fn build_tar(files: &[(&SecretFile, &SecretValue)]) -> Result<Zeroizing<Vec<
     Ok(buf)
 }
 
-/// What the in-container script prints when it replaced an earlier set (not a first injection).
-pub const REPLACED_MARKER: &str = "replaced";
-
-/// Exit code of the in-container script when the directory already holds exactly this content.
-pub const EXIT_UNCHANGED: i64 = 10;
-
-/// The part of the in-container script before extraction: arguments, the "already there" check
-/// (the digest in `.ready`), the tmpfs check (of the nearest existing ancestor, before anything
-/// is created) and a staging directory on that same tmpfs. Builtins wherever possible: every
-/// process costs about a millisecond.
-const SCRIPT_HEAD: &str = r#"set -e
-d="$1"; g="$2"; shift 2
-if [ -f "$d/.ready" ] && [ -L "$d/..data" ]; then
-  cur=; read -r cur < "$d/.ready" || true
-  [ "$cur" != "$g" ] || exit 10
-fi
-had=; [ ! -f "$d/.ready" ] || had=1
-p="$d"
-while [ ! -d "$p" ]; do p="${p%/*}"; [ -n "$p" ] || p=/; done
-fs=$(stat -f -c %T "$p" 2>/dev/null || echo unknown)
-case "$fs" in tmpfs|unknown) ;; *) echo "dso: $d is on $fs, not tmpfs" >&2; exit 64;; esac
-umask 022
-mkdir -p "$d"
-umask 077
-t="$d/.dso-staging.$$"
-[ ! -e "$t" ] || rm -rf "$t"
-mkdir "$t"
-trap 'rm -rf "$t"' EXIT
-"#;
-
-/// After the files are in the staging dir, the Kubernetes AtomicWriter pattern: the staging dir
-/// becomes `..data_<digest>`, one rename swaps the `..data` symlink to it (readers see the old set
-/// or the new set, never a mix), each visible name is a symlink into `..data`, older generations
-/// are removed, and `.ready` (holding the digest) is replaced last.
-const SCRIPT_TAIL: &str = r#"chmod 0755 "$t"
-new="..data_$g"
-[ ! -e "$d/$new" ] || rm -rf "$d/$new"
-mv "$t" "$d/$new"
-trap - EXIT
-ln -s "$new" "$d/..data_tmp.$$"
-mv -T -f "$d/..data_tmp.$$" "$d/..data"
-links=; plain=
-while [ $# -ge 4 ]; do
-  if [ ! -L "$d/$1" ]; then links="$links ..data/$1"; [ ! -e "$d/$1" ] || plain="$plain $d/$1"; fi
-  shift 4
-done
-[ -z "$plain" ] || rm -f $plain
-[ -z "$links" ] || ln -s $links "$d/"
-for o in "$d"/..data_*; do [ "$o" = "$d/$new" ] || [ "$o" = "$d/..data_tmp.$$" ] || rm -rf "$o"; done
-printf '%s\n' "$g" > "$d/.ready.tmp.$$"
-chmod 0444 "$d/.ready.tmp.$$"
-mv -f "$d/.ready.tmp.$$" "$d/.ready"
-[ -z "$had" ] || echo replaced
-"#;
-
-/// Extraction with `tar` (the normal path). Run as root, tar restores each entry's owner and mode
-/// from the header (busybox and GNU tar alike), whatever the umask.
-const EXTRACT_TAR: &str = r#"command -v tar >/dev/null 2>&1 || { echo "dso: no tar in this container" >&2; exit 65; }
-tar -x -f - -C "$t"
-"#;
-
-/// Extraction without `tar`: one base64 line per file on stdin, in argument order, then owner and
-/// mode set explicitly. `printf` is a shell builtin, so values never appear in a process's argv.
-const EXTRACT_B64: &str = r#"command -v base64 >/dev/null 2>&1 || { echo "dso: neither tar nor base64 in this container" >&2; exit 65; }
-i=0
-for a in "$@"; do
-  case $((i % 4)) in
-    0) n="$a"; IFS= read -r line; printf '%s' "$line" | base64 -d > "$t/$n"; line= ;;
-    1) m="$a" ;;
-    2) u="$a" ;;
-    3) chown "$u:$a" "$t/$n"; chmod "$m" "$t/$n" ;;
-  esac
-  i=$((i + 1))
-done
-"#;
-
 /// The digest of a set of files as written (names, modes, owners, contents), keyed with a
 /// per-host key so the digest in `.ready` (readable inside the container) cannot be used to guess
 /// a low-entropy secret offline. 16 hex digits.
@@ -171,25 +91,7 @@ pub fn digest(key: &[u8], files: &[(&SecretFile, &SecretValue)]) -> String {
     out.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// How the files travel on stdin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// One tar (needs `tar` in the container).
-    Tar,
-    /// One base64 line per file (needs `sh` and `base64`); the fallback when `tar` is missing.
-    Base64Lines,
-}
-
-/// The full in-container script for a transport.
-pub fn script(transport: Transport) -> String {
-    let extract = match transport {
-        Transport::Tar => EXTRACT_TAR,
-        Transport::Base64Lines => EXTRACT_B64,
-    };
-    format!("{SCRIPT_HEAD}{extract}{SCRIPT_TAIL}")
-}
-
-/// The stdin payload of [`Transport::Base64Lines`]: one base64 line per file, zeroed on drop.
+/// The stdin payload of `Transport::Base64Lines` (see `injector::exec`): one base64 line per file, zeroed on drop.
 pub fn build_b64_lines(values: &[&SecretValue]) -> Zeroizing<Vec<u8>> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let size: usize = values.iter().map(|v| v.len().div_ceil(3) * 4 + 1).sum();
@@ -220,30 +122,6 @@ pub fn build_b64_lines(values: &[&SecretValue]) -> Zeroizing<Vec<u8>> {
     out
 }
 
-/// The argv of the exec that installs `files` into `dir`.
-pub fn inject_command(
-    dir: &str,
-    digest: &str,
-    files: &[&SecretFile],
-    transport: Transport,
-) -> Vec<String> {
-    let mut cmd = vec![
-        "sh".to_string(),
-        "-c".to_string(),
-        script(transport),
-        "dso-inject".to_string(),
-        dir.to_string(),
-        digest.to_string(),
-    ];
-    for f in files {
-        cmd.push(f.name.clone());
-        cmd.push(format!("{:o}", f.mode));
-        cmd.push(f.uid.to_string());
-        cmd.push(f.gid.to_string());
-    }
-    cmd
-}
-
 /// The name of the readiness marker, for documentation and tests.
 pub fn ready_marker() -> &'static str {
     READY_MARKER
@@ -253,15 +131,7 @@ pub fn ready_marker() -> &'static str {
 mod tests {
     use super::*;
 
-    fn file(name: &str, mode: u32) -> SecretFile {
-        SecretFile {
-            name: name.into(),
-            source: "local/x".parse().unwrap(),
-            mode,
-            uid: 1000,
-            gid: 1001,
-        }
-    }
+    use crate::model::test_file as file;
 
     #[test]
     fn tar_holds_every_file_with_mode_owner_and_no_reallocation() {
@@ -298,26 +168,6 @@ mod tests {
                 ("b.txt".into(), 0o640, 1000, 1001, 1500)
             ]
         );
-    }
-
-    #[test]
-    fn command_passes_names_as_arguments() {
-        let a = file("db_password", 0o440);
-        let cmd = inject_command("/run/secrets/dso", "0123abcd", &[&a], Transport::Tar);
-        assert_eq!(&cmd[..2], &["sh", "-c"]);
-        assert_eq!(
-            &cmd[3..],
-            &[
-                "dso-inject",
-                "/run/secrets/dso",
-                "0123abcd",
-                "db_password",
-                "440",
-                "1000",
-                "1001"
-            ]
-        );
-        assert!(!cmd[2].contains("db_password"));
     }
 
     #[test]

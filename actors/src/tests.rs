@@ -8,11 +8,12 @@ use actix::prelude::*;
 
 use crate::backend::{BackendError, SecretBackend};
 use crate::cache::{Cache, CacheSettings};
-use crate::engine::{ContainerAction, ContainerEngine, ContainerInfo, EngineEvent};
+use crate::engine::ContainerEngine;
 use crate::fake::{EngineCall, FakeBackend, FakeEngine};
 use crate::injector::{Injector, InjectorSettings};
 use crate::messages::{ContainerJob, Fetch, GetReadiness, GetSecret, Trigger};
 use crate::metrics::{render, Metrics};
+use crate::model::{ContainerAction, ContainerInfo, EngineEvent};
 use crate::provider::{BackendFactory, ProviderConnection};
 use crate::secret::{SecretData, SecretValue};
 use crate::supervisor::{AgentSettings, ProviderSpec, Supervisor};
@@ -73,6 +74,7 @@ fn start_agent(
     let (metrics, registry) = Metrics::new("test");
     let sup = Supervisor::new(
         engine.clone() as Arc<dyn ContainerEngine>,
+        None,
         vec![ProviderSpec {
             name: "p".into(),
             factory: factory(backend.clone()),
@@ -97,6 +99,8 @@ struct Rig {
     metrics: Arc<Metrics>,
     registry: prometheus_client::registry::Registry,
     cache: Addr<Cache>,
+    /// The direct writer the injectors get (None: exec only, like `write_mode = "exec"`).
+    direct: Option<Arc<dyn crate::direct::DirectWriter>>,
 }
 
 fn rig() -> Rig {
@@ -132,6 +136,7 @@ fn rig_with_ttl(ttl: Duration) -> Rig {
         metrics,
         registry,
         cache,
+        direct: None,
     }
 }
 
@@ -151,6 +156,7 @@ fn injector(r: &Rig, concurrency: usize, queue: usize) -> Addr<Injector> {
             rotation_concurrency: 2,
             audit: None,
             restarter: None,
+            direct: r.direct.clone(),
         },
         r.metrics.clone(),
         1000,
@@ -615,7 +621,8 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
 
 #[actix_rt::test]
 async fn restarts_of_one_compose_service_go_one_at_a_time() {
-    use crate::restarter::{RequestRestart, Restarter, RestarterSettings};
+    use crate::messages::RequestRestart;
+    use crate::restarter::{Restarter, RestarterSettings};
     let engine = FakeEngine::new();
     for id in ["w1", "w2", "w3", "solo"] {
         let mut c = container(id, &[], &[]);
@@ -634,6 +641,7 @@ async fn restarts_of_one_compose_service_go_one_at_a_time() {
         RestarterSettings {
             splay: Duration::from_millis(30),
             ready_timeout: Duration::from_secs(5),
+            mailbox: 100,
         },
     )
     .start();
@@ -917,7 +925,7 @@ async fn versioned_backends_are_checked_by_version_and_status_shows_it() {
 
 /// The rig with a direct writer answering `respond`, and container `c1` asking for one file.
 fn direct_rig(respond: crate::fake::FakeDirect) -> (Rig, Arc<crate::fake::FakeDirectWriter>) {
-    let r = rig();
+    let mut r = rig();
     r.backend.put("app", map(&[("k", "v1")]));
     r.engine.add(container(
         "c1",
@@ -925,10 +933,7 @@ fn direct_rig(respond: crate::fake::FakeDirect) -> (Rig, Arc<crate::fake::FakeDi
         &["/run/secrets/dso"],
     ));
     let w = crate::fake::FakeDirectWriter::new(respond);
-    let _ = r
-        .engine
-        .direct
-        .set(w.clone() as Arc<dyn crate::direct::DirectWriter>);
+    r.direct = Some(w.clone() as Arc<dyn crate::direct::DirectWriter>);
     (r, w)
 }
 

@@ -12,15 +12,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use rand::Rng;
 
-use crate::engine::{ContainerEngine, EngineError, EngineEvent};
+use crate::engine::{ContainerEngine, EngineError};
 use crate::injector::ShardRouter;
-use crate::messages::{ContainerJob, Fatal, IsUp, Reconcile, Trigger};
+use crate::messages::{ContainerJob, Fatal, IsUp, Reconcile, StopWatching, Trigger};
 use crate::metrics::{ActionLabel, Metrics};
-
-/// Stop following events (shutdown).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct StopWatching;
+use crate::model::EngineEvent;
 
 /// The actor.
 pub struct EventWatcher {
@@ -137,10 +133,17 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((base as f64 * jitter) as u64)
 }
 
+/// Mailbox capacity of the EventWatcher. Events arrive as a stream (`add_stream`), not through the
+/// mailbox; the mailbox only carries control messages — `IsUp` from readiness and status probes
+/// and one `StopWatching` at shutdown — whose senders `send` (wait for room). A few probes at once
+/// is the most it ever holds, so a small fixed bound, not an operator setting.
+pub const WATCHER_MAILBOX: usize = 16;
+
 impl Actor for EventWatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(WATCHER_MAILBOX);
         self.connect(ctx);
     }
 }

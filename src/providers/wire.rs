@@ -1,7 +1,9 @@
-//! What the HTTP backends (`vault`, `aws`) share: response bodies read into bounded buffers that
-//! are zeroed when dropped, best-effort wiping of received chunks and OS strings, and error texts
-//! that never quote a body.
+//! What the backends share on the wire: response bodies read into bounded buffers that are
+//! zeroed when dropped (`vault`, `aws`), best-effort wiping of received chunks and OS strings,
+//! error texts that never quote a body, and one way to make backend text safe to show
+//! ([`safe_text`]: one line, escaped, secrets redacted, bounded; `vault`, `aws`, `process`).
 
+use dso_actors::backend::BackendError;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Why a body could not be read.
@@ -44,6 +46,33 @@ pub(crate) async fn read_bounded(
     Ok(buf)
 }
 
+/// [`read_bounded`] with its errors as [`BackendError`]s: a body over `limit` is `Unavailable`,
+/// naming `server` (e.g. "Vault at https://…"); a failed transfer goes through `transport`.
+pub(crate) async fn read_body(
+    resp: reqwest::Response,
+    limit: usize,
+    server: &str,
+    transport: impl FnOnce(&reqwest::Error) -> BackendError,
+) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    read_bounded(resp, limit).await.map_err(|e| match e {
+        BodyError::TooBig => BackendError::Unavailable(format!(
+            "{server} sent a response larger than {}; refusing it",
+            size_text(limit)
+        )),
+        BodyError::Transport(e) => transport(&e),
+    })
+}
+
+/// A size as `"16 MiB"` (whole mebibytes) or `"64 KiB"`.
+fn size_text(bytes: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
+}
+
 /// Wipes a received chunk when this is its only owner (hyper may share the allocation).
 pub(crate) fn wipe_bytes(chunk: bytes::Bytes) {
     if let Ok(mut m) = chunk.try_into_mut() {
@@ -83,5 +112,45 @@ pub(crate) fn json_error_kind(e: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Syntax => "invalid JSON",
         serde_json::error::Category::Data => "unexpected JSON structure",
         serde_json::error::Category::Eof => "truncated JSON",
+    }
+}
+
+/// Text a backend sent (an error message, a line its program printed), made safe to show: one
+/// line (control characters, line breaks and terminal escapes included, are escaped), every non-empty entry of `secrets` replaced by `[redacted]`, and at most `max`
+/// characters, `…` marking a cut.
+pub(crate) fn safe_text(text: &str, secrets: &[&str], max: usize) -> String {
+    let mut text = text.to_string();
+    for secret in secrets {
+        if !secret.is_empty() && text.contains(secret) {
+            text = text.replace(secret, "[redacted]");
+        }
+    }
+    let mut out = String::with_capacity(text.len().min(max + 4));
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_text;
+
+    #[test]
+    fn safe_text_is_one_short_line_without_secrets_or_escapes() {
+        assert_eq!(
+            safe_text("denied for s3cr3t\nsee\x1b[31m docs", &["s3cr3t", ""], 100),
+            "denied for [redacted]\\nsee\\u{1b}[31m docs"
+        );
+        assert_eq!(safe_text("héllo wörld", &[], 5), "héllo…");
+        assert_eq!(safe_text("short", &[], 5), "short");
     }
 }

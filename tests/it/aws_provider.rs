@@ -63,9 +63,11 @@ fn config(endpoint: &str) -> AwsConfig {
     let mut c: AwsConfig = toml::from_str("").unwrap();
     c.region = Some("us-east-1".into());
     c.endpoint = Some(endpoint.into());
-    c.timeout = Duration::from_secs(10);
     c
 }
+
+/// The per-request timeout of the test backends.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An environment with test credentials only (no HOME, no instance role).
 fn test_env() -> Environment {
@@ -77,7 +79,7 @@ fn test_env() -> Environment {
 }
 
 fn backend(endpoint: &str) -> AwsBackend {
-    AwsBackend::with_environment(&config(endpoint), test_env()).unwrap()
+    AwsBackend::with_environment(&config(endpoint), TIMEOUT, test_env()).unwrap()
 }
 
 fn text(v: &dso_actors::secret::SecretValue) -> String {
@@ -302,6 +304,7 @@ async fn no_credentials_at_all_is_denied_naming_every_source() {
     let home = tempfile::tempdir().unwrap();
     let b = AwsBackend::with_environment(
         &config(&env("DSO_TEST_AWS_ENDPOINT")),
+        TIMEOUT,
         Environment::fixed([
             ("HOME", home.path().to_str().unwrap()),
             ("AWS_EC2_METADATA_DISABLED", "true"),
@@ -352,9 +355,8 @@ async fn slow_server_times_out() {
             open.push(sock);
         }
     });
-    let mut cfg = config(&endpoint);
-    cfg.timeout = Duration::from_millis(300);
-    let b = AwsBackend::with_environment(&cfg, test_env()).unwrap();
+    let cfg = config(&endpoint);
+    let b = AwsBackend::with_environment(&cfg, Duration::from_millis(300), test_env()).unwrap();
     let started = Instant::now();
     assert_eq!(
         b.fetch("app/db").await.unwrap_err(),
@@ -458,6 +460,7 @@ impl AuthMoto {
     fn backend(&self, key_id: &str, secret: &str) -> AwsBackend {
         AwsBackend::with_environment(
             &config(&self.endpoint),
+            TIMEOUT,
             Environment::fixed([
                 ("AWS_ACCESS_KEY_ID", key_id),
                 ("AWS_SECRET_ACCESS_KEY", secret),

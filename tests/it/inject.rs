@@ -745,9 +745,8 @@ fn symlinks_planted_by_the_container_never_lead_the_direct_write_outside_its_tmp
 
 #[test]
 fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container() {
-    use dso_actors::direct::{
-        DirectError, DirectTarget, DirectWriter, FallbackReason, ProcRootWriter,
-    };
+    use dso::procroot::ProcRootWriter;
+    use dso_actors::direct::{DirectError, DirectTarget, DirectWriter, FallbackReason};
     let ws = Workspace::new();
     let a = ws.container(&["--tmpfs", DIR]);
     let b = ws.container(&["--tmpfs", DIR]);
@@ -756,7 +755,7 @@ fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container()
             .parse()
             .expect("pid")
     };
-    let file = dso_actors::spec::SecretFile {
+    let file = dso_actors::model::SecretFile {
         name: "k".into(),
         source: "local/x".parse().expect("ref"),
         mode: 0o400,

@@ -289,13 +289,13 @@ async fn versions_follow_the_content() {
     let secrets = dir.path().join("secrets.json");
     write_secrets(&secrets, json!({"secrets": {"v": "one"}}));
     let cfg: ProcessConfig = toml::from_str(&format!(
-        "command = \"{}\"\nargs = [\"{}\"]\nenv = {{ EXAMPLE_SECRETS_FILE = \"{}\" }}\ntimeout = \"20s\"",
+        "command = \"{}\"\nargs = [\"{}\"]\nenv = {{ EXAMPLE_SECRETS_FILE = \"{}\" }}",
         python(),
         example().display(),
         secrets.display()
     ))
     .unwrap();
-    let b = ProcessBackend::new("lib", &cfg).unwrap();
+    let b = ProcessBackend::new("lib", &cfg, Duration::from_secs(20)).unwrap();
     b.probe().await.unwrap();
     let fetched = b.fetch_versioned("v").await.unwrap();
     let v1 = b.version("v").await.unwrap();

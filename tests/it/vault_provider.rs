@@ -82,10 +82,7 @@ impl Server {
 }
 
 fn config(addr: &str) -> VaultConfig {
-    toml::from_str(&format!(
-        "address = \"{addr}\"\ntimeout = \"10s\"\nrefresh_interval = \"60s\""
-    ))
-    .unwrap()
+    toml::from_str(&format!("address = \"{addr}\"")).unwrap()
 }
 
 /// Writes `contents` to a token file in a fresh temp dir (kept alive by the returned guard).
@@ -97,10 +94,22 @@ fn token_file(contents: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 /// A backend for `cfg` whose token is `token`, read from a file.
-fn backend(mut cfg: VaultConfig, token: &str) -> (VaultBackend, tempfile::TempDir) {
+fn backend(cfg: VaultConfig, token: &str) -> (VaultBackend, tempfile::TempDir) {
+    backend_with_timeout(cfg, token, TIMEOUT)
+}
+
+/// The per-request timeout of the test backends.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// As [`backend`], with the per-request timeout `timeout`.
+fn backend_with_timeout(
+    mut cfg: VaultConfig,
+    token: &str,
+    timeout: Duration,
+) -> (VaultBackend, tempfile::TempDir) {
     let (dir, file) = token_file(token);
     cfg.token_file = Some(file);
-    let b = VaultBackend::new(&cfg).unwrap_or_else(|e| panic!("VaultBackend::new: {e}"));
+    let b = VaultBackend::new(&cfg, timeout).unwrap_or_else(|e| panic!("VaultBackend::new: {e}"));
     (b, dir)
 }
 
@@ -266,9 +275,8 @@ async fn slow_server_times_out() {
         }
     });
 
-    let mut cfg = config(&addr);
-    cfg.timeout = Duration::from_millis(300);
-    let (b, _guard) = backend(cfg, "dso-token");
+    let cfg = config(&addr);
+    let (b, _guard) = backend_with_timeout(cfg, "dso-token", Duration::from_millis(300));
 
     let started = Instant::now();
     let err = b.fetch("app/db").await.unwrap_err();
@@ -303,7 +311,7 @@ async fn token_from_an_env_var() {
     let mut cfg = config(&s.addr);
     // `scripts/test` exports the root token in this variable.
     cfg.token_env = Some("DSO_TEST_VAULT_TOKEN".to_string());
-    let b = VaultBackend::new(&cfg).unwrap();
+    let b = VaultBackend::new(&cfg, TIMEOUT).unwrap();
     let data = b.fetch(&path).await.unwrap();
     assert_eq!(text(&data.select(Some("k")).unwrap()), "from-env");
 }
@@ -313,7 +321,7 @@ async fn missing_token_env_is_a_config_error_naming_the_variable() {
     let var = format!("DSO_TEST_UNSET_{}", unique("VAR").replace('-', "_"));
     let mut cfg = config("http://127.0.0.1:8200");
     cfg.token_env = Some(var.clone());
-    let err = VaultBackend::new(&cfg).unwrap_err();
+    let err = VaultBackend::new(&cfg, TIMEOUT).unwrap_err();
     assert!(
         matches!(&err, BackendError::Config(m) if m.contains(&var)),
         "expected a Config error naming {var}, got {err:?}"
@@ -322,7 +330,7 @@ async fn missing_token_env_is_a_config_error_naming_the_variable() {
     let (_dir, file) = token_file("  \n");
     let mut cfg = config("http://127.0.0.1:8200");
     cfg.token_file = Some(file.clone());
-    let err = VaultBackend::new(&cfg).unwrap_err();
+    let err = VaultBackend::new(&cfg, TIMEOUT).unwrap_err();
     assert!(
         matches!(&err, BackendError::Config(m) if m.contains(&file.display().to_string())),
         "expected a Config error naming {}, got {err:?}",
@@ -592,7 +600,7 @@ fn approle_with_a_wrong_secret_id_is_denied_and_nothing_is_written() {
     cfg.auth = dso::providers::vault::AuthMethod::Approle;
     cfg.role_id_file = Some(role_file.clone());
     cfg.secret_id_file = Some(secret_file.clone());
-    let b = VaultBackend::new(&cfg).unwrap();
+    let b = VaultBackend::new(&cfg, TIMEOUT).unwrap();
     let err = rt.block_on(b.fetch(&path)).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, BackendError::Denied(_)), "{err:?}");
@@ -658,7 +666,7 @@ async fn approle_logs_in_again_when_its_token_is_revoked() {
     cfg.role_id = Some(role_id);
     cfg.secret_id_file = Some(secret_file);
     cfg.approle_mount = mount.clone();
-    let b = VaultBackend::new(&cfg).unwrap();
+    let b = VaultBackend::new(&cfg, TIMEOUT).unwrap();
     assert_eq!(
         text(&b.fetch(&path).await.unwrap().select(Some("k")).unwrap()),
         "v1"
@@ -700,7 +708,7 @@ async fn a_token_file_rotated_on_disk_is_picked_up() {
     let (_dir, file) = token_file(&first);
     let mut cfg = config(&s.addr);
     cfg.token_file = Some(file.clone());
-    let b = VaultBackend::new(&cfg).unwrap();
+    let b = VaultBackend::new(&cfg, TIMEOUT).unwrap();
     b.fetch(&path).await.unwrap();
 
     // An external agent rotates the token: the old one is revoked, the file replaced.
@@ -741,7 +749,7 @@ async fn a_token_from_a_file_is_renewed_before_it_expires() {
     let (_dir, file) = token_file(&token);
     let mut cfg = config(&s.addr);
     cfg.token_file = Some(file);
-    let b = VaultBackend::new(&cfg).unwrap();
+    let b = VaultBackend::new(&cfg, TIMEOUT).unwrap();
     b.fetch(&path).await.unwrap();
     // Past 2/3 of the TTL: the next request renews the token (for another 12s) first.
     tokio::time::sleep(Duration::from_millis(8500)).await;

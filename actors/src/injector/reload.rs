@@ -1,0 +1,63 @@
+//! Reload dispatch: the one place a [`ReloadPolicy`] is executed, after values the application may
+//! have read were replaced (never on a first injection, never when nothing changed). A new policy
+//! is one variant of [`ReloadPolicy`] (parsed in `spec`) and one arm of [`run`].
+
+use crate::engine::ContainerEngine;
+use crate::model::ContainerInfo;
+use crate::spec::ReloadPolicy;
+
+use super::InjectorSettings;
+
+/// What running a reload policy did.
+#[derive(Debug)]
+pub(super) struct Reloaded {
+    /// The policy (`ReloadPolicy::as_str`): metric label and audit result.
+    pub policy: &'static str,
+    /// Done (or, for `restart`, scheduled), or what failed.
+    pub result: Result<(), String>,
+    /// Count `dso_reloads_total{policy,result="ok"}` now; false when the policy's own actor
+    /// counts it once the work is really done (the Restarter, after the container is back).
+    pub count_now: bool,
+}
+
+/// Runs `policy` for container `info` (None: the policy is `none`).
+pub(super) async fn run(
+    policy: &ReloadPolicy,
+    info: &ContainerInfo,
+    id: &str,
+    engine: &dyn ContainerEngine,
+    settings: &InjectorSettings,
+) -> Option<Reloaded> {
+    let (result, count_now) = match policy {
+        ReloadPolicy::None => return None,
+        ReloadPolicy::Signal(sig) => (
+            engine
+                .signal(id, sig)
+                .await
+                .map_err(|e| format!("sending {sig}: {e}")),
+            true,
+        ),
+        // One container of a Compose service at a time, through the Restarter (which counts it);
+        // without one (unit tests of a lone shard), Docker's own restart at once.
+        ReloadPolicy::Restart => (
+            match &settings.restarter {
+                Some(r) => r
+                    .try_send(crate::messages::RequestRestart {
+                        id: id.to_string(),
+                        group: crate::restarter::compose_group(&info.labels),
+                    })
+                    .map_err(|e| format!("scheduling the restart: {e}")),
+                None => engine
+                    .restart(id)
+                    .await
+                    .map_err(|e| format!("restarting: {e}")),
+            },
+            false,
+        ),
+    };
+    Some(Reloaded {
+        policy: policy.as_str(),
+        result,
+        count_now,
+    })
+}

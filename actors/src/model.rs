@@ -1,0 +1,119 @@
+//! The plain data the actors and their adapters exchange: what a container is (a slice of
+//! `docker inspect`), its events, an exec's result, one file to write, and the names of the
+//! layout in a container's secrets directory.
+//!
+//! A leaf: it depends on nothing in this crate but [`crate::secret`] (itself a leaf), so the
+//! traits (`engine`, `direct`), the label parser (`spec`) and the writers can all use it without
+//! pointing at each other.
+
+use std::collections::HashMap;
+
+use crate::secret::SecretRef;
+
+/// Name of the marker file written last in a secrets directory (holds the content digest).
+pub const READY_MARKER: &str = ".ready";
+
+/// What the actors need to know about one container (a slice of `docker inspect`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Full container id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// `Config.User` as given (`""`, `"1000"`, `"1000:1000"`, `"app"`).
+    pub user: String,
+    /// True while the container is running.
+    pub running: bool,
+    /// Mount points inside the container that are tmpfs (`--tmpfs` and `--mount type=tmpfs`).
+    pub tmpfs_mounts: Vec<String>,
+    /// `GraphDriver.Data.UpperDir` when the driver has one (overlay2): where the writable layer lives.
+    pub upper_dir: Option<String>,
+    /// `State.StartedAt`, used to tell a fresh start from a stale event.
+    pub started_at: Option<String>,
+    /// `State.Health.Status` (`starting`, `healthy`, `unhealthy`) when the image has a healthcheck.
+    pub health: Option<String>,
+    /// `State.Pid`: the main process as the host sees it (None or 0 when not running).
+    pub pid: Option<u32>,
+}
+
+/// A container from `docker ps` (running only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSummary {
+    /// Full container id.
+    pub id: String,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+}
+
+/// Container lifecycle actions the agent acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContainerAction {
+    /// The container started (or restarted).
+    Start,
+    /// The container's main process exited.
+    Die,
+    /// The container was removed.
+    Destroy,
+}
+
+impl ContainerAction {
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerAction::Start => "start",
+            ContainerAction::Die => "die",
+            ContainerAction::Destroy => "destroy",
+        }
+    }
+}
+
+/// One event from the engine's event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEvent {
+    /// Container id.
+    pub id: String,
+    /// What happened.
+    pub action: ContainerAction,
+    /// Engine timestamp in nanoseconds since the epoch (0 if unknown).
+    pub time_nanos: i64,
+}
+
+/// The result of one exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code of the command (None if the engine did not report one).
+    pub exit_code: Option<i64>,
+    /// What the command wrote to stdout and stderr (bounded; never contains secret values because
+    /// the commands we run do not echo their input).
+    pub output: String,
+}
+
+/// One file to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    /// File name inside the directory (validated: `[A-Za-z0-9._-]`, not `.`/`..`).
+    pub name: String,
+    /// Where its content comes from.
+    pub source: SecretRef,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+}
+
+/// A file owned by 1000:1001 from `local/x`, for unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_file(name: &str, mode: u32) -> SecretFile {
+    SecretFile {
+        name: name.into(),
+        source: "local/x".parse().unwrap(),
+        mode,
+        uid: 1000,
+        gid: 1001,
+    }
+}
