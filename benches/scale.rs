@@ -323,7 +323,11 @@ fn main() {
         let elapsed = t.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_secs(1));
         let m = agent.metrics();
-        let reloads: f64 = m.by_label("dso_reloads_total{policy=").values().sum::<f64>() + 0.0;
+        let reloads: f64 = m
+            .by_label("dso_reloads_total{policy=")
+            .values()
+            .sum::<f64>()
+            + 0.0;
         println!(
             "\n== restart on the {mode} path (SIGTERM took {:.2} s)\n  spawn → all {n} found unchanged: {}; reconcile duration {:.2} s; writes {}; reloads {reloads}; results {:?}",
             stop.as_secs_f64(),

@@ -19,10 +19,11 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dso::docker::BollardEngine;
-use dso_actors::engine::{ContainerAction, ContainerEngine};
+use dso_actors::engine::ContainerEngine;
+use dso_actors::injector::exec::{inject_command, Transport};
+use dso_actors::model::{ContainerAction, SecretFile};
 use dso_actors::secret::SecretValue;
-use dso_actors::spec::SecretFile;
-use dso_actors::tarball::{build_tar, inject_command, Transport};
+use dso_actors::tarball::build_tar;
 use futures_util::StreamExt;
 
 const REAL: &str = "/var/run/docker.sock";

@@ -12,7 +12,7 @@
 //! - `POST /containers/{id}/exec`, `POST /exec/{id}/start` (hijacked: the stdin is read to its end,
 //!   then after [`SimConfig::exec_latency`] the exit code is decided) and `GET /exec/{id}/json`.
 //!
-//! The exec answers what the agent's in-container script would (actors/src/tarball.rs): exit 10
+//! The exec answers what the agent's in-container script would (actors/src/injector/exec.rs): exit 10
 //! ("unchanged") when the container's `.ready` already holds the digest given as the script's
 //! second argument, 64 when the directory is not one of the container's tmpfs mounts, else the
 //! tar on stdin is walked (its entries must be the files named in the arguments), the digest is
