@@ -2,6 +2,10 @@
 //!
 //! Concurrent misses for the same key cause one backend fetch: the first miss starts it, the others
 //! wait on it. Entries are bounded by `max_entries` (oldest evicted first) and zeroed when dropped.
+//!
+//! Refreshes are driven by one timer set to the earliest `next_check` of a subscribed entry (never
+//! a poll): with nothing subscribed the Cache does not wake up at all, and under load its timer
+//! fires at most every [`REFRESH_GRANULARITY`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,6 +22,9 @@ use crate::metrics::Metrics;
 use crate::provider::ProviderConnection;
 
 type Key = (String, String);
+
+/// Least time between two refresh passes: deadlines closer together than this are served by one pass.
+pub const REFRESH_GRANULARITY: Duration = Duration::from_millis(100);
 type Waiter = oneshot::Sender<Result<Fetched, FetchError>>;
 
 struct Entry {
@@ -69,6 +76,10 @@ pub struct Cache {
     changes: Option<Recipient<SecretChanged>>,
     /// Providers whose backend said it has no cheap version: refreshed by fetching.
     no_versions: HashSet<String>,
+    /// The refresh timer: when it fires and its handle (None: nothing subscribed, no timer).
+    refresh_timer: Option<(Instant, SpawnHandle)>,
+    /// When the last refresh pass ran (passes are at least [`REFRESH_GRANULARITY`] apart).
+    last_pass: Option<Instant>,
 }
 
 /// How one periodic check of a subscribed secret ended.
@@ -98,18 +109,56 @@ impl Cache {
             refcount: HashMap::new(),
             changes: None,
             no_versions: HashSet::new(),
+            refresh_timer: None,
+            last_pass: None,
+        }
+    }
+
+    /// Makes sure a refresh pass runs no later than `due` (or [`REFRESH_GRANULARITY`] after the
+    /// last pass, whichever is later). A timer already set earlier is kept.
+    fn arm_refresh(&mut self, due: Instant, ctx: &mut Context<Self>) {
+        let due = match self.last_pass {
+            Some(last) => due.max(last + REFRESH_GRANULARITY),
+            None => due,
+        };
+        if let Some((at, handle)) = self.refresh_timer {
+            if at <= due {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(due.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.refresh_timer = None;
+            act.refresh_due(ctx);
+        });
+        self.refresh_timer = Some((due, handle));
+    }
+
+    /// Arms the refresh timer for `key` when it is subscribed and cached.
+    fn arm_for(&mut self, key: &Key, ctx: &mut Context<Self>) {
+        if !self.refcount.contains_key(key) {
+            return;
+        }
+        if let Some(at) = self.entries.get(key).map(|e| e.next_check) {
+            self.arm_refresh(at, ctx);
         }
     }
 
     /// Stores a value fetched to check for changes; when it differs from the cached one, announces
     /// the change (the Injectors rotate it). Returns whether it changed.
-    fn store_checked(&mut self, key: Key, data: Fetched, checked_by: &'static str) -> bool {
+    fn store_checked(
+        &mut self,
+        key: Key,
+        data: Fetched,
+        checked_by: &'static str,
+        ctx: &mut Context<Self>,
+    ) -> bool {
         // Values are compared, not versions: a new version with the same content changes nothing.
         let changed = self
             .entries
             .get(&key)
             .is_some_and(|e| e.data.data != data.data);
-        self.insert(key.clone(), data);
+        self.insert(key.clone(), data, ctx);
         if changed {
             tracing::info!(provider = %key.0, path = %key.1, checked_by, "secret changed in its backend");
             if let Some(to) = &self.changes {
@@ -140,28 +189,36 @@ impl Cache {
         Instant::now() + every.mul_f64(jitter)
     }
 
-    /// Re-fetches subscribed entries that are due; announces values that changed.
+    /// Re-fetches subscribed entries that are due; announces values that changed. Re-arms the
+    /// timer for the earliest deadline left (none when nothing is subscribed).
     fn refresh_due(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        let due: Vec<Key> = self
-            .entries
-            .iter()
-            .filter(|(k, e)| {
-                e.next_check <= now
-                    && self.refcount.contains_key(*k)
-                    && !self.pending.contains_key(*k)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        self.last_pass = Some(now);
+        let mut due: Vec<Key> = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (k, e) in &self.entries {
+            if !self.refcount.contains_key(k) {
+                continue;
+            }
+            if e.next_check <= now && !self.pending.contains_key(k) {
+                due.push(k.clone());
+            } else if e.next_check > now {
+                next = Some(next.map_or(e.next_check, |n| n.min(e.next_check)));
+            } else {
+                // Due but its previous check is still in flight: look again shortly.
+                next = Some(now + REFRESH_GRANULARITY);
+            }
+        }
         for key in due {
             let Some(provider) = self.providers.get(&key.0).cloned() else {
                 continue;
             };
             // Not due again until this check finished (or the next interval).
-            let next = self.next_check(&key.0);
+            let next_check = self.next_check(&key.0);
             if let Some(e) = self.entries.get_mut(&key) {
-                e.next_check = next;
+                e.next_check = next_check;
             }
+            next = Some(next.map_or(next_check, |n| n.min(next_check)));
             self.pending.insert(key.clone(), Vec::new());
             let path = key.1.clone();
             // Ask for the version first where the backend has one (a metadata read, no value).
@@ -189,7 +246,7 @@ impl Cache {
                 (checked, versionless)
             }
                 .into_actor(self)
-                .map(move |(res, versionless), act, _ctx| {
+                .map(move |(res, versionless), act, ctx| {
                     if versionless {
                         act.no_versions.insert(key.0.clone());
                     }
@@ -208,7 +265,7 @@ impl Cache {
                             for w in waiters {
                                 let _ = w.send(Ok(data.clone()));
                             }
-                            act.store_checked(key.clone(), data, "refresh");
+                            act.store_checked(key.clone(), data, "refresh", ctx);
                         }
                         Checked::Failed(msg) => {
                             // Keep serving the value we have; try again at the next interval.
@@ -220,6 +277,9 @@ impl Cache {
                     }
                 })
                 .spawn(ctx);
+        }
+        if let Some(at) = next {
+            self.arm_refresh(at, ctx);
         }
     }
 
@@ -234,7 +294,7 @@ impl Cache {
         self.metrics.cache_entries.set(self.entries.len() as i64);
     }
 
-    fn insert(&mut self, key: Key, data: Fetched) {
+    fn insert(&mut self, key: Key, data: Fetched, ctx: &mut Context<Self>) {
         if self.entries.len() >= self.settings.max_entries && !self.entries.contains_key(&key) {
             self.sweep();
             if self.entries.len() >= self.settings.max_entries {
@@ -255,7 +315,7 @@ impl Cache {
             _ => self.next_check(&key.0),
         };
         self.entries.insert(
-            key,
+            key.clone(),
             Entry {
                 data,
                 fetched: Instant::now(),
@@ -263,6 +323,7 @@ impl Cache {
             },
         );
         self.metrics.cache_entries.set(self.entries.len() as i64);
+        self.arm_for(&key, ctx);
     }
 }
 
@@ -275,7 +336,6 @@ impl Actor for Cache {
         ctx.set_mailbox_capacity(self.settings.mailbox);
         let every = (self.settings.ttl / 2).max(Duration::from_secs(1));
         ctx.run_interval(every, |act, _| act.sweep());
-        ctx.run_interval(Duration::from_millis(100), |act, ctx| act.refresh_due(ctx));
     }
 }
 
@@ -321,10 +381,10 @@ impl Handler<GetSecret> for Cache {
             }
         }
         .into_actor(self)
-        .map(move |res, act, _ctx| {
+        .map(move |res, act, ctx| {
             let res = match res {
                 Ok(data) => {
-                    act.insert(key.clone(), data.clone());
+                    act.insert(key.clone(), data.clone(), ctx);
                     Ok(data)
                 }
                 // Stale-if-error: the backend cannot answer (down, timeout, restarting) but we
@@ -361,15 +421,18 @@ impl Handler<GetSecret> for Cache {
 impl Handler<Subscribe> for Cache {
     type Result = ();
 
-    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) {
         let old = self
             .subs
             .insert(msg.container, msg.keys.clone())
             .unwrap_or_default();
-        for k in msg.keys {
-            *self.refcount.entry(k).or_insert(0) += 1;
+        for k in &msg.keys {
+            *self.refcount.entry(k.clone()).or_insert(0) += 1;
         }
         self.release(old);
+        for k in &msg.keys {
+            self.arm_for(k, ctx);
+        }
     }
 }
 
@@ -419,10 +482,98 @@ impl Handler<CheckNow> for Cache {
                 }
             }
             .into_actor(self)
-            .map(move |res, act, _ctx| {
+            .map(move |res, act, ctx| {
                 let data = res?;
-                Ok(act.store_checked(key.clone(), data, "request"))
+                Ok(act.store_checked(key.clone(), data, "request", ctx))
             }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SecretBackend;
+    use crate::fake::FakeBackend;
+    use crate::secret::{SecretData, SecretRef, SecretValue};
+
+    fn cache_with(backend: Arc<FakeBackend>, refresh: Duration) -> Addr<Cache> {
+        let (metrics, _registry) = Metrics::new("test");
+        let m = metrics.clone();
+        let provider = actix::Supervisor::start(move |_| {
+            ProviderConnection::new(
+                "p".into(),
+                Arc::new(move || Ok(backend.clone() as Arc<dyn SecretBackend>)),
+                Duration::from_secs(5),
+                m,
+                100,
+            )
+        });
+        Cache::new(
+            CacheSettings {
+                ttl: Duration::from_secs(60),
+                max_entries: 100,
+                mailbox: 100,
+                refresh: HashMap::from([("p".to_string(), refresh)]),
+                max_stale: Duration::from_secs(3600),
+            },
+            HashMap::from([("p".to_string(), provider)]),
+            metrics,
+        )
+        .start()
+    }
+
+    fn key() -> Key {
+        ("p".to_string(), "db".to_string())
+    }
+
+    /// The refresh timer follows subscriptions: a cached secret nobody uses is never re-checked;
+    /// subscribed, it is re-checked at each of its deadlines (no poll finds it: the timer is armed
+    /// by the subscription and re-armed by each pass); unsubscribed, the checks stop.
+    #[actix_rt::test]
+    async fn refreshes_follow_subscriptions_without_polling() {
+        let backend = FakeBackend::new();
+        backend
+            .versioned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        backend.put("db", SecretData::Value(SecretValue::new(b"v1".to_vec())));
+        let cache = cache_with(backend.clone(), Duration::from_millis(200));
+        let source: SecretRef = "p/db".parse().unwrap();
+        assert!(cache.send(GetSecret { source }).await.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            backend.version_count(),
+            0,
+            "not subscribed: never re-checked"
+        );
+
+        cache
+            .send(Subscribe {
+                container: "c".into(),
+                keys: vec![key()],
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let checks = backend.version_count();
+        assert!(
+            checks >= 2,
+            "subscribed: re-checked at its deadlines ({checks})"
+        );
+
+        cache
+            .send(Unsubscribe {
+                container: "c".into(),
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = backend.version_count();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            backend.version_count(),
+            after,
+            "unsubscribed: no more checks"
+        );
     }
 }

@@ -60,7 +60,12 @@ pub struct ProviderConnection {
     up: bool,
     metrics: Arc<Metrics>,
     mailbox: usize,
+    /// The pending probe while the provider is down (None while it is up: no timer at all).
+    probe_timer: Option<SpawnHandle>,
 }
+
+/// How often a provider that is down is probed (within the circuit breaker's backoff).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ProviderConnection {
     /// A connection for provider `name`; nothing is built until the actor starts.
@@ -85,7 +90,27 @@ impl ProviderConnection {
             up: false,
             metrics,
             mailbox,
+            probe_timer: None,
         }
+    }
+
+    /// While the provider is down, makes sure one probe is scheduled: in [`PROBE_INTERVAL`], or
+    /// when the open breaker allows the next trial if that is later. Nothing while it is up.
+    fn schedule_probe(&mut self, ctx: &mut Context<Self>) {
+        if self.up || self.probe_timer.is_some() {
+            return;
+        }
+        let mut delay = PROBE_INTERVAL;
+        if let Some(until) = self.open_until {
+            delay = delay.max(until.saturating_duration_since(Instant::now()));
+        }
+        self.probe_timer = Some(ctx.run_later(delay, |act, ctx| {
+            act.probe_timer = None;
+            if !act.up && act.circuit() != CircuitState::Open {
+                act.probe(ctx);
+            }
+            act.schedule_probe(ctx);
+        }));
     }
 
     /// Limits requests to `rate` per second with bursts of `burst` (None: unlimited). Requests over
@@ -174,6 +199,7 @@ impl ProviderConnection {
             return;
         }
         self.set_up(false);
+        self.schedule_probe(ctx);
         if was_trial {
             // The half-open trial failed: open again, for longer.
             self.restarts_in_row += 1;
@@ -206,6 +232,7 @@ impl ProviderConnection {
     fn probe(&mut self, ctx: &mut Context<Self>) {
         let Some(backend) = self.backend.clone() else {
             self.set_up(false);
+            self.schedule_probe(ctx);
             return;
         };
         match self.circuit() {
@@ -233,6 +260,7 @@ impl ProviderConnection {
             }
             // A failed probe marks the provider down but does not count toward a restart.
             act.set_up(ok);
+            act.schedule_probe(ctx);
         })
         .spawn(ctx);
     }
@@ -277,14 +305,11 @@ impl Actor for ProviderConnection {
             // Restarted after repeated failures: back off before touching the backend again.
             self.open(ctx);
         }
+        self.probe_timer = None;
         self.probe(ctx);
         // While down, probe (every second, within the breaker's backoff) so readiness and the
-        // circuit recover without traffic.
-        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
-            if !act.up && act.circuit() != CircuitState::Open {
-                act.probe(ctx);
-            }
-        });
+        // circuit recover without traffic. Up, nothing wakes this actor but requests.
+        self.schedule_probe(ctx);
     }
 }
 
@@ -409,5 +434,70 @@ impl Handler<IsUp> for ProviderConnection {
 
     fn handle(&mut self, _msg: IsUp, _ctx: &mut Self::Context) -> bool {
         self.up
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretData;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A backend whose probe fails until told otherwise, counting probes.
+    #[derive(Default)]
+    struct Probed {
+        down: AtomicBool,
+        probes: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl SecretBackend for Probed {
+        async fn fetch(&self, path: &str) -> Result<SecretData, BackendError> {
+            Err(BackendError::NotFound {
+                path: path.to_string(),
+            })
+        }
+
+        async fn probe(&self) -> Result<(), BackendError> {
+            self.probes.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(BackendError::Unavailable("down".into()));
+            }
+            Ok(())
+        }
+    }
+
+    /// Down, the provider is probed about every second until it answers; up, no timer is left:
+    /// nothing probes it (nor wakes it) any more.
+    #[actix_rt::test]
+    async fn a_down_provider_is_probed_until_up_then_left_alone() {
+        let backend = Arc::new(Probed::default());
+        backend.down.store(true, Ordering::SeqCst);
+        let (metrics, _registry) = Metrics::new("test");
+        let b = backend.clone();
+        let addr = actix::Supervisor::start(move |_| {
+            ProviderConnection::new(
+                "p".into(),
+                Arc::new(move || Ok(b.clone() as Arc<dyn SecretBackend>)),
+                Duration::from_secs(5),
+                metrics.clone(),
+                100,
+            )
+        });
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let probes = backend.probes.load(Ordering::SeqCst);
+        assert!(probes >= 2, "probed while down ({probes})");
+        assert!(!addr.send(IsUp).await.unwrap());
+
+        backend.down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(addr.send(IsUp).await.unwrap(), "up after the next probe");
+        let up_at = backend.probes.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            backend.probes.load(Ordering::SeqCst),
+            up_at,
+            "no probe while up"
+        );
     }
 }

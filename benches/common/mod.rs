@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command};
 
@@ -38,6 +40,11 @@ pub fn docker(args: &[&str]) -> String {
     let (ok, out, err) = docker_try(args);
     assert!(ok, "docker {args:?}: {err}");
     out
+}
+
+/// The non-zero entries of a `{label → value}` family.
+pub fn nonzero(m: BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    m.into_iter().filter(|(_, v)| *v != 0.0).collect()
 }
 
 /// The `p` quantile of sorted samples (NaN when empty).
