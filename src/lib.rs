@@ -22,5 +22,5 @@ pub mod pidproof;
 pub mod procroot;
 pub mod providers;
 pub mod resolve_proto;
-pub mod standby;
 pub mod runwatch;
+pub mod standby;

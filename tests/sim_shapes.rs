@@ -118,7 +118,7 @@ async fn inject(
     };
     let v = SecretValue::new(value.as_bytes().to_vec());
     let tar = build_tar(&[(&file, &v)]).expect("tar");
-    let cmd = inject_command(dir, digest, &[&file], Transport::Tar);
+    let cmd = inject_command(dir, dir, digest, &[&file], Transport::Tar);
     let out = engine.exec(id, &cmd, &tar).await.expect("exec");
     (out.exit_code, out.output)
 }
@@ -291,16 +291,18 @@ fn simulator_speaks_like_the_real_engine() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let (re, _) = BollardEngine::connect(&format!("unix://{REAL}"))
+        let (re, _) = BollardEngine::connect(&dso::endpoint::Endpoint::Unix(REAL.into()))
             .expect("real")
             .negotiate()
             .await
             .expect("negotiate real");
-        let (se, v) = BollardEngine::connect(&sim.docker_host())
-            .expect("sim")
-            .negotiate()
-            .await
-            .expect("negotiate sim");
+        let (se, v) = BollardEngine::connect(&dso::endpoint::Endpoint::Unix(
+            sim.docker_host().trim_start_matches("unix://").into(),
+        ))
+        .expect("sim")
+        .negotiate()
+        .await
+        .expect("negotiate sim");
         assert_eq!(v, sim::API_VERSION);
         let (a, b) = (
             re.inspect(&real_id).await.expect("inspect"),

@@ -496,7 +496,8 @@ fn wrap_services(
         .enable_all()
         .build()
         .map_err(|e| ComposeError::Docker(e.to_string()))?;
-    let engine = BollardEngine::connect(&endpoint).map_err(|e| ComposeError::Docker(e.to_string()))?;
+    let engine =
+        BollardEngine::connect(&endpoint).map_err(|e| ComposeError::Docker(e.to_string()))?;
     let engine = rt
         .block_on(engine.negotiate())
         .map_err(|e| ComposeError::Docker(e.to_string()))?
