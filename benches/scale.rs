@@ -216,7 +216,18 @@ fn main() {
                         break;
                     }
                     let name = format!("dso-{uniq}-{i}");
-                    let mut args = vec!["run", "-d", "--name", &name, "--tmpfs", DIR];
+                    // No network: a Linux bridge holds at most 1,024 ports (`exchange full`), and
+                    // the other containers of the host count against docker0 too.
+                    let mut args = vec![
+                        "run",
+                        "-d",
+                        "--network",
+                        "none",
+                        "--name",
+                        &name,
+                        "--tmpfs",
+                        DIR,
+                    ];
                     args.extend(labels.iter().map(String::as_str));
                     args.extend([image.as_str(), "sleep", "86400"]);
                     let id = docker(&args);
