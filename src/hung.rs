@@ -89,12 +89,12 @@ impl HungExecs {
 }
 
 /// SIGKILL to host pid `pid`, only when it is a process of container `container_id` (its cgroup
-/// names the container). Through a pidfd, so a pid reused meanwhile is never signalled. False
+/// is exactly the container's, `pidproof::cgroup_is_container`). Through a pidfd, so a pid reused meanwhile is never signalled. False
 /// when the agent cannot see the process (its own PID namespace, no permission) or it is not the
 /// container's.
 fn kill_in_container(container_id: Option<&str>, pid: Option<i64>) -> bool {
     use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
-    let Some(cid) = container_id.filter(|c| c.len() >= 32) else {
+    let Some(cid) = container_id else {
         return false;
     };
     let Some(pid) = pid
@@ -111,7 +111,9 @@ fn kill_in_container(container_id: Option<&str>, pid: Option<i64>) -> bool {
     // below may be another process's, but the signal through the pidfd then fails (ESRCH).
     let cgroup =
         std::fs::read_to_string(format!("/proc/{}/cgroup", pid.as_raw_pid())).unwrap_or_default();
-    if !cgroup.contains(cid) {
+    // The same exact proof as the direct write path: a cgroup path that merely contains the id
+    // (a host process in a look-alike cgroup) is not the container's.
+    if !crate::pidproof::cgroup_is_container(&cgroup, cid) {
         return false;
     }
     pidfd_send_signal(&fd, Signal::KILL).is_ok()
