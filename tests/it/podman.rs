@@ -297,3 +297,71 @@ fn a_labelled_compose_project_on_the_podman_socket_restarts_its_replicas_as_one_
         assert!(ok, "docker-compose down on Podman: {out}{err}");
     });
 }
+
+/// `dso compose` with `dsofile://` and `dso://` references, Compose and the agent on Podman.
+const DSO_COMPOSE: &str = r#"services:
+  app:
+    image: IMAGE
+    command: ["sh", "-c", "echo token=$$API_TOKEN; cat \"$$DB_PASSWORD_FILE\"; echo; exec sleep 600"]
+    network_mode: none
+    labels:
+      dso.test: SCOPE
+    environment:
+      API_TOKEN: dso://local/SECRET#token
+      DB_PASSWORD_FILE: dsofile://local/SECRET#password
+    ulimits:
+      nofile: {soft: 1024, hard: 1024}
+      nproc: {soft: 4096, hard: 4096}
+"#;
+
+#[test]
+fn dso_compose_on_the_podman_socket_delivers_files_before_the_entrypoint() {
+    if !run(Command::new("docker-compose").arg("version")).0 {
+        eprintln!("docker-compose is not installed: skipping");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, wait_bin, err) = run(&mut Command::new(root.join("scripts/build-wait")));
+    assert!(ok, "scripts/build-wait: {err}");
+    on_podman(|ws, _| {
+        ws.write_config("");
+        let secret = unique("pod/dsocompose");
+        ws.set_secret(&format!("{secret}#token"), "dso-token-value");
+        ws.set_secret(&format!("{secret}#password"), "dso-file-value");
+        let agent = Agent::start(&ws.config());
+        let project = unique("poddso").replace('-', "_");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("docker-compose.yml"),
+            DSO_COMPOSE
+                .replace("IMAGE", &image())
+                .replace("SCOPE", &ws.scope)
+                .replace("SECRET", &secret),
+        )
+        .expect("write compose file");
+        let dso_compose = |args: &[&str]| {
+            run(Command::new(dso_bin())
+                .arg("--config")
+                .arg(ws.config())
+                .args(["compose", "-p", &project])
+                .args(args)
+                .current_dir(dir.path())
+                .env("DOCKER_HOST", ws.engine.docker_host().expect("socket"))
+                .env("DSO_WAIT_BIN", wait_bin.trim())
+                .stdin(Stdio::null()))
+        };
+        let (ok, out, err) = dso_compose(&["up", "-d"]);
+        assert!(ok, "dso compose up on Podman: {out}{err}\n{}", agent.logs());
+        let filter = format!("label=com.docker.compose.project={project}");
+        let id = ws
+            .engine
+            .run(&["ps", "-aq", "--no-trunc", "--filter", &filter]);
+        let logs = eventually(&agent, "the app's output", || {
+            let (_, out, _) = ws.engine.try_run(&["logs", &id]);
+            out.contains("dso-file-value").then_some(out)
+        });
+        assert!(logs.contains("token=dso-token-value"), "{logs}");
+        let (ok, out, err) = dso_compose(&["down", "-t", "0"]);
+        assert!(ok, "dso compose down on Podman: {out}{err}");
+    });
+}
