@@ -8,7 +8,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::model::{SecretFile, READY_MARKER};
+use crate::model::{GroupName, SecretFile, READY_MARKER};
 use crate::secret::SecretValue;
 
 /// Why a tar could not be built.
@@ -84,6 +84,26 @@ pub fn digest(key: &[u8], files: &[(&SecretFile, &SecretValue)]) -> String {
         h.update(f.mode.to_le_bytes());
         h.update(f.uid.to_le_bytes());
         h.update(f.gid.to_le_bytes());
+        // Names (resolved inside the container, after the digest) count as what they say; files
+        // with numeric owners hash exactly as before names existed.
+        if let Some(u) = &f.names.user {
+            h.update(b"\x01user:");
+            h.update(u.as_bytes());
+            h.update([0]);
+        }
+        match &f.names.group {
+            Some(GroupName::Group(g)) => {
+                h.update(b"\x01group:");
+                h.update(g.as_bytes());
+                h.update([0]);
+            }
+            Some(GroupName::PrimaryOf(u)) => {
+                h.update(b"\x01primary:");
+                h.update(u.as_bytes());
+                h.update([0]);
+            }
+            None => {}
+        }
         h.update((v.len() as u64).to_le_bytes());
         h.update(v.expose());
     }

@@ -15,6 +15,7 @@ mod hostile;
 mod inject;
 mod limits;
 mod metrics;
+mod named_users;
 mod outage;
 mod podman;
 mod process_provider;

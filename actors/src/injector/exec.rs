@@ -8,6 +8,7 @@
 use crate::engine::{ContainerEngine, EngineError};
 use crate::messages::ContainerJob;
 use crate::model::{ContainerInfo, SecretFile, READY_MARKER};
+use crate::owners::{script_owner, unknown_from_script};
 use crate::secret::SecretValue;
 use crate::spec::ContainerSpec;
 use crate::tarball::{build_b64_lines, build_tar};
@@ -30,19 +31,23 @@ pub enum ScriptExit {
     NoExtractor,
     /// An entry DSO did not create and may not remove sits at one of its names: nothing changed.
     Foreign,
+    /// A user or group name is not in the container's `/etc/passwd` / `/etc/group`: nothing
+    /// written (the name is printed after `owners::UNKNOWN_MARKER`).
+    UnknownOwner,
 }
 
 impl ScriptExit {
     /// Every exit the script knows.
-    pub const ALL: [ScriptExit; 5] = [
+    pub const ALL: [ScriptExit; 6] = [
         ScriptExit::Written,
         ScriptExit::Unchanged,
         ScriptExit::NotTmpfs,
         ScriptExit::NoExtractor,
         ScriptExit::Foreign,
+        ScriptExit::UnknownOwner,
     ];
 
-    /// The process exit code (10 and 64–66 stay clear of `sh`'s own 1, 2, 126, 127 and signals).
+    /// The process exit code (10 and 64–67 stay clear of `sh`'s own 1, 2, 126, 127 and signals).
     pub const fn code(self) -> i64 {
         match self {
             ScriptExit::Written => 0,
@@ -50,6 +55,7 @@ impl ScriptExit {
             ScriptExit::NotTmpfs => 64,
             ScriptExit::NoExtractor => 65,
             ScriptExit::Foreign => 66,
+            ScriptExit::UnknownOwner => 67,
         }
     }
 
@@ -67,6 +73,7 @@ impl ScriptExit {
             ScriptExit::NotTmpfs => "@NOT_TMPFS@",
             ScriptExit::NoExtractor => "@NO_TAR@",
             ScriptExit::Foreign => "@FOREIGN@",
+            ScriptExit::UnknownOwner => "@UNKNOWN_OWNER@",
         }
     }
 }
@@ -125,8 +132,9 @@ pub fn inject_command(
     for f in files {
         cmd.push(f.name.clone());
         cmd.push(format!("{:o}", f.mode));
-        cmd.push(f.uid.to_string());
-        cmd.push(f.gid.to_string());
+        let (uid, gid) = script_owner(f);
+        cmd.push(uid);
+        cmd.push(gid);
     }
     cmd
 }
@@ -244,6 +252,17 @@ fn classify(
                 info.name,
                 foreign_entry(&out.output, &spec.files),
                 spec.dir
+            ),
+        )),
+        Some(ScriptExit::UnknownOwner) => Err(refused(
+            "unknown_owner",
+            format!(
+                "container `{}`: {} (its User or a dso.secret.*.uid/.gid label names it); nothing written",
+                info.name,
+                unknown_from_script(&out.output, &spec.files).map_or_else(
+                    || "a user or group name is not in its /etc/passwd or /etc/group".to_string(),
+                    |u| u.to_string()
+                )
             ),
         )),
         Some(ScriptExit::NoExtractor) => Err(refused(
@@ -407,6 +426,7 @@ mod tests {
                 ScriptExit::NotTmpfs,
                 ScriptExit::NoExtractor,
                 ScriptExit::Foreign,
+                ScriptExit::UnknownOwner,
             ] {
                 assert!(s.contains(&format!("exit {}", e.code())), "{e:?} missing");
             }
