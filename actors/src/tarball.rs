@@ -203,6 +203,18 @@ mod tests {
         let mut b = a.clone();
         b.mode = 0o440;
         assert_ne!(d1, digest(b"k", &[(&b, &v1)]));
+        // Owners given by name count as the names (resolved after the digest, inside the
+        // container): another name is another digest, the same name the same one.
+        let mut n = a.clone();
+        n.names.user = Some("app".into());
+        let dn = digest(b"k", &[(&n, &v1)]);
+        assert_ne!(d1, dn);
+        assert_eq!(dn, digest(b"k", &[(&n.clone(), &v1)]));
+        let mut g = n.clone();
+        g.names.group = Some(crate::model::GroupName::PrimaryOf("app".into()));
+        let mut h = n.clone();
+        h.names.group = Some(crate::model::GroupName::Group("app".into()));
+        assert_ne!(digest(b"k", &[(&g, &v1)]), digest(b"k", &[(&h, &v1)]));
     }
 
     #[test]

@@ -382,6 +382,43 @@ mod tests {
         assert_eq!(result, "timeout");
     }
 
+    /// An unknown owner name is quoted only when it is one DSO asked the script to look up.
+    #[test]
+    fn an_unknown_owner_is_named_only_when_dso_asked_for_it() {
+        let info = ContainerInfo {
+            name: "app".into(),
+            ..Default::default()
+        };
+        let mut spec = spec_at("/d");
+        let mut f = file("k", 0o400);
+        f.names.group = Some(crate::model::GroupName::Group("staff".into()));
+        spec.files.push(f);
+        let classify_output = |output: &str| {
+            refusal(classify(
+                &info,
+                "/d",
+                &spec,
+                Ok(crate::model::ExecOutput {
+                    exit_code: Some(ScriptExit::UnknownOwner.code()),
+                    output: output.into(),
+                    output_len: output.len(),
+                }),
+            ))
+        };
+        let (result, msg) = classify_output("dso-unknown-owner:g:staff\n");
+        assert_eq!(result, "unknown_owner");
+        assert!(
+            msg.contains("no group `staff` in the container's /etc/group"),
+            "{msg}"
+        );
+        let (result, msg) = classify_output("dso-unknown-owner:g:s3cr3t\n");
+        assert_eq!(result, "unknown_owner");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        let cmd = inject_command("/d", "/d", "00", &[&spec.files[0]], Transport::Tar);
+        assert_eq!(&cmd[cmd.len() - 4..], &["k", "400", "1000", "g:staff"]);
+        assert!(script().contains("dso-unknown-owner:"));
+    }
+
     #[test]
     fn command_passes_names_as_arguments() {
         let a = file("db_password", 0o440);
