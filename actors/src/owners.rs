@@ -174,6 +174,90 @@ pub fn unknown_from_script(output: &str, files: &[SecretFile]) -> Option<Unknown
 /// What the exec script prints before `u:NAME`/`g:NAME`/`p:NAME` when a name is unknown.
 pub const UNKNOWN_MARKER: &str = "dso-unknown-owner:";
 
+/// Default owner from the container's `User`: numeric `U` or `U:G` (without `G`, the gid is
+/// `U`), else root. Names count as root here; [`owner_of_user`] keeps them.
+pub fn default_owner(user: &str) -> (u32, u32) {
+    match owner_of_user(user) {
+        Some(Owner {
+            uid: Id::Num(u),
+            gid,
+        }) => match gid {
+            OwnerGid::Id(Id::Num(g)) => (u, g),
+            _ => (u, u),
+        },
+        _ => (0, 0),
+    }
+}
+
+/// The gid side of an owner before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerGid {
+    /// A number or a group name.
+    Id(Id),
+    /// The named user's primary group (`User: app` without a group).
+    PrimaryOf(String),
+}
+
+/// A file owner as written (numbers or names), before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Uid or user name.
+    pub uid: Id,
+    /// Gid, group name, or a user's primary group.
+    pub gid: OwnerGid,
+}
+
+/// The container's `User` (`""`, `U`, `U:G`, each a number or a name) as an owner; None when it
+/// is malformed. Empty is root; `app` alone means app's primary group (as Docker does); a numeric
+/// `U` alone keeps the gid `U` (DSO's behaviour before names).
+pub fn owner_of_user(user: &str) -> Option<Owner> {
+    let user = user.trim();
+    if user.is_empty() {
+        return Some(Owner {
+            uid: Id::Num(0),
+            gid: OwnerGid::Id(Id::Num(0)),
+        });
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let uid = Id::parse(u)?;
+    let gid = match (g, &uid) {
+        (Some(g), _) => OwnerGid::Id(Id::parse(g)?),
+        (None, Id::Num(n)) => OwnerGid::Id(Id::Num(*n)),
+        (None, Id::Name(name)) => OwnerGid::PrimaryOf(name.clone()),
+    };
+    Some(Owner { uid, gid })
+}
+
+/// A file's (uid, gid, names) from its labels' ids over the default owner.
+pub fn file_owner(uid: Option<&Id>, gid: Option<&Id>, default: &Owner) -> (u32, u32, OwnerNames) {
+    let mut names = OwnerNames::default();
+    let uid = match uid.unwrap_or(&default.uid) {
+        Id::Num(n) => *n,
+        Id::Name(name) => {
+            names.user = Some(name.clone());
+            0
+        }
+    };
+    let gid = match gid
+        .map(|g| OwnerGid::Id(g.clone()))
+        .unwrap_or(default.gid.clone())
+    {
+        OwnerGid::Id(Id::Num(n)) => n,
+        OwnerGid::Id(Id::Name(name)) => {
+            names.group = Some(GroupName::Group(name));
+            0
+        }
+        OwnerGid::PrimaryOf(name) => {
+            names.group = Some(GroupName::PrimaryOf(name));
+            0
+        }
+    };
+    (uid, gid, names)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -183,6 +267,14 @@ mod tests {
     const PASSWD: &[u8] =
         b"root:x:0:0:root:/root:/bin/sh\n# comment\nbroken line\napp:x:1000:1000::/home/app:/bin/sh\napp:x:7:7:dup\n";
     const GROUP: &[u8] = b"root:x:0:\nstaff:x:50:app\nbad:x:nan:\n";
+
+    #[test]
+    fn default_owner_of_a_user() {
+        assert_eq!(default_owner(""), (0, 0));
+        assert_eq!(default_owner("1000"), (1000, 1000));
+        assert_eq!(default_owner("1000:50"), (1000, 50));
+        assert_eq!(default_owner("app"), (0, 0));
+    }
 
     #[test]
     fn names_resolve_from_the_containers_files() {
