@@ -99,6 +99,33 @@ pub struct ExecOutput {
     pub output_len: usize,
 }
 
+/// Whose group a file gets when the group is given by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupName {
+    /// A group of `/etc/group`.
+    Group(String),
+    /// The primary group of this user (`/etc/passwd`'s fourth field), as Docker does for
+    /// `--user app`.
+    PrimaryOf(String),
+}
+
+/// The names behind a file's `uid`/`gid`, when given as names (then the number is a placeholder
+/// until [`resolve`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnerNames {
+    /// `uid` is this user's (`/etc/passwd`).
+    pub user: Option<String>,
+    /// `gid` is this group's.
+    pub group: Option<GroupName>,
+}
+
+impl OwnerNames {
+    /// True when nothing is given by name.
+    pub fn is_empty(&self) -> bool {
+        self.user.is_none() && self.group.is_none()
+    }
+}
+
 /// One file to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretFile {
@@ -108,10 +135,13 @@ pub struct SecretFile {
     pub source: SecretRef,
     /// Permission bits.
     pub mode: u32,
-    /// Owner uid.
+    /// Owner uid (a placeholder while `names.user` is set).
     pub uid: u32,
-    /// Owner gid.
+    /// Owner gid (a placeholder while `names.group` is set).
     pub gid: u32,
+    /// The owner given by name, resolved from the container's own `/etc/passwd` and
+    /// `/etc/group` at write time (`crate::owners`).
+    pub names: OwnerNames,
 }
 
 /// A file owned by 1000:1001 from `local/x`, for unit tests.
@@ -124,5 +154,6 @@ pub(crate) fn test_file(name: &str, mode: u32) -> SecretFile {
         mode,
         uid: 1000,
         gid: 1001,
+        names: OwnerNames::default(),
     }
 }

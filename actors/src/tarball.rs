@@ -8,7 +8,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::model::{SecretFile, READY_MARKER};
+use crate::model::{GroupName, SecretFile, READY_MARKER};
 use crate::secret::SecretValue;
 
 /// Why a tar could not be built.
@@ -84,6 +84,26 @@ pub fn digest(key: &[u8], files: &[(&SecretFile, &SecretValue)]) -> String {
         h.update(f.mode.to_le_bytes());
         h.update(f.uid.to_le_bytes());
         h.update(f.gid.to_le_bytes());
+        // Names (resolved inside the container, after the digest) count as what they say; files
+        // with numeric owners hash exactly as before names existed.
+        if let Some(u) = &f.names.user {
+            h.update(b"\x01user:");
+            h.update(u.as_bytes());
+            h.update([0]);
+        }
+        match &f.names.group {
+            Some(GroupName::Group(g)) => {
+                h.update(b"\x01group:");
+                h.update(g.as_bytes());
+                h.update([0]);
+            }
+            Some(GroupName::PrimaryOf(u)) => {
+                h.update(b"\x01primary:");
+                h.update(u.as_bytes());
+                h.update([0]);
+            }
+            None => {}
+        }
         h.update((v.len() as u64).to_le_bytes());
         h.update(v.expose());
     }
@@ -183,6 +203,18 @@ mod tests {
         let mut b = a.clone();
         b.mode = 0o440;
         assert_ne!(d1, digest(b"k", &[(&b, &v1)]));
+        // Owners given by name count as the names (resolved after the digest, inside the
+        // container): another name is another digest, the same name the same one.
+        let mut n = a.clone();
+        n.names.user = Some("app".into());
+        let dn = digest(b"k", &[(&n, &v1)]);
+        assert_ne!(d1, dn);
+        assert_eq!(dn, digest(b"k", &[(&n.clone(), &v1)]));
+        let mut g = n.clone();
+        g.names.group = Some(crate::model::GroupName::PrimaryOf("app".into()));
+        let mut h = n.clone();
+        h.names.group = Some(crate::model::GroupName::Group("app".into()));
+        assert_ne!(digest(b"k", &[(&g, &v1)]), digest(b"k", &[(&h, &v1)]));
     }
 
     #[test]

@@ -775,6 +775,7 @@ fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container()
         mode: 0o400,
         uid: 0,
         gid: 0,
+        names: Default::default(),
     };
     let v = dso_actors::secret::SecretValue::from_str_copy("dead-value");
     let w = ProcRootWriter::new();

@@ -16,6 +16,7 @@ mod inject;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod named_users;
 mod outage;
 mod podman;
 mod process_provider;

@@ -83,6 +83,13 @@ pub(super) async fn write_direct(
                 info.name
             ),
         )),
+        Err(e @ (DirectError::UnknownOwner(_) | DirectError::Accounts { .. })) => Err(refused(
+            "unknown_owner",
+            format!(
+                "container `{}`: {e} (its User or a dso.secret.*.uid/.gid label names it); nothing written",
+                info.name
+            ),
+        )),
         Err(e @ DirectError::Gone { .. }) => {
             tracing::info!(container = %short(&job.id), "{e}; container gone");
             Err(Outcome::Gone)
