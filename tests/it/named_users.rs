@@ -59,10 +59,7 @@ fn container(
     let mut full = vec!["create", "--name", &name, "--label", &scope, "--tmpfs", DIR];
     full.extend_from_slice(args);
     full.extend_from_slice(&[&image.0, "/bin/sleep", "600"]);
-    let c = Container {
-        id: docker(&full),
-        name,
-    };
+    let c = Container::docker(docker(&full), name);
     prepare(&c.id);
     docker(&["start", &c.id]);
     c
