@@ -411,7 +411,12 @@ impl ContainerEngine for BollardEngine {
             .map_err(map_err)
     }
 
-    async fn roll_service(&self, service: &str, change: &str) -> Result<RollOutcome, EngineError> {
+    async fn roll_service(
+        &self,
+        service: &str,
+        change: &str,
+        roll: bool,
+    ) -> Result<RollOutcome, EngineError> {
         let info = self.docker.info().await.map_err(map_err)?;
         if !info
             .swarm
@@ -443,9 +448,12 @@ impl ContainerEngine for BollardEngine {
             }
             labels.insert(ROLLED_LABEL.to_string(), change.to_string());
             // `docker service update --force`: the spec unchanged but for ForceUpdate (and the
-            // label), so Swarm replaces the tasks under the service's own UpdateConfig.
-            let task = spec.task_template.get_or_insert_with(Default::default);
-            task.force_update = Some(task.force_update.unwrap_or(0).wrapping_add(1));
+            // label), so Swarm replaces the tasks under the service's own UpdateConfig. A service
+            // label alone changes no task.
+            if roll {
+                let task = spec.task_template.get_or_insert_with(Default::default);
+                task.force_update = Some(task.force_update.unwrap_or(0).wrapping_add(1));
+            }
             let options = UpdateServiceOptions {
                 version,
                 ..Default::default()
@@ -455,7 +463,8 @@ impl ContainerEngine for BollardEngine {
                 .update_service(service, spec, options, None)
                 .await
             {
-                Ok(_) => return Ok(RollOutcome::Rolled),
+                Ok(_) if roll => return Ok(RollOutcome::Rolled),
+                Ok(_) => return Ok(RollOutcome::Marked),
                 Err(bollard::errors::Error::DockerResponseServerError { message, .. })
                     if message.contains("out of sequence") =>
                 {

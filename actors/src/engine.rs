@@ -69,6 +69,13 @@ pub trait ContainerEngine: Send + Sync + 'static {
     /// Rolls Swarm service `service` for change `change` (`docker service update --force`): on a
     /// manager, reads the service and updates it at its version index with `ForceUpdate`
     /// incremented and the label `dso.rolled=<change>`, unless it already carries that label. A
-    /// write that lost a race with another agent's is read again. Never `docker restart`s a task.
-    async fn roll_service(&self, service: &str, change: &str) -> Result<RollOutcome, EngineError>;
+    /// write that lost a race with another agent's is read again. With `roll` false (a first
+    /// delivery) only the label is set: the tasks already run with `change`. Never `docker
+    /// restart`s a task.
+    async fn roll_service(
+        &self,
+        service: &str,
+        change: &str,
+        roll: bool,
+    ) -> Result<RollOutcome, EngineError>;
 }

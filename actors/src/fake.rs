@@ -38,8 +38,8 @@ pub enum EngineCall {
     Signal(String, String),
     /// `restart(id)`.
     Restart(String),
-    /// `roll_service(service, change)`, whatever it answered.
-    Roll(String, String),
+    /// `roll_service(service, change, roll)`, whatever it answered.
+    Roll(String, String, bool),
 }
 
 /// A fake engine: containers are whatever the test put in; every call is recorded.
@@ -222,8 +222,17 @@ impl ContainerEngine for FakeEngine {
         Ok(())
     }
 
-    async fn roll_service(&self, service: &str, change: &str) -> Result<RollOutcome, EngineError> {
-        self.record(EngineCall::Roll(service.to_string(), change.to_string()));
+    async fn roll_service(
+        &self,
+        service: &str,
+        change: &str,
+        roll: bool,
+    ) -> Result<RollOutcome, EngineError> {
+        self.record(EngineCall::Roll(
+            service.to_string(),
+            change.to_string(),
+            roll,
+        ));
         if self.worker.lock().map(|w| *w).unwrap_or(false) {
             return Ok(RollOutcome::NotManager);
         }
@@ -235,6 +244,9 @@ impl ContainerEngine for FakeEngine {
             return Ok(RollOutcome::AlreadyRolled);
         }
         rolled.insert(service.to_string(), change.to_string());
+        if !roll {
+            return Ok(RollOutcome::Marked);
+        }
         if let Ok(mut done) = self.rolls_done.lock() {
             done.push((service.to_string(), change.to_string()));
         }

@@ -338,4 +338,8 @@ pub struct RequestRoll {
     /// The change ([`crate::tarball::rolled_digest`]): every task of one rotation asks with the
     /// same one, and the service is rolled once.
     pub change: String,
+    /// False for a first delivery: record `change` on the service (no roll), so that another
+    /// agent delivering the same values (its own digest key: it sees them as replaced) does not
+    /// roll it.
+    pub roll: bool,
 }

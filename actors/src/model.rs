@@ -46,7 +46,7 @@ pub struct ContainerInfo {
 /// The label Docker puts on every Swarm task container: the id of the task's service.
 pub const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.id";
 
-/// The service label a roll carries: the change it rolled for (see
+/// The service label a roll carries: the change the service's tasks run with (see
 /// [`crate::tarball::rolled_digest`]). A roll for a change the service already carries is a no-op.
 pub const ROLLED_LABEL: &str = "dso.rolled";
 
@@ -61,6 +61,9 @@ pub enum RollOutcome {
     AlreadyRolled,
     /// This engine is not a Swarm manager: only a manager can update services; its agent rolls.
     NotManager,
+    /// Asked not to roll (a first delivery): the label now records the change the tasks run
+    /// with, so that another agent's later delivery of the same values does not roll.
+    Marked,
 }
 
 /// A container from `docker ps` (running only).

@@ -187,7 +187,11 @@ impl Handler<RequestRoll> for Restarter {
     type Result = ();
 
     fn handle(&mut self, msg: RequestRoll, ctx: &mut Self::Context) {
-        let RequestRoll { service, change } = msg;
+        let RequestRoll {
+            service,
+            change,
+            roll,
+        } = msg;
         if self.rolled.get(&service) == Some(&change) {
             tracing::debug!(service = %service, change = %change, "service already rolled (or rolling) for this change");
             return;
@@ -195,7 +199,7 @@ impl Handler<RequestRoll> for Restarter {
         self.rolled.insert(service.clone(), change.clone());
         let engine = self.engine.clone();
         let (svc, chg) = (service.clone(), change.clone());
-        async move { engine.roll_service(&svc, &chg).await }
+        async move { engine.roll_service(&svc, &chg, roll).await }
             .into_actor(self)
             .map(move |res, act, _ctx| match res {
                 Ok(RollOutcome::Rolled) => {
@@ -204,6 +208,9 @@ impl Handler<RequestRoll> for Restarter {
                 }
                 Ok(RollOutcome::AlreadyRolled) => {
                     tracing::info!(service = %service, change = %change, "Swarm service already rolled for this change by another agent");
+                }
+                Ok(RollOutcome::Marked) => {
+                    tracing::debug!(service = %service, change = %change, "Swarm service labelled with the change its tasks run with");
                 }
                 Ok(RollOutcome::NotManager) => {
                     tracing::info!(service = %service, change = %change, "not a Swarm manager: the service is rolled by an agent on a manager node");

@@ -744,12 +744,21 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
     );
     let rolls: Vec<_> = calls
         .iter()
-        .filter(|c| matches!(c, EngineCall::Roll(..)))
+        .filter(|c| matches!(c, EngineCall::Roll(_, _, true)))
         .collect();
     assert_eq!(
         rolls.len(),
         1,
         "three tasks, one change, one roll: {calls:?}"
+    );
+    let marks: Vec<_> = calls
+        .iter()
+        .filter(|c| matches!(c, EngineCall::Roll(_, _, false)))
+        .collect();
+    assert_eq!(
+        marks.len(),
+        1,
+        "the first deliveries label the service once: {calls:?}"
     );
     let rolled = engine.rolls();
     assert_eq!(rolled.len(), 1);
@@ -779,6 +788,7 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
         .send(RequestRoll {
             service: "svc".into(),
             change: rolled[0].1.clone(),
+            roll: true,
         })
         .await
         .unwrap();
@@ -788,7 +798,7 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
             .iter()
             .filter(|c| matches!(c, EngineCall::Roll(..)))
             .count()
-            == 2
+            == 3
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -811,6 +821,7 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
         .send(RequestRoll {
             service: "svc".into(),
             change: "another".into(),
+            roll: true,
         })
         .await
         .unwrap();

@@ -140,6 +140,9 @@ async fn inject(
     let reload = if replaced {
         reload::run(&spec.reload, info, &job.id, roll, engine, settings).await
     } else {
+        if changed {
+            reload::mark(roll, settings);
+        }
         None
     };
     Ok(Outcome::Injected(Box::new(Delivered {

@@ -55,13 +55,17 @@ pub(super) async fn run(
             let Roll { service, change } = roll?;
             match &settings.restarter {
                 Some(r) => (
-                    r.try_send(crate::messages::RequestRoll { service, change })
-                        .map_err(|e| format!("scheduling the service roll: {e}")),
+                    r.try_send(crate::messages::RequestRoll {
+                        service,
+                        change,
+                        roll: true,
+                    })
+                    .map_err(|e| format!("scheduling the service roll: {e}")),
                     false,
                 ),
                 None => (
                     engine
-                        .roll_service(&service, &change)
+                        .roll_service(&service, &change, true)
                         .await
                         .map(drop)
                         .map_err(|e| format!("rolling service {service}: {e}")),
@@ -92,4 +96,20 @@ pub(super) async fn run(
         result,
         count_now,
     })
+}
+
+/// After a first delivery to a Swarm task whose policy is `restart`: the service is labelled with
+/// the change its tasks run with (no roll), through the Restarter, which asks once per change.
+/// Best effort: a lost mark costs at most one extra roll later.
+pub(super) fn mark(roll: Option<Roll>, settings: &InjectorSettings) {
+    let (Some(Roll { service, change }), Some(r)) = (roll, &settings.restarter) else {
+        return;
+    };
+    if let Err(e) = r.try_send(crate::messages::RequestRoll {
+        service,
+        change,
+        roll: false,
+    }) {
+        tracing::debug!(error = %e, "Swarm service not labelled with its change");
+    }
 }
