@@ -5,10 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "it/support.rs"]
-mod support;
 #[path = "it/engine2.rs"]
 mod engine2;
+#[path = "it/support.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -633,8 +633,7 @@ fn a_standby_agent_container_takes_over_from_a_killed_one_and_docker_healthcheck
 #[test]
 fn the_agent_stack_deploys_on_a_swarm_and_serves_a_service_over_exec() {
     build_image();
-    let mut engine =
-        engine2::Engine2::unix("dso-stack-", &format!("dsostk{}", std::process::id()));
+    let mut engine = engine2::Engine2::unix("dso-stack-", &format!("dsostk{}", std::process::id()));
     engine.swarm_init();
     copy_image(AGENT_IMAGE, engine.docker_cmd().arg("load"));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -668,14 +667,29 @@ key_file = "/run/secrets/dso_vault_key"
     let (code, _, err) = {
         use std::io::Write;
         let mut child = Command::new(dso_bin())
-            .args(["--config", &p("host.toml"), "secret", "set", "app/db#password"])
+            .args([
+                "--config",
+                &p("host.toml"),
+                "secret",
+                "set",
+                "app/db#password",
+            ])
             .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(b"from-stack").unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"from-stack")
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        (out.status.code(), (), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            (),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     assert_eq!(code, Some(0), "dso secret set: {err}");
 
@@ -683,7 +697,10 @@ key_file = "/run/secrets/dso_vault_key"
     let (ok, out, err) = run(engine
         .docker_cmd()
         .args(["stack", "deploy", "-c"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/swarm-stack.yaml"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/swarm-stack.yaml"
+        ))
         .arg("dso")
         .env("DSO_IMAGE", AGENT_IMAGE)
         .env("DSO_CONFIG_FILE", p("dso-swarm.toml"))
@@ -700,7 +717,9 @@ key_file = "/run/secrets/dso_vault_key"
         ]);
         let id = id.lines().next().unwrap_or_default().to_string();
         if id.is_empty() {
-            return engine.docker_try(&["service", "ps", "--no-trunc", "dso_dso"]).1;
+            return engine
+                .docker_try(&["service", "ps", "--no-trunc", "dso_dso"])
+                .1;
         }
         let (_, out, err) = engine.docker_try(&["logs", &id]);
         format!("{out}{err}")
@@ -733,6 +752,7 @@ services:
       - type: tmpfs
         target: {DIR}
     deploy:
+      replicas: 3
       labels:
         dso.secret.ignored: local/app/db#password
 "#,
@@ -740,29 +760,39 @@ services:
         ),
     )
     .unwrap();
-    let (ok, out, err) = run(engine
-        .docker_cmd()
-        .args(["stack", "deploy", "-c", &p("app-stack.yaml"), "app"]));
+    let (ok, out, err) =
+        run(engine
+            .docker_cmd()
+            .args(["stack", "deploy", "-c", &p("app-stack.yaml"), "app"]));
     assert!(ok, "docker stack deploy (app): {out}{err}");
     let deadline = Instant::now() + WAIT;
     loop {
-        let id = engine.docker(&[
+        let ids = engine.docker(&[
             "ps",
             "-q",
             "--filter",
             "label=com.docker.swarm.service.name=app_app",
         ]);
-        if let Some(id) = id.lines().next() {
-            let (ok, out, _) = engine.docker_try(&["exec", id, "cat", &format!("{DIR}/pw")]);
-            if ok && out == "from-stack" {
+        let served = ids
+            .lines()
+            .filter(|id| {
+                let (ok, out, _) = engine.docker_try(&["exec", id, "cat", &format!("{DIR}/pw")]);
+                ok && out == "from-stack"
+            })
+            .count();
+        if served == 3 {
+            for id in ids.lines() {
                 let ls = engine.docker(&["exec", id, "ls", "-A", DIR]);
-                assert!(!ls.contains("ignored"), "deploy.labels reached the task: {ls}");
-                break;
+                assert!(
+                    !ls.contains("ignored"),
+                    "deploy.labels reached the task: {ls}"
+                );
             }
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "the app task never got its secret:\n{}",
+            "the app's 3 tasks never got their secret:\n{}",
             agent_logs(&engine)
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -775,7 +805,12 @@ services:
     let took: Vec<u64> = logs
         .lines()
         .filter(|l| l.contains("secrets injected"))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("duration_us")?.as_u64())
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()?
+                .get("duration_us")?
+                .as_u64()
+        })
         .collect();
     eprintln!("swarm stack agent, exec path: injection took {took:?} µs");
     for stack in ["app", "dso"] {
