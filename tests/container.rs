@@ -359,7 +359,7 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
         "/bin/sleep",
         "600",
     ]);
-    let user = Container { id, name };
+    let user = Container::docker(id, name);
     p.eventually("the non-root container's secret", || {
         (p.read(&user.id, &format!("{DIR}/pw"))? == "ct-password-41").then_some(())
     });

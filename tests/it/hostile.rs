@@ -644,7 +644,7 @@ fn nonroot_a_symlinked_dir_in_an_image_without_stat_never_puts_a_secret_on_disk(
         "/bin/sleep",
         "600",
     ]);
-    let c = Container { id, name };
+    let c = Container::docker(id, name);
     wait_result(&ws, &agent, &c, "");
     sh_ok(
         &c,

@@ -14,6 +14,7 @@ mod envrun;
 mod faults;
 mod hostile;
 mod inject;
+mod lifecycle;
 mod limits;
 mod metrics;
 mod outage;

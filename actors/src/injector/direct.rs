@@ -8,8 +8,7 @@ use crate::metrics::Metrics;
 use crate::model::{ContainerInfo, SecretFile};
 use crate::secret::SecretValue;
 
-use super::pipeline::WriteResult;
-use super::{refused, short, InjectorSettings, Outcome};
+use super::{refused, short, InjectorSettings, Outcome, WriteResult};
 
 /// Where and what one direct write puts.
 pub(super) struct DirectJob<'a> {

@@ -12,8 +12,7 @@ use crate::secret::SecretValue;
 use crate::spec::ContainerSpec;
 use crate::tarball::{build_b64_lines, build_tar};
 
-use super::pipeline::WriteResult;
-use super::{refused, Outcome};
+use super::{refused, Outcome, WriteResult};
 
 /// How the in-container script ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,6 +126,11 @@ impl Outcome {
     }
 }
 
+/// A write's result: (content changed, an earlier set was replaced), or the job's outcome.
+/// Defined here, beside [`Outcome`], so the write paths (`direct`, `exec`) and the `pipeline`
+/// that calls them share it without importing each other.
+type WriteResult = Result<(bool, bool), Outcome>;
+
 fn refused(result: &'static str, message: String) -> Outcome {
     Outcome::Refused { result, message }
 }

@@ -23,9 +23,6 @@ use super::direct::{write_direct, DirectJob};
 use super::exec::write_exec;
 use super::{refused, reload, Delivered, InjectorSettings, Outcome};
 
-/// A write's result: (content changed, an earlier set was replaced), or the job's outcome.
-pub(super) type WriteResult = Result<(bool, bool), Outcome>;
-
 /// The `(StartedAt, digest)` this shard last delivered to the container, if any.
 pub(super) type Previous = Option<(Option<String>, String)>;
 
