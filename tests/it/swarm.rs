@@ -2,7 +2,8 @@
 //! (`engine2.rs`: its own network namespace, data and exec roots) so that swarm mode never
 //! reaches the shared daemon the other tests use. One test, one daemon: 3 replicas served, a
 //! rotation reaches all, `dso.reload=restart` rolls the service exactly once (Swarm replaces the
-//! 3 tasks; none is `docker restart`ed), with two agents on the node.
+//! 3 tasks; none is `docker restart`ed), with two agents on the node; a `signal:` service's tasks
+//! are signalled one by one and the service is left alone.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -115,9 +116,41 @@ fn a_swarm_service_is_served_rotated_and_rolled_once_by_two_agents() {
         "/bin/sleep",
         "600",
     ]);
+    // A `signal:` service beside it: signalled per task container, never rolled.
+    let mut sig = vec![
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "sig",
+        "--replicas",
+        "2",
+        "--container-label",
+        &scope,
+        "--container-label",
+        &secret,
+        "--container-label",
+        "dso.reload=signal:SIGHUP",
+        "--mount",
+        "type=tmpfs,dst=/run/secrets/dso",
+        "--stop-grace-period",
+        "1s",
+    ];
+    let img = image();
+    sig.push(&img);
+    sig.extend_from_slice(crate::rotation::HUP_COUNTER);
+    engine.docker(&sig);
     let before = wait_until(&engine, &[&first], 60, "3 replicas served", || {
         let t = tasks(&engine, "svc");
         if t.len() == 3 && t.iter().all(|(_, v)| v.as_deref() == Some("first")) {
+            Ok(t.into_iter().map(|(id, _)| id).collect::<HashSet<_>>())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    });
+    let sig_tasks = wait_until(&engine, &[&first], 60, "2 signal tasks served", || {
+        let t = tasks(&engine, "sig");
+        if t.len() == 2 && t.iter().all(|(_, v)| v.as_deref() == Some("first")) {
             Ok(t.into_iter().map(|(id, _)| id).collect::<HashSet<_>>())
         } else {
             Err(format!("{t:?}"))
@@ -187,6 +220,39 @@ fn a_swarm_service_is_served_rotated_and_rolled_once_by_two_agents() {
             "an old task left running outside Swarm ({id})"
         );
     }
+    // The signal service: the same task containers, each signalled, the service untouched.
+    wait_until(
+        &engine,
+        &[&first, &second],
+        30,
+        "signal tasks: new value and SIGHUP",
+        || {
+            let t = tasks(&engine, "sig");
+            let ids: HashSet<String> = t.iter().map(|(id, _)| id.clone()).collect();
+            let hups: Vec<String> = t
+                .iter()
+                .map(|(id, _)| engine.docker_try(&["exec", id, "cat", "/tmp/hups"]).1)
+                .collect();
+            if ids == sig_tasks
+                && t.iter().all(|(_, v)| v.as_deref() == Some("second"))
+                && hups
+                    .iter()
+                    .all(|h| h.trim().parse::<u32>().is_ok_and(|n| n >= 1))
+            {
+                Ok(())
+            } else {
+                Err(format!("{t:?} hups {hups:?}"))
+            }
+        },
+    );
+    let sig_spec = engine.docker(&[
+        "service",
+        "inspect",
+        "-f",
+        "{{.Spec.TaskTemplate.ForceUpdate}} {{index .Spec.Labels \"dso.rolled\"}}",
+        "sig",
+    ]);
+    assert_eq!(sig_spec.trim(), "0", "a signal: service is never rolled");
     let logs = format!("{}{}", first.logs(), second.logs());
     assert_eq!(
         logs.matches("Swarm service rolled after new secret values")
