@@ -32,6 +32,19 @@ fn tasks(engine: &Engine2, service: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// `.Spec` of a service without what a roll changes (`TaskTemplate.ForceUpdate`, `dso.rolled`).
+fn service_spec(engine: &Engine2, service: &str) -> serde_json::Value {
+    let json = engine.docker(&["service", "inspect", "-f", "{{json .Spec}}", service]);
+    let mut spec: serde_json::Value = serde_json::from_str(&json).expect("service spec");
+    if let Some(labels) = spec.get_mut("Labels").and_then(|l| l.as_object_mut()) {
+        labels.remove("dso.rolled");
+    }
+    if let Some(task) = spec.get_mut("TaskTemplate").and_then(|t| t.as_object_mut()) {
+        task.remove("ForceUpdate");
+    }
+    spec
+}
+
 /// Polls `f` for up to `secs`, then fails with `what`, what `f` saw last, the agents' logs and
 /// the daemon's tasks.
 fn wait_until<T>(
@@ -84,7 +97,6 @@ fn a_swarm_service_is_served_rotated_and_rolled_once_by_two_agents() {
     let token = env("DSO_TEST_VAULT_TOKEN");
     let mut envs = engine.env();
     envs.push(("DSO_IT_BAO_TOKEN", &token));
-    let first = Agent::start_with_env(&ws.config(), &envs);
 
     // Labels for the task containers: `--container-label` (`--label` labels the service).
     let scope = format!("dso.test={}", ws.scope);
@@ -140,6 +152,9 @@ fn a_swarm_service_is_served_rotated_and_rolled_once_by_two_agents() {
     sig.push(&img);
     sig.extend_from_slice(crate::rotation::HUP_COUNTER);
     engine.docker(&sig);
+    // The spec as created, before any agent touched the service.
+    let created = service_spec(&engine, "svc");
+    let first = Agent::start_with_env(&ws.config(), &envs);
     let before = wait_until(&engine, &[&first], 60, "3 replicas served", || {
         let t = tasks(&engine, "svc");
         if t.len() == 3 && t.iter().all(|(_, v)| v.as_deref() == Some("first")) {
@@ -253,6 +268,13 @@ fn a_swarm_service_is_served_rotated_and_rolled_once_by_two_agents() {
         "sig",
     ]);
     assert_eq!(sig_spec.trim(), "0", "a signal: service is never rolled");
+    // The roll changed nothing but ForceUpdate and the label: the UpdateConfig Swarm followed,
+    // the mounts, labels and the rest of the spec came through the read-modify-write intact.
+    assert_eq!(
+        service_spec(&engine, "svc"),
+        created,
+        "the service spec changed beyond ForceUpdate and dso.rolled"
+    );
     let logs = format!("{}{}", first.logs(), second.logs());
     assert_eq!(
         logs.matches("Swarm service rolled after new secret values")
