@@ -9,11 +9,13 @@ use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::MountType;
 use bollard::query_parameters::{
     EventsOptions, KillContainerOptions, ListContainersOptions, RestartContainerOptions,
+    UpdateServiceOptions,
 };
 use bollard::Docker;
 use dso_actors::engine::{ContainerEngine, EngineError, EventStream};
 use dso_actors::model::{
-    ContainerAction, ContainerInfo, ContainerSummary, EngineEvent, ExecOutput,
+    ContainerAction, ContainerInfo, ContainerSummary, EngineEvent, ExecOutput, RollOutcome,
+    ROLLED_LABEL,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
@@ -408,7 +410,80 @@ impl ContainerEngine for BollardEngine {
             .await
             .map_err(map_err)
     }
+
+    async fn roll_service(
+        &self,
+        service: &str,
+        change: &str,
+        roll: bool,
+    ) -> Result<RollOutcome, EngineError> {
+        let info = self.docker.info().await.map_err(map_err)?;
+        if !info
+            .swarm
+            .and_then(|s| s.control_available)
+            .unwrap_or(false)
+        {
+            return Ok(RollOutcome::NotManager);
+        }
+        // A write at a stale version index ("update out of sequence") lost a race with another
+        // agent's roll (or an operator's update): read again and decide again.
+        for _ in 0..ROLL_ATTEMPTS {
+            let current = self
+                .docker
+                .inspect_service(service, None)
+                .await
+                .map_err(map_err)?;
+            let version = current.version.and_then(|v| v.index).ok_or_else(|| {
+                EngineError::Engine(format!("service {service} has no version index"))
+            })?;
+            let version = i32::try_from(version).map_err(|_| {
+                EngineError::Engine(format!(
+                    "service {service}: version index {version} too large"
+                ))
+            })?;
+            let mut spec = current.spec.unwrap_or_default();
+            let labels = spec.labels.get_or_insert_with(HashMap::new);
+            if labels.get(ROLLED_LABEL).map(String::as_str) == Some(change) {
+                return Ok(RollOutcome::AlreadyRolled);
+            }
+            labels.insert(ROLLED_LABEL.to_string(), change.to_string());
+            // `docker service update --force`: the spec unchanged but for ForceUpdate (and the
+            // label), so Swarm replaces the tasks under the service's own UpdateConfig. A service
+            // label alone changes no task.
+            if roll {
+                let task = spec.task_template.get_or_insert_with(Default::default);
+                task.force_update = Some(task.force_update.unwrap_or(0).wrapping_add(1));
+            }
+            let options = UpdateServiceOptions {
+                version,
+                ..Default::default()
+            };
+            match self
+                .docker
+                .update_service(service, spec, options, None)
+                .await
+            {
+                Ok(_) if roll => return Ok(RollOutcome::Rolled),
+                Ok(_) => return Ok(RollOutcome::Marked),
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. })
+                    if message.contains("out of sequence") =>
+                {
+                    tracing::debug!(
+                        service,
+                        "service changed while rolling it; reading it again"
+                    );
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Err(EngineError::Engine(format!(
+            "service {service} kept changing: {ROLL_ATTEMPTS} update attempts out of sequence"
+        )))
+    }
 }
+
+/// Reads and writes of one roll before giving up (each retry follows a concurrent update).
+const ROLL_ATTEMPTS: usize = 5;
 
 #[cfg(test)]
 mod tests {

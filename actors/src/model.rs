@@ -43,6 +43,29 @@ pub struct ContainerInfo {
     pub literal_refs: Vec<String>,
 }
 
+/// The label Docker puts on every Swarm task container: the id of the task's service.
+pub const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.id";
+
+/// The service label a roll carries: the change the service's tasks run with (see
+/// [`crate::tarball::rolled_digest`]). A roll for a change the service already carries is a no-op.
+pub const ROLLED_LABEL: &str = "dso.rolled";
+
+/// What asking the engine to roll a Swarm service did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollOutcome {
+    /// The service was updated with a new `ForceUpdate`: Swarm replaces its tasks, honouring the
+    /// service's `UpdateConfig` (parallelism, delay, failure action).
+    Rolled,
+    /// The service already carries `dso.rolled=<this change>`: another agent (or an earlier task
+    /// of the same service) rolled it.
+    AlreadyRolled,
+    /// This engine is not a Swarm manager: only a manager can update services; its agent rolls.
+    NotManager,
+    /// Asked not to roll (a first delivery): the label now records the change the tasks run
+    /// with, so that another agent's later delivery of the same values does not roll.
+    Marked,
+}
+
 /// A container from `docker ps` (running only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSummary {

@@ -27,7 +27,7 @@ fn put(path: &str, pairs: &[(&str, &str)]) {
     bao(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
-fn rotation_config(ws: &Workspace, refresh: &str) {
+pub(crate) fn rotation_config(ws: &Workspace, refresh: &str) {
     ws.write_config(&format!(
         r#"[providers.bao]
 type = "vault"

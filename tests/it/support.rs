@@ -58,8 +58,13 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
 
 /// `docker save` of the test image piped into `load` (another engine's `load`, e.g. `podman load`).
 pub fn copy_test_image(load: &mut Command) {
+    copy_image(&image(), load)
+}
+
+/// `docker save NAME` (the shared daemon) piped into `load`.
+pub fn copy_image(name: &str, load: &mut Command) {
     let mut save = Command::new("docker")
-        .args(["save", &image()])
+        .args(["save", name])
         .stdout(Stdio::piped())
         .spawn()
         .expect("docker save");
