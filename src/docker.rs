@@ -15,7 +15,7 @@ use bollard::Docker;
 use dso_actors::engine::{ContainerEngine, EngineError, EventStream};
 use dso_actors::model::{
     ContainerAction, ContainerInfo, ContainerSummary, EngineEvent, ExecOutput, RollOutcome,
-    ROLLED_LABEL,
+    SwarmTask, ROLLED_LABEL,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
@@ -413,7 +413,7 @@ impl ContainerEngine for BollardEngine {
 
     async fn roll_service(
         &self,
-        service: &str,
+        task: &SwarmTask,
         change: &str,
         roll: bool,
     ) -> Result<RollOutcome, EngineError> {
@@ -425,6 +425,8 @@ impl ContainerEngine for BollardEngine {
         {
             return Ok(RollOutcome::NotManager);
         }
+        self.prove_task(task).await?;
+        let service = task.service.as_str();
         // A write at a stale version index ("update out of sequence") lost a race with another
         // agent's roll (or an operator's update): read again and decide again.
         for _ in 0..ROLL_ATTEMPTS {
@@ -480,6 +482,54 @@ impl ContainerEngine for BollardEngine {
             "service {service} kept changing: {ROLL_ATTEMPTS} update attempts out of sequence"
         )))
     }
+}
+
+impl BollardEngine {
+    /// The container's Swarm labels are untrusted (anyone who creates a container sets them):
+    /// the roll goes ahead only when the manager knows the task, the task belongs to the service
+    /// and runs this very container.
+    async fn prove_task(&self, claim: &SwarmTask) -> Result<(), EngineError> {
+        let refuse = |why: &str| {
+            Err(EngineError::Engine(format!(
+                "container {} says it is a task of Swarm service {} but {why}: service not rolled",
+                short(&claim.container),
+                short(&claim.service),
+            )))
+        };
+        // Ids go into request paths: Swarm's are short lowercase alphanumerics, nothing else.
+        let id_like = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        if !id_like(&claim.task) {
+            return refuse("it has no valid com.docker.swarm.task.id label");
+        }
+        if !id_like(&claim.service) {
+            return refuse("its com.docker.swarm.service.id label is not an id");
+        }
+        let task = match self.docker.inspect_task(&claim.task).await {
+            Ok(t) => t,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return refuse("the manager knows no such task"),
+            Err(e) => return Err(map_err(e)),
+        };
+        if task.service_id.as_deref() != Some(claim.service.as_str()) {
+            return refuse("its task belongs to another service");
+        }
+        let runs = task
+            .status
+            .and_then(|s| s.container_status)
+            .and_then(|c| c.container_id);
+        if runs.as_deref() != Some(claim.container.as_str()) {
+            return refuse("its task runs another container");
+        }
+        Ok(())
+    }
+}
+
+/// The first 12 characters of an id, for messages.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// Reads and writes of one roll before giving up (each retry follows a concurrent update).

@@ -12,7 +12,7 @@ use crate::backend::{BackendError, SecretBackend};
 use crate::direct::{DirectError, DirectTarget, DirectWriter, FallbackReason, Written};
 use crate::engine::{ContainerEngine, EngineError, EventStream};
 use crate::model::{
-    ContainerInfo, ContainerSummary, EngineEvent, ExecOutput, RollOutcome, SecretFile,
+    ContainerInfo, ContainerSummary, EngineEvent, ExecOutput, RollOutcome, SecretFile, SwarmTask,
 };
 use crate::secret::{SecretData, SecretValue};
 
@@ -224,10 +224,11 @@ impl ContainerEngine for FakeEngine {
 
     async fn roll_service(
         &self,
-        service: &str,
+        task: &SwarmTask,
         change: &str,
         roll: bool,
     ) -> Result<RollOutcome, EngineError> {
+        let service = task.service.as_str();
         self.record(EngineCall::Roll(
             service.to_string(),
             change.to_string(),

@@ -333,8 +333,8 @@ pub struct RequestRestart {
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct RequestRoll {
-    /// Service id (`com.docker.swarm.service.id`).
-    pub service: String,
+    /// The task container that asks, and the service it says it belongs to.
+    pub task: crate::model::SwarmTask,
     /// The change ([`crate::tarball::rolled_digest`]): every task of one rotation asks with the
     /// same one, and the service is rolled once.
     pub change: String,

@@ -46,6 +46,22 @@ pub struct ContainerInfo {
 /// The label Docker puts on every Swarm task container: the id of the task's service.
 pub const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.id";
 
+/// The label Docker puts on every Swarm task container: the id of the task itself.
+pub const SWARM_TASK_LABEL: &str = "com.docker.swarm.task.id";
+
+/// A container that says it is a Swarm task (its `com.docker.swarm.*` labels). Labels are
+/// untrusted: the engine proves the claim (the task exists, belongs to `service` and runs
+/// `container`) before it rolls anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmTask {
+    /// Service id (`com.docker.swarm.service.id`).
+    pub service: String,
+    /// Task id (`com.docker.swarm.task.id`).
+    pub task: String,
+    /// The container's id.
+    pub container: String,
+}
+
 /// The service label a roll carries: the change the service's tasks run with (see
 /// [`crate::tarball::rolled_digest`]). A roll for a change the service already carries is a no-op.
 pub const ROLLED_LABEL: &str = "dso.rolled";

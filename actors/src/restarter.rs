@@ -187,19 +187,16 @@ impl Handler<RequestRoll> for Restarter {
     type Result = ();
 
     fn handle(&mut self, msg: RequestRoll, ctx: &mut Self::Context) {
-        let RequestRoll {
-            service,
-            change,
-            roll,
-        } = msg;
+        let RequestRoll { task, change, roll } = msg;
+        let service = task.service.clone();
         if self.rolled.get(&service) == Some(&change) {
             tracing::debug!(service = %service, change = %change, "service already rolled (or rolling) for this change");
             return;
         }
         self.rolled.insert(service.clone(), change.clone());
         let engine = self.engine.clone();
-        let (svc, chg) = (service.clone(), change.clone());
-        async move { engine.roll_service(&svc, &chg, roll).await }
+        let chg = change.clone();
+        async move { engine.roll_service(&task, &chg, roll).await }
             .into_actor(self)
             .map(move |res, act, _ctx| match res {
                 Ok(RollOutcome::Rolled) => {

@@ -711,6 +711,7 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
 #[actix_rt::test]
 async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted() {
     use crate::messages::RequestRoll;
+    use crate::model::SwarmTask;
     use crate::restarter::{Restarter, RestarterSettings};
     let engine = FakeEngine::new();
     let backend = FakeBackend::new();
@@ -727,6 +728,7 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
                 ("dso.secret.pw", "p/db#pw"),
                 ("dso.reload", reload),
                 ("com.docker.swarm.service.id", service),
+                ("com.docker.swarm.task.id", &format!("task-{id}")),
             ],
             &["/run/secrets/dso"],
         ));
@@ -786,7 +788,11 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
     .start();
     second
         .send(RequestRoll {
-            service: "svc".into(),
+            task: SwarmTask {
+                service: "svc".into(),
+                task: "task-t1".into(),
+                container: "t1".into(),
+            },
             change: rolled[0].1.clone(),
             roll: true,
         })
@@ -819,7 +825,11 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
     .start();
     worker
         .send(RequestRoll {
-            service: "svc".into(),
+            task: SwarmTask {
+                service: "svc".into(),
+                task: "task-t1".into(),
+                container: "t1".into(),
+            },
             change: "another".into(),
             roll: true,
         })

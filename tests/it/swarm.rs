@@ -171,6 +171,45 @@ fn a_swarm_service_is_served_rotated_and_rolled_once_by_two_agents() {
             Err(format!("{t:?}"))
         }
     });
+    // A plain container that claims, by its labels, to be one of `sig`'s tasks (a real task id of
+    // that service): labels are untrusted, so the agent must neither roll `sig` for it nor
+    // `docker restart` it.
+    let sig_id = engine.docker(&["service", "inspect", "-f", "{{.ID}}", "sig"]);
+    let a_sig_task = sig_tasks.iter().next().expect("a sig task");
+    let real_task = engine.docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"com.docker.swarm.task.id\"}}",
+        a_sig_task,
+    ]);
+    let forged = engine.docker(&[
+        "run",
+        "-d",
+        "--label",
+        &scope,
+        "--label",
+        &secret,
+        "--label",
+        "dso.reload=restart",
+        "--label",
+        &format!("com.docker.swarm.service.id={sig_id}"),
+        "--label",
+        &format!("com.docker.swarm.task.id={real_task}"),
+        "--tmpfs",
+        DIR,
+        &img,
+        "/bin/sleep",
+        "600",
+    ]);
+    let forged_started = engine.docker(&["inspect", "-f", "{{.State.StartedAt}}", &forged]);
+    wait_until(&engine, &[&first], 60, "the forged task served", || {
+        let (ok, out, _) = engine.docker_try(&["exec", &forged, "cat", &format!("{DIR}/pw")]);
+        if ok && out == "first" {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
     let second = Agent::start_with_env(&cfg2, &envs);
 
     // Rotation: every task gets the new value (the old tasks from the agents' write, the new
@@ -267,7 +306,35 @@ fn a_swarm_service_is_served_rotated_and_rolled_once_by_two_agents() {
         "{{.Spec.TaskTemplate.ForceUpdate}} {{index .Spec.Labels \"dso.rolled\"}}",
         "sig",
     ]);
-    assert_eq!(sig_spec.trim(), "0", "a signal: service is never rolled");
+    assert_eq!(
+        sig_spec.trim(),
+        "0",
+        "a signal: service is never rolled (nor for a container that claims its task)"
+    );
+    wait_until(
+        &engine,
+        &[&first, &second],
+        30,
+        "the forged task refused",
+        || {
+            let logs = format!("{}{}", first.logs(), second.logs());
+            if logs.contains("its task runs another container: service not rolled") {
+                Ok(())
+            } else {
+                Err("no refusal logged yet".into())
+            }
+        },
+    );
+    assert_eq!(
+        engine.docker(&[
+            "inspect",
+            "-f",
+            "{{.RestartCount}} {{.State.StartedAt}}",
+            &forged
+        ]),
+        format!("0 {forged_started}"),
+        "the forged task is never docker-restarted"
+    );
     // The roll changed nothing but ForceUpdate and the label: the UpdateConfig Swarm followed,
     // the mounts, labels and the rest of the spec came through the read-modify-write intact.
     assert_eq!(

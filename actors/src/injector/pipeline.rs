@@ -14,7 +14,9 @@ use crate::engine::{ContainerEngine, EngineError};
 use crate::hints;
 use crate::messages::{ContainerJob, FetchError, FileStatus, GetSecret, Trigger};
 use crate::metrics::{Metrics, CONTAINER_WARNING_REASONS};
-use crate::model::{ContainerAction, ContainerInfo, SecretFile, SWARM_SERVICE_LABEL};
+use crate::model::{
+    ContainerAction, ContainerInfo, SecretFile, SwarmTask, SWARM_SERVICE_LABEL, SWARM_TASK_LABEL,
+};
 use crate::secret::SecretValue;
 use crate::spec::{build_spec, tmpfs_mount_of, ContainerSpec, ReloadPolicy, SpecError, Target};
 use crate::tarball::{digest, rolled_digest};
@@ -279,6 +281,8 @@ fn already_injected(
 }
 
 /// For a Swarm task whose policy is `restart`: its service and the change a roll would be for.
+/// A container that only claims to be a task (labels are untrusted) is never `docker restart`ed
+/// either: the engine refuses the roll when the claim does not hold.
 fn swarm_roll(
     spec: &ContainerSpec,
     info: &ContainerInfo,
@@ -291,7 +295,15 @@ fn swarm_roll(
     let service = info.labels.get(SWARM_SERVICE_LABEL)?;
     Some(reload::Roll {
         change: rolled_digest(service, pairs, versions),
-        service: service.clone(),
+        task: SwarmTask {
+            service: service.clone(),
+            task: info
+                .labels
+                .get(SWARM_TASK_LABEL)
+                .cloned()
+                .unwrap_or_default(),
+            container: info.id.clone(),
+        },
     })
 }
 

@@ -3,7 +3,7 @@
 //! is one variant of [`ReloadPolicy`] (parsed in `spec`) and one arm of [`run`].
 
 use crate::engine::ContainerEngine;
-use crate::model::ContainerInfo;
+use crate::model::{ContainerInfo, SwarmTask};
 use crate::spec::ReloadPolicy;
 
 use super::InjectorSettings;
@@ -23,8 +23,8 @@ pub(super) struct Reloaded {
 /// The Swarm roll a `restart` is for this container: a Swarm task's service and the change.
 #[derive(Debug)]
 pub(super) struct Roll {
-    /// Service id.
-    pub service: String,
+    /// The task container and the service it says it belongs to (proved by the engine).
+    pub task: SwarmTask,
     /// [`crate::tarball::rolled_digest`] of what was delivered.
     pub change: String,
 }
@@ -52,11 +52,11 @@ pub(super) async fn run(
         // The service, once per change, through the Restarter (which counts it); without one
         // (unit tests of a lone shard), the engine's roll at once.
         ReloadPolicy::Restart if roll.is_some() => {
-            let Roll { service, change } = roll?;
+            let Roll { task, change } = roll?;
             match &settings.restarter {
                 Some(r) => (
                     r.try_send(crate::messages::RequestRoll {
-                        service,
+                        task,
                         change,
                         roll: true,
                     })
@@ -65,10 +65,10 @@ pub(super) async fn run(
                 ),
                 None => (
                     engine
-                        .roll_service(&service, &change, true)
+                        .roll_service(&task, &change, true)
                         .await
                         .map(drop)
-                        .map_err(|e| format!("rolling service {service}: {e}")),
+                        .map_err(|e| format!("rolling service {}: {e}", task.service)),
                     true,
                 ),
             }
@@ -102,11 +102,11 @@ pub(super) async fn run(
 /// the change its tasks run with (no roll), through the Restarter, which asks once per change.
 /// Best effort: a lost mark costs at most one extra roll later.
 pub(super) fn mark(roll: Option<Roll>, settings: &InjectorSettings) {
-    let (Some(Roll { service, change }), Some(r)) = (roll, &settings.restarter) else {
+    let (Some(Roll { task, change }), Some(r)) = (roll, &settings.restarter) else {
         return;
     };
     if let Err(e) = r.try_send(crate::messages::RequestRoll {
-        service,
+        task,
         change,
         roll: false,
     }) {
