@@ -175,8 +175,9 @@ fn restarts_once_on_change(through_agent: bool) {
     assert_eq!(lines(&log, 4, "term forwarded").last().unwrap(), "term");
     assert_eq!(status.code(), Some(0));
     if let Some(agent) = agent {
-        let logs = agent.logs();
-        assert!(logs.contains("`dso run --watch` ended"), "{logs}");
+        // The agent logs the end when it has handled `dso run`'s last request: wait for it
+        // (the child's exit does not order the agent's log line).
+        let logs = agent.wait_log("`dso run --watch` ended");
         assert!(
             !logs.contains(&v1) && !logs.contains(&v2),
             "no value in the agent's logs"
