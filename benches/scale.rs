@@ -12,9 +12,15 @@
 //! (default 300) with all N served. Every container is labelled `dso.bench=<run id>` and removed
 //! at the end, also when the bench fails.
 //!
+//! The containers run on a private dockerd (`benches/common/dockerd.rs`: its own network
+//! namespace, data root and socket, the offline image copied in), so that 1,000 containers never
+//! wedge the daemon other work shares; `DSO_BENCH_DOCKERD=shared` uses the one the Docker CLI
+//! reaches instead.
+//!
 //! Run: `scripts/test-env.sh up && . target/test-env/env && cargo bench --bench scale`.
 //! `DSO_BENCH_N` (default 1000), `DSO_BENCH_PAR`, `DSO_BENCH_IDLE_SECS`, `DSO_BENCH_WRITE_MODE`
-//! (`auto`, the default: direct writes; `exec`).
+//! (`auto`, the default: direct writes; `exec`), `DSO_BENCH_DOCKERD` (`private`, the default;
+//! `shared`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -144,10 +150,18 @@ fn main() {
             .unwrap_or(0)
     );
     let scope = format!("dso.bench={uniq}");
+    // Declared before the container guard: dropped after it (containers first, then the daemon).
+    let private = (env_or("DSO_BENCH_DOCKERD", "private") == "private").then(|| {
+        let d = common::dockerd::PrivateDockerd::start(&image);
+        // Still one thread: the agent and every `docker` this bench runs inherit it.
+        std::env::set_var("DOCKER_HOST", d.host());
+        d
+    });
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "scale bench: {n} real containers × {} secrets ({LOCAL} local vault, {BAO} OpenBao), write_mode {write_mode}, {par} parallel docker runs; {} cores, load average {}",
+        "scale bench: {n} real containers × {} secrets ({LOCAL} local vault, {BAO} OpenBao), write_mode {write_mode}, {par} parallel docker runs, {} dockerd; {} cores, load average {}",
         LOCAL + BAO,
+        if private.is_some() { "a private" } else { "the shared" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );

@@ -24,7 +24,9 @@
 //!   agent's CPU-seconds per 1,000 events. `DSO_SIM_PERF=1` records the agent with `perf` during
 //!   each storm and prints the top of `perf report`.
 //! - `faults`: a 10,000 events/min storm while the event stream is cut every second, then one with
-//!   inspect answering after 10 s (`DSO_SIM_FAULT_INSPECT_SECS`).
+//!   inspect answering after 10 s (`DSO_SIM_FAULT_INSPECT_SECS`), then one whose event stream
+//!   stalls (events held back, then delivered) for `DSO_SIM_FAULT_STALL_SECS` (default 10) from a
+//!   third of the storm on.
 //!
 //! Agent settings are the defaults unless `DSO_SIM_SHARDS`, `DSO_SIM_SHARD_CONCURRENCY`,
 //! `DSO_SIM_QUEUE` are set. `DSO_SIM_NICE=-10` runs the simulator and the agent at a higher
@@ -397,14 +399,20 @@ struct StormResult {
     inspects: u64,
 }
 
+/// A fault of the event stream during a storm: from `secs / 3` on, held back for this long.
+type Stall = Option<Duration>;
+
 fn storm(
     rate_per_min: u64,
     secs: u64,
     lifetime: Duration,
     sim_config: SimConfig,
     perf: bool,
+    stall: Stall,
 ) -> StormResult {
     let r = rig(sim_config, &Opts::default());
+    let stall_from = Duration::from_secs(secs) / 3;
+    let mut stalled = false;
     std::thread::sleep(Duration::from_secs(1));
     let before = r.agent.stats();
     let sim_cpu0 = proc_cpu_secs(std::process::id());
@@ -444,6 +452,13 @@ fn storm(
     let mut max_lag = 0f64;
     let mut next_sample = Duration::from_secs(1);
     while t.elapsed() < gen_end {
+        if let Some(d) = stall {
+            let in_stall = t.elapsed() >= stall_from && t.elapsed() < stall_from + d;
+            if in_stall != stalled {
+                r.sim.stall_events(in_stall);
+                stalled = in_stall;
+            }
+        }
         if t.elapsed() >= next_sample {
             next_sample += Duration::from_secs(1);
             let recv: f64 = r
@@ -480,6 +495,9 @@ fn storm(
             emitted += 1;
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+    if stalled {
+        r.sim.stall_events(false);
     }
     let during = proc_stats(r.agent.pid);
     let agent_cpu_frac = (during.cpu_s - before.cpu_s) / t.elapsed().as_secs_f64();
@@ -680,7 +698,7 @@ fn main() {
                     .split(',')
                     .filter_map(|r| r.trim().parse::<u64>().ok())
                 {
-                    let s = storm(rate, storm_secs, lifetime, sim_config(), perf);
+                    let s = storm(rate, storm_secs, lifetime, sim_config(), perf, None);
                     print_storm(&s);
                 }
             }
@@ -691,7 +709,7 @@ fn main() {
                     ..sim_config()
                 };
                 print!("  stream cut every 1 s:");
-                print_storm(&storm(10_000, storm_secs, lifetime, cut, false));
+                print_storm(&storm(10_000, storm_secs, lifetime, cut, false, None));
                 let slow = SimConfig {
                     inspect_latency: Duration::from_secs(env_num("DSO_SIM_FAULT_INSPECT_SECS", 10)),
                     ..sim_config()
@@ -703,6 +721,20 @@ fn main() {
                     Duration::from_secs(60),
                     slow,
                     false,
+                    None,
+                ));
+                let d = Duration::from_secs(env_num("DSO_SIM_FAULT_STALL_SECS", 10));
+                print!(
+                    "  stream stalls {} s (events held, then delivered):",
+                    d.as_secs()
+                );
+                print_storm(&storm(
+                    10_000,
+                    storm_secs,
+                    lifetime,
+                    sim_config(),
+                    false,
+                    Some(d),
                 ));
             }
             other => println!("unknown scenario `{other}` (idle, shared, distinct, storm, faults)"),

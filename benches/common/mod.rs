@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod dockerd;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command};
