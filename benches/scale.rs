@@ -20,7 +20,8 @@
 //! Run: `scripts/test-env.sh up && . target/test-env/env && cargo bench --bench scale`.
 //! `DSO_BENCH_N` (default 1000), `DSO_BENCH_PAR`, `DSO_BENCH_IDLE_SECS`, `DSO_BENCH_WRITE_MODE`
 //! (`auto`, the default: direct writes; `exec`), `DSO_BENCH_DOCKERD` (`private`, the default;
-//! `shared`).
+//! `shared`), `DSO_BENCH_SHARD_CONCURRENCY` (`agent.shard_concurrency`, default 4: the exec-path
+//! restart then measures the real daemon's exec throughput at 8 × that many execs in flight).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -116,9 +117,10 @@ fn config(dir: &Path, scope: &str, write_mode: &str, vault_addr: &str) -> std::p
         &path,
         format!(
             "[agent]\nlisten = \"127.0.0.1:0\"\nscope = \"{scope}\"\nstate_dir = \"{state}\"\n\
-             admin_socket = \"{sock}\"\nwrite_mode = \"{write_mode}\"\n\n\
+             admin_socket = \"{sock}\"\nwrite_mode = \"{write_mode}\"\nshard_concurrency = {conc}\n\n\
              [providers.local]\ntype = \"file\"\npath = \"{vault}\"\nkey_file = \"{key}\"\n\n\
              [providers.bao]\ntype = \"vault\"\naddress = \"{vault_addr}\"\ntoken_env = \"DSO_BENCH_BAO_TOKEN\"\ntimeout = \"10s\"\n",
+            conc = env_num("DSO_BENCH_SHARD_CONCURRENCY", 4usize),
             state = dir.join("state").display(),
             sock = dir.join("dso.sock").display(),
             vault = dir.join("vault.enc").display(),
@@ -153,8 +155,7 @@ fn main() {
     // Declared before the container guard: dropped after it (containers first, then the daemon).
     let private = (env_or("DSO_BENCH_DOCKERD", "private") == "private").then(|| {
         let d = common::dockerd::PrivateDockerd::start(&image);
-        // Still one thread: the agent and every `docker` this bench runs inherit it.
-        std::env::set_var("DOCKER_HOST", d.host());
+        use_docker_host(d.host());
         d
     });
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -204,7 +205,10 @@ fn main() {
             format!("dso.secret.b{j}=bao/bench/{uniq}/b{j}#password"),
         ]);
     }
-    let envs = [("DSO_BENCH_BAO_TOKEN", vault_token.as_str())];
+    let mut envs = vec![("DSO_BENCH_BAO_TOKEN", vault_token.as_str())];
+    if let Some(h) = docker_host() {
+        envs.push(("DOCKER_HOST", h));
+    }
     let log = dir.path().join("agent.log");
     let mut agent = Agent::start(env!("CARGO_BIN_EXE_dso"), &cfg, &log, &envs);
     std::thread::sleep(Duration::from_secs(2));
@@ -354,9 +358,11 @@ fn main() {
             .sum::<f64>()
             + 0.0;
         println!(
-            "\n== restart on the {mode} path (SIGTERM took {:.2} s)\n  spawn → all {n} found unchanged: {}; reconcile duration {:.2} s; writes {}; reloads {reloads}; results {:?}",
+            "\n== restart on the {mode} path (SIGTERM took {:.2} s)\n  spawn → all {n} found unchanged: {} ({:.1} containers/s, shard_concurrency {}); reconcile pass (list and dispatch) {:.2} s; writes {}; reloads {reloads}; results {:?}",
             stop.as_secs_f64(),
             if done.is_some() { format!("{elapsed:.2} s") } else { "NOT in 600 s".into() },
+            n as f64 / elapsed,
+            env_num("DSO_BENCH_SHARD_CONCURRENCY", 4usize),
             m.get("dso_reconcile_duration_seconds_sum"),
             m.get(success),
             nonzero(m.by_label("dso_injections_total{result="))

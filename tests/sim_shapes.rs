@@ -101,6 +101,18 @@ fn image() -> String {
     std::env::var("DSO_TEST_IMAGE").unwrap_or_else(|_| "dso-test/busybox:latest".to_string())
 }
 
+/// One call of the injection script: (what, (mount, dir), digest, value, transport, expected
+/// exit, prints `replaced`).
+type Step = (
+    &'static str,
+    (&'static str, &'static str),
+    &'static str,
+    &'static str,
+    Transport,
+    ScriptExit,
+    bool,
+);
+
 /// The injection script with one file through the agent's adapter → (exit code, output).
 async fn inject(
     engine: &BollardEngine,
@@ -348,7 +360,7 @@ fn simulator_speaks_like_the_real_engine() {
         // The script's answers (actors/src/injector/write.sh, codes from ScriptExit), in order.
         let at = (DIR, DIR);
         let below = (DIR, "/run/secrets/dso/app");
-        let steps: [(&str, (&str, &str), &str, &str, Transport, ScriptExit, bool); 6] = [
+        let steps: [Step; 6] = [
             (
                 "first write",
                 at,
