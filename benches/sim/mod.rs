@@ -4,6 +4,10 @@
 //! be driven at a scale one machine cannot start for real (10,000 containers, 200,000 events a
 //! minute).
 //!
+//! Why this file is long: it is one fake daemon (state, HTTP routing, the event stream, exec and
+//! the script's answers), kept in one place so that `tests/sim_shapes.rs` checks all of it against
+//! the real dockerd; split, its pieces would only be used together.
+//!
 //! Endpoints (with or without a `/v1.xx` prefix):
 //! - `GET /_ping`, `GET /version` (API 1.41, like Engine 20.10);
 //! - `GET /events?since=&filters=` — a chunked JSON stream of container `start`/`die`/`destroy`
