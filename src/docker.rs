@@ -9,11 +9,13 @@ use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::MountType;
 use bollard::query_parameters::{
     EventsOptions, KillContainerOptions, ListContainersOptions, RestartContainerOptions,
+    UpdateServiceOptions,
 };
 use bollard::Docker;
 use dso_actors::engine::{ContainerEngine, EngineError, EventStream};
 use dso_actors::model::{
-    ContainerAction, ContainerInfo, ContainerSummary, EngineEvent, ExecOutput,
+    ContainerAction, ContainerInfo, ContainerSummary, EngineEvent, ExecOutput, RollOutcome,
+    SwarmTask, ROLLED_LABEL,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
@@ -408,7 +410,130 @@ impl ContainerEngine for BollardEngine {
             .await
             .map_err(map_err)
     }
+
+    async fn roll_service(
+        &self,
+        task: &SwarmTask,
+        change: &str,
+        roll: bool,
+    ) -> Result<RollOutcome, EngineError> {
+        let info = self.docker.info().await.map_err(map_err)?;
+        if !info
+            .swarm
+            .and_then(|s| s.control_available)
+            .unwrap_or(false)
+        {
+            return Ok(RollOutcome::NotManager);
+        }
+        self.prove_task(task).await?;
+        let service = task.service.as_str();
+        // A write at a stale version index ("update out of sequence") lost a race with another
+        // agent's roll (or an operator's update): read again and decide again.
+        for _ in 0..ROLL_ATTEMPTS {
+            let current = self
+                .docker
+                .inspect_service(service, None)
+                .await
+                .map_err(map_err)?;
+            let version = current.version.and_then(|v| v.index).ok_or_else(|| {
+                EngineError::Engine(format!("service {service} has no version index"))
+            })?;
+            let version = i32::try_from(version).map_err(|_| {
+                EngineError::Engine(format!(
+                    "service {service}: version index {version} too large"
+                ))
+            })?;
+            let mut spec = current.spec.unwrap_or_default();
+            let labels = spec.labels.get_or_insert_with(HashMap::new);
+            if labels.get(ROLLED_LABEL).map(String::as_str) == Some(change) {
+                return Ok(RollOutcome::AlreadyRolled);
+            }
+            labels.insert(ROLLED_LABEL.to_string(), change.to_string());
+            // `docker service update --force`: the spec unchanged but for ForceUpdate (and the
+            // label), so Swarm replaces the tasks under the service's own UpdateConfig. A service
+            // label alone changes no task.
+            if roll {
+                let task = spec.task_template.get_or_insert_with(Default::default);
+                task.force_update = Some(task.force_update.unwrap_or(0).wrapping_add(1));
+            }
+            let options = UpdateServiceOptions {
+                version,
+                ..Default::default()
+            };
+            match self
+                .docker
+                .update_service(service, spec, options, None)
+                .await
+            {
+                Ok(_) if roll => return Ok(RollOutcome::Rolled),
+                Ok(_) => return Ok(RollOutcome::Marked),
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. })
+                    if message.contains("out of sequence") =>
+                {
+                    tracing::debug!(
+                        service,
+                        "service changed while rolling it; reading it again"
+                    );
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Err(EngineError::Engine(format!(
+            "service {service} kept changing: {ROLL_ATTEMPTS} update attempts out of sequence"
+        )))
+    }
 }
+
+impl BollardEngine {
+    /// The container's Swarm labels are untrusted (anyone who creates a container sets them):
+    /// the roll goes ahead only when the manager knows the task, the task belongs to the service
+    /// and runs this very container.
+    async fn prove_task(&self, claim: &SwarmTask) -> Result<(), EngineError> {
+        let refuse = |why: &str| {
+            Err(EngineError::Engine(format!(
+                "container {} says it is a task of Swarm service {} but {why}: service not rolled",
+                short(&claim.container),
+                short(&claim.service),
+            )))
+        };
+        // Ids go into request paths: Swarm's are short lowercase alphanumerics, nothing else.
+        let id_like = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        if !id_like(&claim.task) {
+            return refuse("it has no valid com.docker.swarm.task.id label");
+        }
+        if !id_like(&claim.service) {
+            return refuse("its com.docker.swarm.service.id label is not an id");
+        }
+        let task = match self.docker.inspect_task(&claim.task).await {
+            Ok(t) => t,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return refuse("the manager knows no such task"),
+            Err(e) => return Err(map_err(e)),
+        };
+        if task.service_id.as_deref() != Some(claim.service.as_str()) {
+            return refuse("its task belongs to another service");
+        }
+        let runs = task
+            .status
+            .and_then(|s| s.container_status)
+            .and_then(|c| c.container_id);
+        if runs.as_deref() != Some(claim.container.as_str()) {
+            return refuse("its task runs another container");
+        }
+        Ok(())
+    }
+}
+
+/// The first 12 characters of an id, for messages.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// Reads and writes of one roll before giving up (each retry follows a concurrent update).
+const ROLL_ATTEMPTS: usize = 5;
 
 #[cfg(test)]
 mod tests {

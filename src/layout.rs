@@ -216,6 +216,12 @@ pub(crate) fn read_file(
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    read_open(fd, max)
+}
+
+/// Reads at most `max` + 1 bytes of `fd` (opened `O_NONBLOCK`), when it is a regular file
+/// (anything else is `EINVAL`, never read): more than `max` tells the caller it is too large.
+pub(crate) fn read_open(fd: OwnedFd, max: usize) -> Result<(Stat, Zeroizing<Vec<u8>>), Errno> {
     let st = fstat(&fd)?;
     if kind(&st) != FileType::RegularFile {
         return Err(Errno::INVAL);
@@ -573,6 +579,7 @@ mod tests {
             mode,
             uid,
             gid: uid + 1,
+            names: Default::default(),
         }
     }
 

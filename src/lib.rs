@@ -3,6 +3,7 @@
 //! This crate holds the CLI, the configuration and the adapters (Docker via bollard, secret
 //! backends); the actor system lives in the `dso-actors` crate. See `ARCHITECTURE.md`.
 
+pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod compose;

@@ -172,8 +172,15 @@ impl DirectWriter for ProcRootWriter {
             Err(e) if gone_errno(e) => return Err(gone("before the write")),
             Err(e) => return Err(denied("opening root", e)),
         };
+        // Owners given by name: from the container's own account files, read through its root
+        // before anything is created (an unknown name writes nothing).
+        let resolved = crate::accounts::resolve_owners(root.as_fd(), files)?;
+        let files: Vec<(&SecretFile, &SecretValue)> = match &resolved {
+            Some(r) => r.iter().zip(files.iter().map(|(_, v)| *v)).collect(),
+            None => files.to_vec(),
+        };
         let dirfd = open_secrets_dir(root.as_fd(), target.mount, target.dir)?;
-        let written = write_layout(dirfd.as_fd(), target.dir, digest, files)?;
+        let written = write_layout(dirfd.as_fd(), target.dir, digest, &files)?;
         // A process that exited meanwhile leaves a clear outcome rather than a false "success".
         match statat(&procfd, "stat", AtFlags::SYMLINK_NOFOLLOW) {
             Err(e) if gone_errno(e) => Err(gone("during the write")),
@@ -193,6 +200,7 @@ mod tests {
             mode: 0o400,
             uid: 0,
             gid: 0,
+            names: Default::default(),
         }
     }
 

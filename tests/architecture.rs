@@ -249,9 +249,59 @@ fn import_graph(crate_src: &str) -> BTreeMap<String, BTreeSet<String>> {
                 }
             }
         }
+        // `super::sibling` (also inside `use super::{a, b::C}`) names a sibling module.
+        // (`me` of a `mod.rs` is its directory's module, so one rule serves both kinds of file.)
+        let parent = me
+            .rsplit_once("::")
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_default();
+        for (i, _) in code.match_indices("super::") {
+            for first in first_segments(&code[i + 7..]) {
+                let m = if parent.is_empty() {
+                    first
+                } else {
+                    format!("{parent}::{first}")
+                };
+                if modules.contains(&m) && m != me && !m.starts_with(&format!("{me}::")) {
+                    deps.insert(m);
+                }
+            }
+        }
         graph.insert(me, deps);
     }
     graph
+}
+
+/// The first path segment of each item a `use` tail names: `a::B` → `a`; `{a, b::{C, D}}` → `a`, `b`.
+fn first_segments(tail: &str) -> Vec<String> {
+    let ident = |t: &str| -> String {
+        t.trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let Some(inner) = tail.trim_start().strip_prefix('{') else {
+        return vec![ident(tail)];
+    };
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                out.push(ident(&inner[start..i]));
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(ident(&inner[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.retain(|s| !s.is_empty() && s != "self");
+    out
 }
 
 /// One cycle of the graph, if there is any.

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "it/engine2.rs"]
+mod engine2;
 #[path = "it/support.rs"]
 mod support;
 
@@ -357,7 +359,7 @@ fn the_agent_container_killed_by_sigkill_is_restarted_and_rewrites_nothing() {
         "/bin/sleep",
         "600",
     ]);
-    let user = Container { id, name };
+    let user = Container::docker(id, name);
     p.eventually("the non-root container's secret", || {
         (p.read(&user.id, &format!("{DIR}/pw"))? == "ct-password-41").then_some(())
     });
@@ -622,4 +624,197 @@ fn a_standby_agent_container_takes_over_from_a_killed_one_and_docker_healthcheck
         1,
         "one delivery in all: the app's\n{audit}"
     );
+}
+
+/// `deploy/swarm-stack.yaml` with `docker stack deploy` on a single-node swarm (a private dockerd,
+/// `it/engine2.rs`, so swarm mode never reaches the shared daemon): the agent runs as a global
+/// service with its config and vault as Swarm configs/secrets, serves a service's task over the
+/// exec path (no `pid: host` for services), and the time of that write is printed.
+#[test]
+fn the_agent_stack_deploys_on_a_swarm_and_serves_a_service_over_exec() {
+    build_image();
+    let mut engine = engine2::Engine2::unix("dso-stack-", &format!("dsostk{}", std::process::id()));
+    engine.swarm_init();
+    copy_image(AGENT_IMAGE, engine.docker_cmd().arg("load"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let scope = unique("stack");
+    std::fs::write(
+        p("dso-swarm.toml"),
+        format!(
+            r#"[agent]
+scope = "dso.test={scope}"
+state_dir = "/var/lib/dso"
+admin_socket = "/var/lib/dso/dso.sock"
+
+[providers.local]
+type = "file"
+path = "/run/secrets/dso_vault"
+key_file = "/run/secrets/dso_vault_key"
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        p("host.toml"),
+        format!(
+            "[providers.local]\ntype = \"file\"\npath = \"{}\"\nkey_file = \"{}\"\n",
+            p("vault.enc"),
+            p("vault.key")
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = {
+        use std::io::Write;
+        let mut child = Command::new(dso_bin())
+            .args([
+                "--config",
+                &p("host.toml"),
+                "secret",
+                "set",
+                "app/db#password",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"from-stack")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            (),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "dso secret set: {err}");
+
+    let sock = engine.path("docker.sock").display().to_string();
+    let (ok, out, err) = run(engine
+        .docker_cmd()
+        .args(["stack", "deploy", "-c"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/swarm-stack.yaml"
+        ))
+        .arg("dso")
+        .env("DSO_IMAGE", AGENT_IMAGE)
+        .env("DSO_CONFIG_FILE", p("dso-swarm.toml"))
+        .env("DSO_VAULT_FILE", p("vault.enc"))
+        .env("DSO_VAULT_KEY", p("vault.key"))
+        .env("DSO_DOCKER_SOCKET", &sock));
+    assert!(ok, "docker stack deploy: {out}{err}");
+    let agent_logs = |engine: &engine2::Engine2| -> String {
+        let id = engine.docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=dso_dso",
+        ]);
+        let id = id.lines().next().unwrap_or_default().to_string();
+        if id.is_empty() {
+            return engine
+                .docker_try(&["service", "ps", "--no-trunc", "dso_dso"])
+                .1;
+        }
+        let (_, out, err) = engine.docker_try(&["logs", &id]);
+        format!("{out}{err}")
+    };
+    let deadline = Instant::now() + WAIT;
+    while !agent_logs(&engine).contains("docker event stream connected") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent task never connected:\n{}",
+            agent_logs(&engine)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // The application as a stack too: service-level `labels` reach the task containers,
+    // `deploy.labels` label the service only (that secret must not be written).
+    std::fs::write(
+        p("app-stack.yaml"),
+        format!(
+            r#"version: "3.8"
+services:
+  app:
+    image: {image}
+    command: ["/bin/sleep", "600"]
+    stop_grace_period: 1s
+    labels:
+      dso.test: "{scope}"
+      dso.secret.pw: local/app/db#password
+    volumes:
+      - type: tmpfs
+        target: {DIR}
+    deploy:
+      replicas: 3
+      labels:
+        dso.secret.ignored: local/app/db#password
+"#,
+            image = image()
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) =
+        run(engine
+            .docker_cmd()
+            .args(["stack", "deploy", "-c", &p("app-stack.yaml"), "app"]));
+    assert!(ok, "docker stack deploy (app): {out}{err}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ids = engine.docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=app_app",
+        ]);
+        let served = ids
+            .lines()
+            .filter(|id| {
+                let (ok, out, _) = engine.docker_try(&["exec", id, "cat", &format!("{DIR}/pw")]);
+                ok && out == "from-stack"
+            })
+            .count();
+        if served == 3 {
+            for id in ids.lines() {
+                let ls = engine.docker(&["exec", id, "ls", "-A", DIR]);
+                assert!(
+                    !ls.contains("ignored"),
+                    "deploy.labels reached the task: {ls}"
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app's 3 tasks never got their secret:\n{}",
+            agent_logs(&engine)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let logs = agent_logs(&engine);
+    assert!(
+        logs.contains("direct writes not possible") && logs.contains("pid_namespace"),
+        "a Swarm service has no pid: host, so the exec path:\n{logs}"
+    );
+    let took: Vec<u64> = logs
+        .lines()
+        .filter(|l| l.contains("secrets injected"))
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()?
+                .get("duration_us")?
+                .as_u64()
+        })
+        .collect();
+    eprintln!("swarm stack agent, exec path: injection took {took:?} µs");
+    for stack in ["app", "dso"] {
+        let (ok, out, err) = run(engine.docker_cmd().args(["stack", "rm", stack]));
+        assert!(ok, "docker stack rm {stack}: {out}{err}");
+    }
 }

@@ -128,6 +128,7 @@ async fn inject(
         mode: 0o400,
         uid: 0,
         gid: 0,
+        names: Default::default(),
     };
     let v = SecretValue::new(value.as_bytes().to_vec());
     let payload = match transport {

@@ -163,6 +163,19 @@ pub enum DirectError {
         /// What is wrong, and what to do.
         reason: String,
     },
+    /// A user or group name of the spec is not in the container's `/etc/passwd` or
+    /// `/etc/group`: refused, nothing written.
+    #[error("{0}")]
+    UnknownOwner(#[from] crate::owners::UnknownName),
+    /// The container's `/etc/passwd` or `/etc/group` could not be read (through its root,
+    /// confined like the write); nothing written.
+    #[error("reading {file} through the container's root: {source}")]
+    Accounts {
+        /// `/etc/passwd` or `/etc/group`.
+        file: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
     /// One step of the write failed; the previous set (if any) is still in place.
     #[error("{step} `{name}` in {dir}: {source}")]
     Io {
@@ -181,6 +194,9 @@ pub enum DirectError {
 /// unit-tested with `fake::FakeDirectWriter`; the real one is the `dso` crate's `ProcRootWriter`).
 pub trait DirectWriter: Send + Sync + std::fmt::Debug {
     /// Installs `files` (with their values, in this order) into `target` as generation `digest`.
+    /// Owners given by name (`SecretFile::names`) are resolved from the container's own
+    /// `/etc/passwd` and `/etc/group`, read through its root (`crate::owners::resolve`); an
+    /// unknown name is [`DirectError::UnknownOwner`], nothing written.
     fn write(
         &self,
         target: &DirectTarget<'_>,

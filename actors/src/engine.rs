@@ -8,7 +8,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
-use crate::model::{ContainerInfo, ContainerSummary, EngineEvent, ExecOutput};
+use crate::model::{
+    ContainerInfo, ContainerSummary, EngineEvent, ExecOutput, RollOutcome, SwarmTask,
+};
 
 /// Why an engine call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,4 +68,18 @@ pub trait ContainerEngine: Send + Sync + 'static {
     async fn signal(&self, id: &str, signal: &str) -> Result<(), EngineError>;
     /// Restarts the container (Docker's own restart: stop with its timeout, then start).
     async fn restart(&self, id: &str) -> Result<(), EngineError>;
+    /// Rolls the Swarm service of `task` for change `change` (`docker service update --force`):
+    /// on a manager, first proves from the engine that `task.task` is a task of `task.service`
+    /// running `task.container` (labels are untrusted: a plain container must not make DSO roll
+    /// someone else's service), then reads the service and updates it at its version index with `ForceUpdate`
+    /// incremented and the label `dso.rolled=<change>`, unless it already carries that label. A
+    /// write that lost a race with another agent's is read again. With `roll` false (a first
+    /// delivery) only the label is set: the tasks already run with `change`. Never `docker
+    /// restart`s a task.
+    async fn roll_service(
+        &self,
+        task: &SwarmTask,
+        change: &str,
+        roll: bool,
+    ) -> Result<RollOutcome, EngineError>;
 }

@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 use crate::backend::{BackendError, SecretBackend};
 use crate::direct::{DirectError, DirectTarget, DirectWriter, FallbackReason, Written};
 use crate::engine::{ContainerEngine, EngineError, EventStream};
-use crate::model::{ContainerInfo, ContainerSummary, EngineEvent, ExecOutput, SecretFile};
+use crate::model::{
+    ContainerInfo, ContainerSummary, EngineEvent, ExecOutput, RollOutcome, SecretFile, SwarmTask,
+};
 use crate::secret::{SecretData, SecretValue};
 
 /// One recorded engine call.
@@ -36,6 +38,8 @@ pub enum EngineCall {
     Signal(String, String),
     /// `restart(id)`.
     Restart(String),
+    /// `roll_service(service, change, roll)`, whatever it answered.
+    Roll(String, String, bool),
 }
 
 /// A fake engine: containers are whatever the test put in; every call is recorded.
@@ -61,6 +65,12 @@ pub struct FakeEngine {
     pub execs_in_flight: AtomicUsize,
     /// The most execs seen running at once.
     pub execs_max_in_flight: AtomicUsize,
+    /// When true, `roll_service` answers [`RollOutcome::NotManager`] (a worker node's engine).
+    pub worker: Mutex<bool>,
+    /// The `dso.rolled` label per service, as `roll_service` left it.
+    pub rolled: Mutex<HashMap<String, String>>,
+    /// Rolls that really updated a service: (service, change).
+    pub rolls_done: Mutex<Vec<(String, String)>>,
 }
 
 impl FakeEngine {
@@ -90,6 +100,14 @@ impl FakeEngine {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Rolls that updated a service (not the no-ops): (service, change).
+    pub fn rolls(&self) -> Vec<(String, String)> {
+        self.rolls_done
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Pushes an event into the stream (if subscribed).
@@ -202,6 +220,38 @@ impl ContainerEngine for FakeEngine {
             tokio::time::sleep(delay).await;
         }
         Ok(())
+    }
+
+    async fn roll_service(
+        &self,
+        task: &SwarmTask,
+        change: &str,
+        roll: bool,
+    ) -> Result<RollOutcome, EngineError> {
+        let service = task.service.as_str();
+        self.record(EngineCall::Roll(
+            service.to_string(),
+            change.to_string(),
+            roll,
+        ));
+        if self.worker.lock().map(|w| *w).unwrap_or(false) {
+            return Ok(RollOutcome::NotManager);
+        }
+        let mut rolled = self
+            .rolled
+            .lock()
+            .map_err(|_| EngineError::Engine("fake engine poisoned".into()))?;
+        if rolled.get(service).map(String::as_str) == Some(change) {
+            return Ok(RollOutcome::AlreadyRolled);
+        }
+        rolled.insert(service.to_string(), change.to_string());
+        if !roll {
+            return Ok(RollOutcome::Marked);
+        }
+        if let Ok(mut done) = self.rolls_done.lock() {
+            done.push((service.to_string(), change.to_string()));
+        }
+        Ok(RollOutcome::Rolled)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod injector;
 pub mod messages;
 pub mod metrics;
 pub mod model;
+pub mod owners;
 pub mod provider;
 pub mod reconciler;
 pub mod restarter;

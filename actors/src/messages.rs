@@ -328,3 +328,18 @@ pub struct RequestRestart {
     /// Restart group (Compose project/service); None: the container alone.
     pub group: Option<String>,
 }
+
+/// Injector → Restarter: roll this Swarm service for this change (its task's secrets changed).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct RequestRoll {
+    /// The task container that asks, and the service it says it belongs to.
+    pub task: crate::model::SwarmTask,
+    /// The change ([`crate::tarball::rolled_digest`]): every task of one rotation asks with the
+    /// same one, and the service is rolled once.
+    pub change: String,
+    /// False for a first delivery: record `change` on the service (no roll), so that another
+    /// agent delivering the same values (its own digest key: it sees them as replaced) does not
+    /// roll it.
+    pub roll: bool,
+}

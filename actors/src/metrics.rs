@@ -345,6 +345,7 @@ impl Metrics {
             "not_tmpfs",
             "provider_error",
             "no_tar",
+            "unknown_owner",
             "exec_failed",
             "timeout",
             "write_failed",

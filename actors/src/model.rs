@@ -43,6 +43,45 @@ pub struct ContainerInfo {
     pub literal_refs: Vec<String>,
 }
 
+/// The label Docker puts on every Swarm task container: the id of the task's service.
+pub const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.id";
+
+/// The label Docker puts on every Swarm task container: the id of the task itself.
+pub const SWARM_TASK_LABEL: &str = "com.docker.swarm.task.id";
+
+/// A container that says it is a Swarm task (its `com.docker.swarm.*` labels). Labels are
+/// untrusted: the engine proves the claim (the task exists, belongs to `service` and runs
+/// `container`) before it rolls anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmTask {
+    /// Service id (`com.docker.swarm.service.id`).
+    pub service: String,
+    /// Task id (`com.docker.swarm.task.id`).
+    pub task: String,
+    /// The container's id.
+    pub container: String,
+}
+
+/// The service label a roll carries: the change the service's tasks run with (see
+/// [`crate::tarball::rolled_digest`]). A roll for a change the service already carries is a no-op.
+pub const ROLLED_LABEL: &str = "dso.rolled";
+
+/// What asking the engine to roll a Swarm service did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollOutcome {
+    /// The service was updated with a new `ForceUpdate`: Swarm replaces its tasks, honouring the
+    /// service's `UpdateConfig` (parallelism, delay, failure action).
+    Rolled,
+    /// The service already carries `dso.rolled=<this change>`: another agent (or an earlier task
+    /// of the same service) rolled it.
+    AlreadyRolled,
+    /// This engine is not a Swarm manager: only a manager can update services; its agent rolls.
+    NotManager,
+    /// Asked not to roll (a first delivery): the label now records the change the tasks run
+    /// with, so that another agent's later delivery of the same values does not roll.
+    Marked,
+}
+
 /// A container from `docker ps` (running only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSummary {
@@ -99,6 +138,33 @@ pub struct ExecOutput {
     pub output_len: usize,
 }
 
+/// Whose group a file gets when the group is given by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupName {
+    /// A group of `/etc/group`.
+    Group(String),
+    /// The primary group of this user (`/etc/passwd`'s fourth field), as Docker does for
+    /// `--user app`.
+    PrimaryOf(String),
+}
+
+/// The names behind a file's `uid`/`gid`, when given as names (then the number is a placeholder
+/// until [`resolve`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnerNames {
+    /// `uid` is this user's (`/etc/passwd`).
+    pub user: Option<String>,
+    /// `gid` is this group's.
+    pub group: Option<GroupName>,
+}
+
+impl OwnerNames {
+    /// True when nothing is given by name.
+    pub fn is_empty(&self) -> bool {
+        self.user.is_none() && self.group.is_none()
+    }
+}
+
 /// One file to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretFile {
@@ -108,10 +174,13 @@ pub struct SecretFile {
     pub source: SecretRef,
     /// Permission bits.
     pub mode: u32,
-    /// Owner uid.
+    /// Owner uid (a placeholder while `names.user` is set).
     pub uid: u32,
-    /// Owner gid.
+    /// Owner gid (a placeholder while `names.group` is set).
     pub gid: u32,
+    /// The owner given by name, resolved from the container's own `/etc/passwd` and
+    /// `/etc/group` at write time (`crate::owners`).
+    pub names: OwnerNames,
 }
 
 /// A file owned by 1000:1001 from `local/x`, for unit tests.
@@ -124,5 +193,6 @@ pub(crate) fn test_file(name: &str, mode: u32) -> SecretFile {
         mode,
         uid: 1000,
         gid: 1001,
+        names: OwnerNames::default(),
     }
 }

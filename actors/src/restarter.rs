@@ -10,6 +10,10 @@
 //! the ones that request is about); it neither queues a second restart nor logs a second result.
 //! A request that comes after the call returned is about values written into the restarted
 //! container, and is queued.
+//!
+//! A Swarm task is never restarted here: its **service** is rolled (`RequestRoll`), once per
+//! change — the service's other tasks ask for the same change and are answered from `rolled`
+//! (or join the roll under way); the engine makes it idempotent across agents (`dso.rolled`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -19,8 +23,9 @@ use actix::prelude::*;
 use rand::Rng;
 
 use crate::engine::ContainerEngine;
-use crate::messages::RequestRestart;
+use crate::messages::{RequestRestart, RequestRoll};
 use crate::metrics::Metrics;
+use crate::model::RollOutcome;
 
 /// The restart group of a container from its labels.
 pub fn compose_group(labels: &HashMap<String, String>) -> Option<String> {
@@ -55,6 +60,8 @@ pub struct Restarter {
     busy: HashSet<String>,
     /// Containers whose restart call is under way.
     restarting: HashSet<String>,
+    /// Swarm services: the change of the roll under way or last asked for, per service.
+    rolled: HashMap<String, String>,
 }
 
 impl Restarter {
@@ -71,6 +78,7 @@ impl Restarter {
             queues: HashMap::new(),
             busy: HashSet::new(),
             restarting: HashSet::new(),
+            rolled: HashMap::new(),
         }
     }
 
@@ -172,5 +180,47 @@ impl Handler<RequestRestart> for Restarter {
         if !self.busy.contains(&group) {
             self.next(group, ctx);
         }
+    }
+}
+
+impl Handler<RequestRoll> for Restarter {
+    type Result = ();
+
+    fn handle(&mut self, msg: RequestRoll, ctx: &mut Self::Context) {
+        let RequestRoll { task, change, roll } = msg;
+        let service = task.service.clone();
+        if self.rolled.get(&service) == Some(&change) {
+            tracing::debug!(service = %service, change = %change, "service already rolled (or rolling) for this change");
+            return;
+        }
+        self.rolled.insert(service.clone(), change.clone());
+        let engine = self.engine.clone();
+        let chg = change.clone();
+        async move { engine.roll_service(&task, &chg, roll).await }
+            .into_actor(self)
+            .map(move |res, act, _ctx| match res {
+                Ok(RollOutcome::Rolled) => {
+                    act.metrics.reload("restart", "ok");
+                    tracing::info!(service = %service, change = %change, "Swarm service rolled after new secret values (service update --force)");
+                }
+                Ok(RollOutcome::AlreadyRolled) => {
+                    tracing::info!(service = %service, change = %change, "Swarm service already rolled for this change by another agent");
+                }
+                Ok(RollOutcome::Marked) => {
+                    tracing::debug!(service = %service, change = %change, "Swarm service labelled with the change its tasks run with");
+                }
+                Ok(RollOutcome::NotManager) => {
+                    tracing::info!(service = %service, change = %change, "not a Swarm manager: the service is rolled by an agent on a manager node");
+                }
+                Err(e) => {
+                    // Forget it: the next delivery of this change may try again.
+                    if act.rolled.get(&service) == Some(&change) {
+                        act.rolled.remove(&service);
+                    }
+                    act.metrics.reload("restart", "error");
+                    tracing::error!(service = %service, change = %change, error = %e, "rolling the Swarm service after new secret values failed");
+                }
+            })
+            .spawn(ctx);
     }
 }

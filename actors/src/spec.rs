@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{ContainerInfo, SecretFile, READY_MARKER};
+use crate::owners::{file_owner, owner_of_user, Id, Owner, OwnerGid};
 use crate::secret::{RefParseError, SecretRef};
 
 /// Default directory for secret files inside a container.
@@ -174,8 +175,8 @@ pub enum SpecError {
         /// Its value (truncated).
         value: String,
     },
-    /// `.uid`/`.gid` is not a number.
-    #[error("label `{label}`: `{value}` is not a numeric id")]
+    /// `.uid`/`.gid` is neither a number nor a user/group name.
+    #[error("label `{label}`: `{value}` is neither a numeric id nor a user/group name (letters, digits, `_`, `.`, `-`)")]
     BadId {
         /// The offending label key.
         label: String,
@@ -204,6 +205,9 @@ pub enum SpecError {
     /// `dso.reload` is not a known policy.
     #[error("label `dso.reload`: `{0}` is not `none`, `restart` or `signal:<SIGNAL>` (e.g. signal:SIGHUP)")]
     BadReload(String),
+    /// The container's `User` is neither `UID[:GID]` nor `NAME[:GROUP]`.
+    #[error("the container's User `{0}` is neither UID[:GID] nor NAME[:GROUP]: set it like `1000`, `1000:50`, `app` or `app:staff`")]
+    BadUser(String),
     /// More secrets than [`MAX_SECRETS`].
     #[error("{0} secrets requested; the limit is {MAX_SECRETS} per container")]
     TooMany(usize),
@@ -260,27 +264,12 @@ pub fn parse_mode(s: &str) -> Option<u32> {
     u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o777)
 }
 
-/// Default owner from the container's `User`: numeric `U` or `U:G`, else root.
-pub fn default_owner(user: &str) -> (u32, u32) {
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    match u.parse::<u32>() {
-        Ok(uid) => {
-            let gid = g.and_then(|g| g.parse::<u32>().ok()).unwrap_or(uid);
-            (uid, gid)
-        }
-        Err(_) => (0, 0),
-    }
-}
-
 #[derive(Default)]
 struct Partial {
     source: Option<SecretRef>,
     mode: Option<u32>,
-    uid: Option<u32>,
-    gid: Option<u32>,
+    uid: Option<Id>,
+    gid: Option<Id>,
     option_labels: Vec<String>,
 }
 
@@ -353,10 +342,10 @@ pub fn build_spec(
                             value: trunc(value),
                         }),
                     },
-                    _ => match value.trim().parse::<u32>() {
-                        Ok(id) if opt == "uid" => entry.uid = Some(id),
-                        Ok(id) => entry.gid = Some(id),
-                        Err(_) => errors.push(SpecError::BadId {
+                    _ => match Id::parse(value) {
+                        Some(id) if opt == "uid" => entry.uid = Some(id),
+                        Some(id) => entry.gid = Some(id),
+                        None => errors.push(SpecError::BadId {
                             label: trunc(label),
                             value: trunc(value),
                         }),
@@ -366,17 +355,32 @@ pub fn build_spec(
         }
     }
 
-    let (def_uid, def_gid) = default_owner(&info.user);
+    let default = owner_of_user(&info.user);
+    let root = Owner {
+        uid: Id::Num(0),
+        gid: OwnerGid::Id(Id::Num(0)),
+    };
+    let mut bad_user = false;
+    let mut owner = |uid: Option<&Id>, gid: Option<&Id>| {
+        if default.is_none() && (uid.is_none() || gid.is_none()) {
+            bad_user = true;
+        }
+        file_owner(uid, gid, default.as_ref().unwrap_or(&root))
+    };
     let mut files = Vec::new();
     for (name, p) in &partial {
         match &p.source {
-            Some(source) => files.push(SecretFile {
-                name: name.clone(),
-                source: source.clone(),
-                mode: p.mode.unwrap_or(0o400),
-                uid: p.uid.unwrap_or(def_uid),
-                gid: p.gid.unwrap_or(def_gid),
-            }),
+            Some(source) => {
+                let (uid, gid, names) = owner(p.uid.as_ref(), p.gid.as_ref());
+                files.push(SecretFile {
+                    name: name.clone(),
+                    source: source.clone(),
+                    mode: p.mode.unwrap_or(0o400),
+                    uid,
+                    gid,
+                    names,
+                })
+            }
             None => {
                 // A bad reference already produced an error; an option without a secret is its own.
                 let label_has_error = errors
@@ -403,14 +407,22 @@ pub fn build_spec(
             .iter()
             .any(|t| t.matches(&info.name, &info.labels))
         {
+            let (uid, gid, names) = owner(
+                rule.uid.map(Id::Num).as_ref(),
+                rule.gid.map(Id::Num).as_ref(),
+            );
             files.push(SecretFile {
                 name: rule.name.clone(),
                 source: rule.source.clone(),
                 mode: rule.mode.unwrap_or(0o400),
-                uid: rule.uid.unwrap_or(def_uid),
-                gid: rule.gid.unwrap_or(def_gid),
+                uid,
+                gid,
+                names,
             });
         }
+    }
+    if bad_user {
+        errors.push(SpecError::BadUser(trunc(&info.user)));
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -455,6 +467,7 @@ pub fn wants_secrets(name: &str, labels: &HashMap<String, String>, rules: &[Secr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{GroupName, OwnerNames};
 
     fn info(labels: &[(&str, &str)], user: &str) -> ContainerInfo {
         ContainerInfo {
@@ -541,8 +554,8 @@ mod tests {
                 "octal",
             ),
             (
-                vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.uid", "root")],
-                "numeric id",
+                vec![("dso.secret.ok", "local/a"), ("dso.secret.ok.uid", "r@@t")],
+                "neither a numeric id nor a user/group name",
             ),
             (vec![("dso.secret.ok.mode", "0400")], "no matching"),
             (
@@ -649,11 +662,70 @@ mod tests {
         assert!(e[0].to_string().contains("dso.reload"), "{e:?}");
     }
 
+    /// `User` and `.uid`/`.gid` labels as names stay names (resolved at write time inside the
+    /// container); a malformed `User` is refused when a file would take its owner from it.
     #[test]
-    fn owners() {
-        assert_eq!(default_owner(""), (0, 0));
-        assert_eq!(default_owner("1000"), (1000, 1000));
-        assert_eq!(default_owner("1000:50"), (1000, 50));
-        assert_eq!(default_owner("app"), (0, 0));
+    fn owners_by_name() {
+        let names = |labels: &[(&str, &str)], user: &str| {
+            build_spec(&info(labels, user), &[])
+                .unwrap()
+                .unwrap()
+                .files
+                .into_iter()
+                .map(|f| (f.uid, f.gid, f.names))
+                .collect::<Vec<_>>()
+        };
+        let named = |u: Option<&str>, g: Option<GroupName>| OwnerNames {
+            user: u.map(str::to_string),
+            group: g,
+        };
+        let s = [("dso.secret.a", "local/a")];
+        assert_eq!(
+            names(&s, "app"),
+            [(
+                0,
+                0,
+                named(Some("app"), Some(GroupName::PrimaryOf("app".into())))
+            )]
+        );
+        assert_eq!(
+            names(&s, "app:staff"),
+            [(
+                0,
+                0,
+                named(Some("app"), Some(GroupName::Group("staff".into())))
+            )]
+        );
+        assert_eq!(
+            names(&s, "1000:staff"),
+            [(1000, 0, named(None, Some(GroupName::Group("staff".into()))))]
+        );
+        assert_eq!(names(&s, "1000:50"), [(1000, 50, named(None, None))]);
+        assert_eq!(
+            names(
+                &[
+                    ("dso.secret.a", "local/a"),
+                    ("dso.secret.a.uid", "postgres"),
+                    ("dso.secret.a.gid", "7")
+                ],
+                ""
+            ),
+            [(0, 7, named(Some("postgres"), None))]
+        );
+        let err = build_spec(&info(&s, "a b"), &[]).unwrap_err();
+        assert!(err[0].to_string().contains("User `a b`"), "{err:?}");
+        // Both ids given by labels: the User does not matter.
+        assert!(build_spec(
+            &info(
+                &[
+                    ("dso.secret.a", "local/a"),
+                    ("dso.secret.a.uid", "1"),
+                    ("dso.secret.a.gid", "1")
+                ],
+                "a b"
+            ),
+            &[]
+        )
+        .is_ok());
     }
 }

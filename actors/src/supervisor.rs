@@ -201,7 +201,7 @@ impl Actor for Supervisor {
                 .div_ceil(self.settings.shards.max(1))
                 .max(1),
             audit: self.settings.audit.clone(),
-            restarter: Some(restarter.recipient()),
+            restarter: Some(restarter),
             direct: self.direct.clone(),
         };
         let shards: Vec<Addr<Injector>> = (0..self.settings.shards)

@@ -8,7 +8,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::model::{SecretFile, READY_MARKER};
+use crate::model::{GroupName, SecretFile, READY_MARKER};
 use crate::secret::SecretValue;
 
 /// Why a tar could not be built.
@@ -84,8 +84,65 @@ pub fn digest(key: &[u8], files: &[(&SecretFile, &SecretValue)]) -> String {
         h.update(f.mode.to_le_bytes());
         h.update(f.uid.to_le_bytes());
         h.update(f.gid.to_le_bytes());
+        // Names (resolved inside the container, after the digest) count as what they say; files
+        // with numeric owners hash exactly as before names existed.
+        if let Some(u) = &f.names.user {
+            h.update(b"\x01user:");
+            h.update(u.as_bytes());
+            h.update([0]);
+        }
+        match &f.names.group {
+            Some(GroupName::Group(g)) => {
+                h.update(b"\x01group:");
+                h.update(g.as_bytes());
+                h.update([0]);
+            }
+            Some(GroupName::PrimaryOf(u)) => {
+                h.update(b"\x01primary:");
+                h.update(u.as_bytes());
+                h.update([0]);
+            }
+            None => {}
+        }
         h.update((v.len() as u64).to_le_bytes());
         h.update(v.expose());
+    }
+    let out = h.finalize();
+    out.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The change a Swarm roll is for: the same on every agent that delivers it (every task of the
+/// service, every node), so the `dso.rolled` label makes a second agent's roll a no-op. When every
+/// file's backend has a version (KV v2, AWS), only the references and versions are hashed; else
+/// the values are, keyed with the service id rather than the per-host key (which differs between
+/// agents). The label is readable by whoever can inspect services on a manager (root on the
+/// swarm, who can read the values anyway), never inside a container. 16 hex digits.
+pub fn rolled_digest(
+    service: &str,
+    files: &[(&SecretFile, &SecretValue)],
+    versions: &[Option<String>],
+) -> String {
+    use sha2::{Digest, Sha256};
+    let key = format!("dso.rolled\0{service}");
+    let all_versioned = versions.len() == files.len() && versions.iter().all(Option::is_some);
+    if !all_versioned {
+        return digest(key.as_bytes(), files);
+    }
+    let mut h = Sha256::new();
+    h.update(b"versions\0");
+    h.update(key.as_bytes());
+    for ((f, _), v) in files.iter().zip(versions) {
+        for part in [
+            f.name.as_str(),
+            &f.source.to_string(),
+            v.as_deref().unwrap_or(""),
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(f.mode.to_le_bytes());
+        h.update(f.uid.to_le_bytes());
+        h.update(f.gid.to_le_bytes());
     }
     let out = h.finalize();
     out.iter().take(8).map(|b| format!("{b:02x}")).collect()
@@ -183,6 +240,41 @@ mod tests {
         let mut b = a.clone();
         b.mode = 0o440;
         assert_ne!(d1, digest(b"k", &[(&b, &v1)]));
+        // Owners given by name count as the names (resolved after the digest, inside the
+        // container): another name is another digest, the same name the same one.
+        let mut n = a.clone();
+        n.names.user = Some("app".into());
+        let dn = digest(b"k", &[(&n, &v1)]);
+        assert_ne!(d1, dn);
+        assert_eq!(dn, digest(b"k", &[(&n.clone(), &v1)]));
+        let mut g = n.clone();
+        g.names.group = Some(crate::model::GroupName::PrimaryOf("app".into()));
+        let mut h = n.clone();
+        h.names.group = Some(crate::model::GroupName::Group("app".into()));
+        assert_ne!(digest(b"k", &[(&g, &v1)]), digest(b"k", &[(&h, &v1)]));
+    }
+
+    #[test]
+    fn rolled_digest_is_per_service_and_change_and_prefers_versions() {
+        let a = file("a", 0o400);
+        let (v1, v2) = (
+            SecretValue::from_str_copy("one"),
+            SecretValue::from_str_copy("two"),
+        );
+        let none = [None];
+        let d = rolled_digest("svc", &[(&a, &v1)], &none);
+        assert_eq!(d.len(), 16);
+        assert_eq!(d, rolled_digest("svc", &[(&a, &v1)], &none));
+        assert_ne!(d, rolled_digest("svc", &[(&a, &v2)], &none));
+        assert_ne!(d, rolled_digest("other", &[(&a, &v1)], &none));
+        // With a version per file the values are not hashed: the version says what changed.
+        let v3 = [Some("3".to_string())];
+        let d3 = rolled_digest("svc", &[(&a, &v1)], &v3);
+        assert_eq!(d3, rolled_digest("svc", &[(&a, &v2)], &v3));
+        assert_ne!(
+            d3,
+            rolled_digest("svc", &[(&a, &v1)], &[Some("4".to_string())])
+        );
     }
 
     #[test]

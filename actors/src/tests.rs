@@ -709,6 +709,141 @@ async fn a_backend_change_rotates_every_user_once_and_applies_reload_policies() 
 }
 
 #[actix_rt::test]
+async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted() {
+    use crate::messages::RequestRoll;
+    use crate::model::SwarmTask;
+    use crate::restarter::{Restarter, RestarterSettings};
+    let engine = FakeEngine::new();
+    let backend = FakeBackend::new();
+    backend.put("db", map(&[("pw", "v1")]));
+    for (id, service, reload) in [
+        ("t1", "svc", "restart"),
+        ("t2", "svc", "restart"),
+        ("t3", "svc", "restart"),
+        ("s1", "sig", "signal:SIGHUP"),
+    ] {
+        engine.add(container(
+            id,
+            &[
+                ("dso.secret.pw", "p/db#pw"),
+                ("dso.reload", reload),
+                ("com.docker.swarm.service.id", service),
+                ("com.docker.swarm.task.id", &format!("task-{id}")),
+            ],
+            &["/run/secrets/dso"],
+        ));
+    }
+    let (_sup, registry) = start_agent(&engine, &backend);
+    settle(|| engine.execs().len() == 4).await;
+    *engine.exec_output.lock().unwrap() = "replaced\n".into();
+    backend.put("db", map(&[("pw", "v2")]));
+    settle(|| engine.execs().len() == 8 && !engine.rolls().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = engine.calls();
+    assert!(
+        !calls.iter().any(|c| matches!(c, EngineCall::Restart(..))),
+        "a Swarm task is never docker-restarted: {calls:?}"
+    );
+    let rolls: Vec<_> = calls
+        .iter()
+        .filter(|c| matches!(c, EngineCall::Roll(_, _, true)))
+        .collect();
+    assert_eq!(
+        rolls.len(),
+        1,
+        "three tasks, one change, one roll: {calls:?}"
+    );
+    let marks: Vec<_> = calls
+        .iter()
+        .filter(|c| matches!(c, EngineCall::Roll(_, _, false)))
+        .collect();
+    assert_eq!(
+        marks.len(),
+        1,
+        "the first deliveries label the service once: {calls:?}"
+    );
+    let rolled = engine.rolls();
+    assert_eq!(rolled.len(), 1);
+    assert_eq!(rolled[0].0, "svc");
+    assert!(calls.contains(&EngineCall::Signal("s1".into(), "SIGHUP".into())));
+    assert!(
+        render(&registry).contains("dso_reloads_total{policy=\"restart\",result=\"ok\"} 1"),
+        "{}",
+        render(&registry)
+    );
+
+    // A second agent (its own Restarter) delivering the same change: the engine sees the
+    // service's label and does nothing.
+    let (metrics, registry2) = Metrics::new("test");
+    let settings = RestarterSettings {
+        splay: Duration::ZERO,
+        ready_timeout: Duration::from_secs(1),
+        mailbox: 10,
+    };
+    let second = Restarter::new(
+        engine.clone() as Arc<dyn ContainerEngine>,
+        metrics.clone(),
+        settings.clone(),
+    )
+    .start();
+    second
+        .send(RequestRoll {
+            task: SwarmTask {
+                service: "svc".into(),
+                task: "task-t1".into(),
+                container: "t1".into(),
+            },
+            change: rolled[0].1.clone(),
+            roll: true,
+        })
+        .await
+        .unwrap();
+    settle(|| {
+        engine
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, EngineCall::Roll(..)))
+            .count()
+            == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        engine.rolls().len(),
+        1,
+        "the second agent's roll is a no-op"
+    );
+    assert!(!render(&registry2).contains("result=\"ok\"} 1"));
+
+    // An agent on a worker node: no roll (a manager's agent does it), nothing restarted.
+    *engine.worker.lock().unwrap() = true;
+    let worker = Restarter::new(
+        engine.clone() as Arc<dyn ContainerEngine>,
+        metrics,
+        settings,
+    )
+    .start();
+    worker
+        .send(RequestRoll {
+            task: SwarmTask {
+                service: "svc".into(),
+                task: "task-t1".into(),
+                container: "t1".into(),
+            },
+            change: "another".into(),
+            roll: true,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.rolls().len(), 1);
+    assert!(!engine
+        .calls()
+        .iter()
+        .any(|c| matches!(c, EngineCall::Restart(..))));
+}
+
+#[actix_rt::test]
 async fn restarts_of_one_compose_service_go_one_at_a_time() {
     use crate::messages::RequestRestart;
     use crate::restarter::{Restarter, RestarterSettings};

@@ -232,7 +232,7 @@ fn run_from(ws: &Workspace, image: &str, labels: &[&str]) -> Container {
     }
     args.extend([image, "/bin/sleep", "600"]);
     let id = docker(&args);
-    Container { id, name }
+    Container::docker(id, name)
 }
 
 #[test]

@@ -41,7 +41,7 @@ fn nosh_container(ws: &Workspace, labels: &[&str]) -> Container {
     }
     args.extend_from_slice(&[nosh_image(), "/bin/busybox", "sleep", "600"]);
     let id = docker(&args);
-    Container { id, name }
+    Container::docker(id, name)
 }
 
 /// The scope value of the workspace's config (`scope = "dso.test=<value>"`).

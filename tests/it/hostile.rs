@@ -41,7 +41,7 @@ fn outcomes(agent: &Agent) -> f64 {
 }
 
 /// The last result of `c` in `dso status --json`, with its message.
-fn result_of(ws: &Workspace, c: &Container) -> Option<(String, String)> {
+pub(crate) fn result_of(ws: &Workspace, c: &Container) -> Option<(String, String)> {
     let (code, out, _) = dso_with(Some(&ws.config()), &["status", "--json"]);
     if code != Some(0) {
         return None;
@@ -79,7 +79,12 @@ fn inject_now(ws: &Workspace, agent: &Agent, c: &Container) -> (String, String) 
 }
 
 /// `dso rotate local/<path>` (after `set_secret`) and the result of the rotation it causes in `c`.
-fn rotate_now(ws: &Workspace, agent: &Agent, c: &Container, path: &str) -> (String, String) {
+pub(crate) fn rotate_now(
+    ws: &Workspace,
+    agent: &Agent,
+    c: &Container,
+    path: &str,
+) -> (String, String) {
     let before = outcomes(agent);
     let (code, out, err) = dso_with(Some(&ws.config()), &["rotate", &format!("local/{path}")]);
     assert_eq!(code, Some(0), "dso rotate: {out}{err}");
@@ -644,7 +649,7 @@ fn nonroot_a_symlinked_dir_in_an_image_without_stat_never_puts_a_secret_on_disk(
         "/bin/sleep",
         "600",
     ]);
-    let c = Container { id, name };
+    let c = Container::docker(id, name);
     wait_result(&ws, &agent, &c, "");
     sh_ok(
         &c,

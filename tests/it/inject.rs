@@ -19,7 +19,11 @@ timeout = "5s"
 
 #[test]
 fn labelled_container_gets_its_files_from_the_local_vault_and_openbao() {
-    let ws = Workspace::new();
+    labelled_container_gets_its_files_from_the_local_vault_and_openbao_on(Workspace::new());
+}
+
+/// The body, on `ws`'s engine (Docker here, Podman in `podman.rs`).
+pub(crate) fn labelled_container_gets_its_files_from_the_local_vault_and_openbao_on(ws: Workspace) {
     ws.write_config(&vault_provider_toml("DSO_IT_BAO_TOKEN"));
     let local_pw = unique("local-pw-value");
     let bao_pw = unique("bao-pw-value");
@@ -136,7 +140,7 @@ fn labelled_container_gets_its_files_from_the_local_vault_and_openbao() {
         "{listing}"
     );
     // The user the container runs as can read its own secret.
-    let (ok, out, err) = docker_try(&[
+    let (ok, out, err) = c.engine.try_run(&[
         "exec",
         "-u",
         "1000",
@@ -172,7 +176,11 @@ fn labelled_container_gets_its_files_from_the_local_vault_and_openbao() {
 
 #[test]
 fn container_started_before_the_agent_is_served_at_startup() {
-    let ws = Workspace::new();
+    container_started_before_the_agent_is_served_at_startup_on(Workspace::new());
+}
+
+/// The body, on `ws`'s engine (Docker here, Podman in `podman.rs`).
+pub(crate) fn container_started_before_the_agent_is_served_at_startup_on(ws: Workspace) {
     ws.write_config("");
     ws.set_secret("early#k", "early-value");
     let c = ws.container(&["--tmpfs", DIR, "--label", "dso.secret.e=local/early#k"]);
@@ -346,7 +354,7 @@ fn image_without_tar_gets_its_files_through_the_base64_fallback() {
         "/bin/sleep",
         "600",
     ]);
-    let c = Container { id, name };
+    let c = Container::docker(id, name);
     assert!(
         !docker_try(&["exec", &c.id, "tar", "--help"]).0,
         "test image must lack tar"
@@ -380,7 +388,11 @@ fn config_rules_serve_containers_without_dso_labels() {
 
 #[test]
 fn an_agent_restart_re_injects_nothing() {
-    let ws = Workspace::new();
+    an_agent_restart_re_injects_nothing_on(Workspace::new());
+}
+
+/// The body, on `ws`'s engine (Docker here, Podman in `podman.rs`).
+pub(crate) fn an_agent_restart_re_injects_nothing_on(ws: Workspace) {
     ws.write_config("");
     ws.set_secret("rs#k", "restart-value");
     let agent = Agent::start(&ws.config());
@@ -479,7 +491,7 @@ fn layout(c: &Container, dir: &str) -> String {
     let ready = c.read(&format!("{dir}/.ready")).unwrap_or_default();
     let digest = ready.trim();
     assert_eq!(digest.len(), 16, "digest in .ready: {ready:?}");
-    let out = docker(&[
+    let out = c.engine.run(&[
         "exec",
         "-u",
         "0",
@@ -499,7 +511,13 @@ fn by_mode(agent: &Agent, mode: &str) -> f64 {
 
 #[test]
 fn direct_and_exec_write_the_same_layout_and_switching_modes_rewrites_nothing() {
-    let ws = Workspace::new();
+    direct_and_exec_write_the_same_layout_and_switching_modes_rewrites_nothing_on(Workspace::new());
+}
+
+/// The body, on `ws`'s engine (Docker here, Podman in `podman.rs`).
+pub(crate) fn direct_and_exec_write_the_same_layout_and_switching_modes_rewrites_nothing_on(
+    ws: Workspace,
+) {
     ws.write_config("");
     ws.set_secret("sw#a", "switch-value-a");
     ws.set_secret("sw#b", "switch-value-b");
@@ -757,6 +775,7 @@ fn the_direct_writer_refuses_a_dead_process_and_a_process_of_another_container()
         mode: 0o400,
         uid: 0,
         gid: 0,
+        names: Default::default(),
     };
     let v = dso_actors::secret::SecretValue::from_str_copy("dead-value");
     let w = ProcRootWriter::new();

@@ -104,7 +104,7 @@ fn a_one_megabyte_label_is_refused_and_counted() {
         .as_str()
         .unwrap()
         .to_string();
-    let c = Container { id, name };
+    let c = Container::docker(id, name);
     docker(&["start", &c.id]);
     let line = eventually(&agent, "the refusal", || {
         agent

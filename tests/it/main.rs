@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod engine2;
 mod support;
 
 mod access;
@@ -13,8 +14,10 @@ mod envrun;
 mod faults;
 mod hostile;
 mod inject;
+mod lifecycle;
 mod limits;
 mod metrics;
+mod named_users;
 mod outage;
 mod podman;
 mod process_provider;
@@ -23,6 +26,7 @@ mod rotation;
 mod run_watch;
 mod standby;
 mod starve;
+mod swarm;
 mod tls;
 mod vault_env;
 mod vault_provider;

@@ -27,7 +27,7 @@ fn put(path: &str, pairs: &[(&str, &str)]) {
     bao(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
-fn rotation_config(ws: &Workspace, refresh: &str) {
+pub(crate) fn rotation_config(ws: &Workspace, refresh: &str) {
     ws.write_config(&format!(
         r#"[providers.bao]
 type = "vault"
@@ -59,7 +59,11 @@ pub(crate) const HUP_COUNTER: &[&str] = &[
 
 #[test]
 fn a_changed_secret_reaches_every_user_and_reload_policies_run_once() {
-    let ws = Workspace::new();
+    a_changed_secret_reaches_every_user_and_reload_policies_run_once_on(Workspace::new());
+}
+
+/// The body, on `ws`'s engine (Docker here, Podman in `podman.rs`).
+pub(crate) fn a_changed_secret_reaches_every_user_and_reload_policies_run_once_on(ws: Workspace) {
     rotation_config(&ws, "1s");
     let path = unique("rot/db");
     put(&path, &[("password", "first-value")]);
@@ -192,7 +196,15 @@ fn readers_never_see_a_partial_or_mixed_set_during_rotations() {
 
 #[test]
 fn restart_policy_restarts_exactly_once_and_the_restarted_container_gets_the_new_value() {
-    let ws = Workspace::new();
+    restart_policy_restarts_exactly_once_and_the_restarted_container_gets_the_new_value_on(
+        Workspace::new(),
+    );
+}
+
+/// The body, on `ws`'s engine (Docker here, Podman in `podman.rs`).
+pub(crate) fn restart_policy_restarts_exactly_once_and_the_restarted_container_gets_the_new_value_on(
+    ws: Workspace,
+) {
     rotation_config(&ws, "1s");
     let path = unique("rot/restart");
     put(&path, &[("password", "before-restart")]);
@@ -207,7 +219,7 @@ fn restart_policy_restarts_exactly_once_and_the_restarted_container_gets_the_new
         "dso.reload=restart",
     ]);
     c.wait_for(&format!("{DIR}/.ready"), &agent);
-    let started = || docker(&["inspect", "-f", "{{.State.StartedAt}}", &c.id]);
+    let started = || c.inspect("{{.State.StartedAt}}");
     let first = started();
     put(&path, &[("password", "after-restart")]);
     let second = eventually(&agent, "the container to be restarted", || {

@@ -69,7 +69,7 @@ fn evil_container(ws: &Workspace, mode: &str, labels: &[&str]) -> Container {
     }
     args.extend_from_slice(&[evil_image(), "/bin/sleep", "600"]);
     let id = docker(&args);
-    Container { id, name }
+    Container::docker(id, name)
 }
 
 /// Processes in container `c` whose command line contains `needle` (`docker top`).

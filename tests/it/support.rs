@@ -58,8 +58,13 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
 
 /// `docker save` of the test image piped into `load` (another engine's `load`, e.g. `podman load`).
 pub fn copy_test_image(load: &mut Command) {
+    copy_image(&image(), load)
+}
+
+/// `docker save NAME` (the shared daemon) piped into `load`.
+pub fn copy_image(name: &str, load: &mut Command) {
     let mut save = Command::new("docker")
-        .args(["save", &image()])
+        .args(["save", name])
         .stdout(Stdio::piped())
         .spawn()
         .expect("docker save");
@@ -95,10 +100,82 @@ pub fn docker_try(args: &[&str]) -> (bool, String, String) {
     run(Command::new("docker").args(args))
 }
 
-/// A temp dir with a config for one agent.
+/// The engine a test's containers run on, as its CLI reaches it: the shared dockerd (`docker`),
+/// or a Podman service through its Docker-compatible socket (`podman --url unix://…`). The core
+/// real-stack tests take a [`Workspace`] and run once per engine (`tests/it/podman.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Docker,
+    /// A `podman system service` socket.
+    Podman(PathBuf),
+}
+
+impl Engine {
+    /// The engine's CLI, pointed at it.
+    pub fn cli(&self) -> Command {
+        match self {
+            Engine::Docker => Command::new("docker"),
+            Engine::Podman(socket) => {
+                let mut c = Command::new("podman");
+                c.arg("--url").arg(format!("unix://{}", socket.display()));
+                c
+            }
+        }
+    }
+
+    /// `CLI ARGS`, panicking with full output on failure.
+    pub fn run(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.try_run(args);
+        assert!(
+            ok,
+            "{self:?} {args:?} failed:\nstdout: {out}\nstderr: {err}"
+        );
+        out.trim().to_string()
+    }
+
+    /// `CLI ARGS` that may fail.
+    pub fn try_run(&self, args: &[&str]) -> (bool, String, String) {
+        run(self.cli().args(args))
+    }
+
+    /// `run` options this engine needs on these VMs before the test's own: Podman's ready process
+    /// cannot raise rlimits without CAP_SYS_RESOURCE, and its containers need no network here.
+    pub fn run_options(&self) -> &'static [&'static str] {
+        match self {
+            Engine::Docker => &[],
+            Engine::Podman(_) => &[
+                "--network",
+                "none",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=4096:4096",
+            ],
+        }
+    }
+
+    /// `rm -f` of a container, not waiting out a stop timeout (Podman's `rm -f` stops first).
+    pub fn remove(&self, id: &str) {
+        let _ = match self {
+            Engine::Docker => self.try_run(&["rm", "-f", id]),
+            Engine::Podman(_) => self.try_run(&["rm", "-f", "-t", "0", id]),
+        };
+    }
+
+    /// `agent.docker_host` for this engine (None: the agent's default, the local dockerd).
+    pub fn docker_host(&self) -> Option<String> {
+        match self {
+            Engine::Docker => None,
+            Engine::Podman(socket) => Some(format!("unix://{}", socket.display())),
+        }
+    }
+}
+
+/// A temp dir with a config for one agent, and the engine its containers run on.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
     pub scope: String,
+    pub engine: Engine,
 }
 
 /// `agent.write_mode` of test configs: `DSO_IT_WRITE_MODE` (`scripts/test` runs the writing tests a
@@ -112,7 +189,13 @@ impl Workspace {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
             scope: unique("scope"),
+            engine: Engine::Docker,
         }
+    }
+
+    /// The same workspace with its containers (and its agent's `docker_host`) on `engine`.
+    pub fn on(self, engine: Engine) -> Self {
+        Self { engine, ..self }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -122,9 +205,14 @@ impl Workspace {
     /// Writes `dso.toml`: admin on an ephemeral port, scoped to this test's containers, a local
     /// file vault in the temp dir, plus `extra` TOML.
     pub fn write_config(&self, extra: &str) -> PathBuf {
+        let docker_host = self
+            .engine
+            .docker_host()
+            .map(|h| format!("docker_host = \"{h}\"\n"))
+            .unwrap_or_default();
         let cfg = format!(
             r#"[agent]
-listen = "127.0.0.1:0"
+{docker_host}listen = "127.0.0.1:0"
 write_mode = "{write_mode}"
 scope = "dso.test={scope}"
 shards = 4
@@ -211,12 +299,17 @@ key_file = "{key}"
         let name = unique("c");
         let scope_label = format!("dso.test={}", self.scope);
         let mut full: Vec<&str> = vec!["run", "-d", "--name", &name, "--label", &scope_label];
+        full.extend_from_slice(self.engine.run_options());
         full.extend_from_slice(args);
         let img = image();
         full.push(&img);
         full.extend_from_slice(cmd);
-        let id = docker(&full);
-        Container { id, name }
+        let id = self.engine.run(&full);
+        Container {
+            id,
+            name,
+            engine: self.engine.clone(),
+        }
     }
 
     /// Runs a labelled container (scope label added) with `args` before the image.
@@ -229,25 +322,43 @@ key_file = "{key}"
 pub struct Container {
     pub id: String,
     pub name: String,
+    pub engine: Engine,
 }
 
 impl Container {
+    /// A Docker container created by the test itself.
+    pub fn docker(id: String, name: String) -> Self {
+        Self {
+            id,
+            name,
+            engine: Engine::Docker,
+        }
+    }
+
+    /// `inspect -f FORMAT` of this container.
+    pub fn inspect(&self, format: &str) -> String {
+        self.engine.run(&["inspect", "-f", format, &self.id])
+    }
+
     /// `cat` a file inside; None if it does not exist.
     pub fn read(&self, path: &str) -> Option<String> {
-        let (ok, out, _) = docker_try(&["exec", "-u", "0", &self.id, "cat", path]);
+        let (ok, out, _) = self
+            .engine
+            .try_run(&["exec", "-u", "0", &self.id, "cat", path]);
         ok.then_some(out)
     }
 
     /// `stat -c '%a %u %g'`.
     pub fn stat(&self, path: &str) -> String {
-        docker(&[
+        self.engine.run(&[
             "exec", "-u", "0", &self.id, "stat", "-L", "-c", "%a %u %g", path,
         ])
     }
 
     /// `ls -A dir` (empty string if missing).
     pub fn ls(&self, dir: &str) -> String {
-        docker_try(&["exec", "-u", "0", &self.id, "ls", "-A", dir])
+        self.engine
+            .try_run(&["exec", "-u", "0", &self.id, "ls", "-A", dir])
             .1
             .trim()
             .to_string()
@@ -257,7 +368,11 @@ impl Container {
     pub fn wait_for(&self, path: &str, agent: &Agent) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if docker_try(&["exec", &self.id, "test", "-e", path]).0 {
+            if self
+                .engine
+                .try_run(&["exec", &self.id, "test", "-e", path])
+                .0
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -272,12 +387,7 @@ impl Container {
 
     /// The writable layer on the host.
     pub fn upper_dir(&self) -> PathBuf {
-        PathBuf::from(docker(&[
-            "inspect",
-            "-f",
-            "{{.GraphDriver.Data.UpperDir}}",
-            &self.id,
-        ]))
+        PathBuf::from(self.inspect("{{.GraphDriver.Data.UpperDir}}"))
     }
 
     /// Panics if `needle` appears in any file under the container's writable layer.
@@ -295,7 +405,7 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = docker_try(&["rm", "-f", &self.id]);
+        self.engine.remove(&self.id);
     }
 }
 

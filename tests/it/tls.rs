@@ -1,27 +1,18 @@
-//! A remote engine over TLS: a second dockerd with `--tlsverify`, in its own network namespace
-//! (a second daemon in the host's namespace would fight the first over bridges and iptables),
-//! reached through a veth pair. Certificates are made by the test with `openssl`. The guard
-//! removes the daemon's containers, stops it and deletes the namespace, also when the test fails.
+//! A remote engine over TLS: a second dockerd with `--tlsverify` (`engine2.rs`: its own network
+//! namespace), reached through a veth pair. Certificates are made by the test with `openssl`.
+//! The guard removes the daemon's containers, stops it and deletes the namespace, also when the
+//! test fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use crate::engine2::{sh, Engine2};
 use crate::support::*;
 
-/// The TLS daemon and everything it needs; all of it removed on drop.
+/// The TLS daemon (a second engine, see `engine2.rs`) and its certificates.
 struct TlsEngine {
-    dir: tempfile::TempDir,
-    netns: String,
-    veth: String,
+    engine: Engine2,
     addr: String,
-    dockerd: Option<Child>,
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let (ok, out, err) = run(cmd);
-    assert!(ok, "{cmd:?} failed:\n{out}{err}");
-    out
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -97,18 +88,9 @@ fn make_leaf(dir: &Path, ca: &str, out: &str, ext: &str) {
 impl TlsEngine {
     fn start() -> TlsEngine {
         let n = std::process::id();
-        let dir = tempfile::Builder::new()
-            .prefix("dso-tls-")
-            .tempdir()
-            .expect("tempdir");
+        let mut engine = Engine2::new("dso-tls-", &format!("dsotls{n}"));
         let net = format!("10.231.{}.", n % 250);
-        let mut engine = TlsEngine {
-            dir,
-            netns: format!("dsotls{n}"),
-            veth: format!("dt{n}"),
-            addr: format!("{net}2:2376"),
-            dockerd: None,
-        };
+        let addr = format!("{net}2:2376");
         let d = engine.dir.path().to_path_buf();
         // The CA the daemon trusts, its server certificate, a client certificate in the Docker
         // CLI's layout (certs/ca.pem, cert.pem, key.pem), and a second CA nobody uses.
@@ -130,120 +112,50 @@ impl TlsEngine {
         ] {
             std::fs::copy(d.join(from), certs.join(to)).expect("copy cert");
         }
-        // Network namespace and veth pair: host side .1, daemon side .2.
-        let (a, b) = (format!("{}a", engine.veth), format!("{}b", engine.veth));
-        let ns = engine.netns.clone();
-        sh(Command::new("ip").args(["netns", "add", &ns]));
-        sh(Command::new("ip").args(["link", "add", &a, "type", "veth", "peer", "name", &b]));
-        sh(Command::new("ip").args(["link", "set", &b, "netns", &ns]));
-        sh(Command::new("ip").args(["addr", "add", &format!("{net}1/30"), "dev", &a]));
-        sh(Command::new("ip").args(["link", "set", &a, "up"]));
-        let in_ns = |args: &[&str]| {
-            sh(Command::new("ip").args(["netns", "exec", &ns]).args(args));
-        };
-        in_ns(&["ip", "addr", "add", &format!("{net}2/30"), "dev", &b]);
-        in_ns(&["ip", "link", "set", &b, "up"]);
-        in_ns(&["ip", "link", "set", "lo", "up"]);
-        // `nsenter --net`, not `ip netns exec`: the latter remounts /sys, which hides the cgroup
-        // mounts dockerd needs.
+        // Host side .1, daemon side .2.
+        engine.add_veth(&format!("dt{n}"), &net);
         let p = |f: &str| d.join(f).display().to_string();
-        let log = std::fs::File::create(d.join("dockerd.log")).expect("dockerd log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .args([
-                "dockerd",
-                "--data-root",
-                &p("data"),
-                "--exec-root",
-                &p("exec"),
-            ])
-            .args([
-                "--pidfile",
-                &p("dockerd.pid"),
-                "-H",
-                &format!("tcp://{}", engine.addr),
-            ])
-            .args([
-                "--tlsverify",
-                "--tlscacert",
-                &p("ca.pem"),
-                "--tlscert",
-                &p("server.pem"),
-            ])
-            .args([
-                "--tlskey",
-                &p("server-key.pem"),
-                "--bridge=none",
-                "--iptables=false",
-            ])
-            .args(["--ip-masq=false", "--storage-driver=vfs"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn dockerd");
-        engine.dockerd = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !engine.docker_try(&["version"]).0 {
-            assert!(
-                Instant::now() < deadline,
-                "TLS dockerd not up in 60 s:\n{}",
-                std::fs::read_to_string(d.join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // The offline test image, from the host's daemon.
-        copy_test_image(engine.docker_cmd().arg("load"));
-        engine
+        let host = format!("tcp://{addr}");
+        let args: Vec<String> = [
+            "-H",
+            &host,
+            "--tlsverify",
+            "--tlscacert",
+            &p("ca.pem"),
+            "--tlscert",
+            &p("server.pem"),
+            "--tlskey",
+            &p("server-key.pem"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let certs = certs.display().to_string();
+        engine.start_dockerd(
+            &args,
+            &[
+                ("DOCKER_HOST", &host),
+                ("DOCKER_TLS_VERIFY", "1"),
+                ("DOCKER_CERT_PATH", &certs),
+            ],
+        );
+        TlsEngine { engine, addr }
     }
 
     fn certs(&self) -> PathBuf {
-        self.dir.path().join("certs")
+        self.engine.path("certs")
     }
 
     fn host(&self) -> String {
         format!("tcp://{}", self.addr)
     }
 
-    /// The Docker CLI pointed at this daemon the way the agent's environment is.
-    fn docker_cmd(&self) -> Command {
-        let mut c = Command::new("docker");
-        c.env("DOCKER_HOST", self.host())
-            .env("DOCKER_TLS_VERIFY", "1")
-            .env("DOCKER_CERT_PATH", self.certs());
-        c
-    }
-
     fn docker_try(&self, args: &[&str]) -> (bool, String, String) {
-        run(self.docker_cmd().args(args))
+        self.engine.docker_try(args)
     }
 
     fn docker(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.docker_try(args);
-        assert!(ok, "docker (TLS) {args:?}: {out}{err}");
-        out.trim().to_string()
-    }
-}
-
-impl Drop for TlsEngine {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.dockerd.take() {
-            // Containers first (their shims outlive a stopped daemon), then the daemon.
-            let (_, ids, _) = self.docker_try(&["ps", "-aq"]);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f"];
-                args.extend(ids);
-                let _ = self.docker_try(&args);
-            }
-            stop_child(&mut child, Duration::from_secs(20));
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &format!("{}a", self.veth)])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
+        self.engine.docker(args)
     }
 }
 
@@ -322,7 +234,7 @@ fn a_tls_engine_is_served_over_exec_and_tls_failures_are_named() {
     drop(agent);
 
     // A CA that did not sign the daemon's certificate: refused, and named as TLS everywhere.
-    let d = engine.dir.path();
+    let d = engine.engine.dir.path();
     ws.add_agent_settings(&format!(
         "docker_host = \"{}\"\ntls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
         engine.host(),

@@ -8,8 +8,7 @@ use crate::metrics::Metrics;
 use crate::model::{ContainerInfo, SecretFile};
 use crate::secret::SecretValue;
 
-use super::pipeline::WriteResult;
-use super::{refused, short, InjectorSettings, Outcome};
+use super::{refused, short, InjectorSettings, Outcome, WriteResult};
 
 /// Where and what one direct write puts.
 pub(super) struct DirectJob<'a> {
@@ -81,6 +80,13 @@ pub(super) async fn write_direct(
             "foreign_entry",
             format!(
                 "container `{}`: {e}; the previous files (if any) are still in place",
+                info.name
+            ),
+        )),
+        Err(e @ (DirectError::UnknownOwner(_) | DirectError::Accounts { .. })) => Err(refused(
+            "unknown_owner",
+            format!(
+                "container `{}`: {e} (its User or a dso.secret.*.uid/.gid label names it); nothing written",
                 info.name
             ),
         )),

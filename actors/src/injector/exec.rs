@@ -8,12 +8,12 @@
 use crate::engine::{ContainerEngine, EngineError};
 use crate::messages::ContainerJob;
 use crate::model::{ContainerInfo, SecretFile, READY_MARKER};
+use crate::owners::{script_owner, unknown_from_script};
 use crate::secret::SecretValue;
 use crate::spec::ContainerSpec;
 use crate::tarball::{build_b64_lines, build_tar};
 
-use super::pipeline::WriteResult;
-use super::{refused, Outcome};
+use super::{refused, Outcome, WriteResult};
 
 /// How the in-container script ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,19 +30,23 @@ pub enum ScriptExit {
     NoExtractor,
     /// An entry DSO did not create and may not remove sits at one of its names: nothing changed.
     Foreign,
+    /// A user or group name is not in the container's `/etc/passwd` / `/etc/group`: nothing
+    /// written (the name is printed after `owners::UNKNOWN_MARKER`).
+    UnknownOwner,
 }
 
 impl ScriptExit {
     /// Every exit the script knows.
-    pub const ALL: [ScriptExit; 5] = [
+    pub const ALL: [ScriptExit; 6] = [
         ScriptExit::Written,
         ScriptExit::Unchanged,
         ScriptExit::NotTmpfs,
         ScriptExit::NoExtractor,
         ScriptExit::Foreign,
+        ScriptExit::UnknownOwner,
     ];
 
-    /// The process exit code (10 and 64–66 stay clear of `sh`'s own 1, 2, 126, 127 and signals).
+    /// The process exit code (10 and 64–67 stay clear of `sh`'s own 1, 2, 126, 127 and signals).
     pub const fn code(self) -> i64 {
         match self {
             ScriptExit::Written => 0,
@@ -50,6 +54,7 @@ impl ScriptExit {
             ScriptExit::NotTmpfs => 64,
             ScriptExit::NoExtractor => 65,
             ScriptExit::Foreign => 66,
+            ScriptExit::UnknownOwner => 67,
         }
     }
 
@@ -67,6 +72,7 @@ impl ScriptExit {
             ScriptExit::NotTmpfs => "@NOT_TMPFS@",
             ScriptExit::NoExtractor => "@NO_TAR@",
             ScriptExit::Foreign => "@FOREIGN@",
+            ScriptExit::UnknownOwner => "@UNKNOWN_OWNER@",
         }
     }
 }
@@ -125,8 +131,9 @@ pub fn inject_command(
     for f in files {
         cmd.push(f.name.clone());
         cmd.push(format!("{:o}", f.mode));
-        cmd.push(f.uid.to_string());
-        cmd.push(f.gid.to_string());
+        let (uid, gid) = script_owner(f);
+        cmd.push(uid);
+        cmd.push(gid);
     }
     cmd
 }
@@ -244,6 +251,17 @@ fn classify(
                 info.name,
                 foreign_entry(&out.output, &spec.files),
                 spec.dir
+            ),
+        )),
+        Some(ScriptExit::UnknownOwner) => Err(refused(
+            "unknown_owner",
+            format!(
+                "container `{}`: {} (its User or a dso.secret.*.uid/.gid label names it); nothing written",
+                info.name,
+                unknown_from_script(&out.output, &spec.files).map_or_else(
+                    || "a user or group name is not in its /etc/passwd or /etc/group".to_string(),
+                    |u| u.to_string()
+                )
             ),
         )),
         Some(ScriptExit::NoExtractor) => Err(refused(
@@ -364,6 +382,43 @@ mod tests {
         assert_eq!(result, "timeout");
     }
 
+    /// An unknown owner name is quoted only when it is one DSO asked the script to look up.
+    #[test]
+    fn an_unknown_owner_is_named_only_when_dso_asked_for_it() {
+        let info = ContainerInfo {
+            name: "app".into(),
+            ..Default::default()
+        };
+        let mut spec = spec_at("/d");
+        let mut f = file("k", 0o400);
+        f.names.group = Some(crate::model::GroupName::Group("staff".into()));
+        spec.files.push(f);
+        let classify_output = |output: &str| {
+            refusal(classify(
+                &info,
+                "/d",
+                &spec,
+                Ok(crate::model::ExecOutput {
+                    exit_code: Some(ScriptExit::UnknownOwner.code()),
+                    output: output.into(),
+                    output_len: output.len(),
+                }),
+            ))
+        };
+        let (result, msg) = classify_output("dso-unknown-owner:g:staff\n");
+        assert_eq!(result, "unknown_owner");
+        assert!(
+            msg.contains("no group `staff` in the container's /etc/group"),
+            "{msg}"
+        );
+        let (result, msg) = classify_output("dso-unknown-owner:g:s3cr3t\n");
+        assert_eq!(result, "unknown_owner");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        let cmd = inject_command("/d", "/d", "00", &[&spec.files[0]], Transport::Tar);
+        assert_eq!(&cmd[cmd.len() - 4..], &["k", "400", "1000", "g:staff"]);
+        assert!(script().contains("dso-unknown-owner:"));
+    }
+
     #[test]
     fn command_passes_names_as_arguments() {
         let a = file("db_password", 0o440);
@@ -407,6 +462,7 @@ mod tests {
                 ScriptExit::NotTmpfs,
                 ScriptExit::NoExtractor,
                 ScriptExit::Foreign,
+                ScriptExit::UnknownOwner,
             ] {
                 assert!(s.contains(&format!("exit {}", e.code())), "{e:?} missing");
             }

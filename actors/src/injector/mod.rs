@@ -63,8 +63,9 @@ pub struct InjectorSettings {
     pub rotation_concurrency: usize,
     /// Where deliveries, rotations and refusals are recorded (None: nowhere).
     pub audit: Option<Recipient<AuditRecord>>,
-    /// Who applies the `restart` policy (one container of a Compose service at a time).
-    pub restarter: Option<Recipient<crate::messages::RequestRestart>>,
+    /// Who applies the `restart` policy (one container of a Compose service at a time; a Swarm
+    /// service rolled once per change).
+    pub restarter: Option<Addr<crate::restarter::Restarter>>,
     /// The direct write path (`agent.write_mode = "auto"`); None: every write is an exec.
     pub direct: Option<Arc<dyn DirectWriter>>,
 }
@@ -124,6 +125,11 @@ impl Outcome {
         }
     }
 }
+
+/// A write's result: (content changed, an earlier set was replaced), or the job's outcome.
+/// Defined here, beside [`Outcome`], so the write paths (`direct`, `exec`) and the `pipeline`
+/// that calls them share it without importing each other.
+type WriteResult = Result<(bool, bool), Outcome>;
 
 fn refused(result: &'static str, message: String) -> Outcome {
     Outcome::Refused { result, message }

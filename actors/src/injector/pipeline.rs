@@ -14,17 +14,16 @@ use crate::engine::{ContainerEngine, EngineError};
 use crate::hints;
 use crate::messages::{ContainerJob, FetchError, FileStatus, GetSecret, Trigger};
 use crate::metrics::{Metrics, CONTAINER_WARNING_REASONS};
-use crate::model::{ContainerAction, ContainerInfo, SecretFile};
+use crate::model::{
+    ContainerAction, ContainerInfo, SecretFile, SwarmTask, SWARM_SERVICE_LABEL, SWARM_TASK_LABEL,
+};
 use crate::secret::SecretValue;
-use crate::spec::{build_spec, tmpfs_mount_of, ContainerSpec, SpecError, Target};
-use crate::tarball::digest;
+use crate::spec::{build_spec, tmpfs_mount_of, ContainerSpec, ReloadPolicy, SpecError, Target};
+use crate::tarball::{digest, rolled_digest};
 
 use super::direct::{write_direct, DirectJob};
 use super::exec::write_exec;
 use super::{refused, reload, Delivered, InjectorSettings, Outcome};
-
-/// A write's result: (content changed, an earlier set was replaced), or the job's outcome.
-pub(super) type WriteResult = Result<(bool, bool), Outcome>;
 
 /// The `(StartedAt, digest)` this shard last delivered to the container, if any.
 pub(super) type Previous = Option<(Option<String>, String)>;
@@ -113,6 +112,7 @@ async fn inject(
     if already_injected(job, &prev, info, &digest) {
         return Ok(Outcome::AlreadyInjected);
     }
+    let roll = swarm_roll(&spec, info, &pairs, &versions);
     let files = file_statuses(&pairs, versions, settings);
     let names: Vec<String> = spec.files.iter().map(|f| f.name.clone()).collect();
     let keys = keys(&spec);
@@ -137,8 +137,11 @@ async fn inject(
     // The policy runs only when values the application may have read were replaced — never on a
     // first injection, never when nothing changed.
     let reload = if replaced {
-        reload::run(&spec.reload, info, &job.id, engine, settings).await
+        reload::run(&spec.reload, info, &job.id, roll, engine, settings).await
     } else {
+        if changed {
+            reload::mark(roll, settings);
+        }
         None
     };
     Ok(Outcome::Injected(Box::new(Delivered {
@@ -275,6 +278,33 @@ fn already_injected(
     }
     matches!(prev, Some((prev_started, prev_digest))
         if prev_started.is_some() && *prev_started == info.started_at && prev_digest == digest)
+}
+
+/// For a Swarm task whose policy is `restart`: its service and the change a roll would be for.
+/// A container that only claims to be a task (labels are untrusted) is never `docker restart`ed
+/// either: the engine refuses the roll when the claim does not hold.
+fn swarm_roll(
+    spec: &ContainerSpec,
+    info: &ContainerInfo,
+    pairs: &[(&SecretFile, &SecretValue)],
+    versions: &[Option<String>],
+) -> Option<reload::Roll> {
+    if spec.reload != ReloadPolicy::Restart {
+        return None;
+    }
+    let service = info.labels.get(SWARM_SERVICE_LABEL)?;
+    Some(reload::Roll {
+        change: rolled_digest(service, pairs, versions),
+        task: SwarmTask {
+            service: service.clone(),
+            task: info
+                .labels
+                .get(SWARM_TASK_LABEL)
+                .cloned()
+                .unwrap_or_default(),
+            container: info.id.clone(),
+        },
+    })
 }
 
 /// Per file: its source, backend version and a keyed digest of its own content (status, audit).

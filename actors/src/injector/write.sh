@@ -5,7 +5,8 @@ set -e
 # below it, only DSO's names touched, "unchanged" only after comparing what is there with what
 # was sent. The verdict is the exit code (ScriptExit fills in the @…@ codes): 0 written (prints
 # "replaced" when an earlier set was), unchanged, not provably on the tmpfs, neither tar nor
-# base64, a foreign entry at one of DSO's names (prints "dso-foreign:<name>", a name DSO gave).
+# base64, a foreign entry at one of DSO's names (prints "dso-foreign:<name>", a name DSO gave), an
+# owner name the container does not know.
 m="$1"; d="$2"; g="$3"; x="$4"; shift 4
 nt() { echo "dso: $1; nothing written" >&2; exit @NOT_TMPFS@; }
 fe() { echo "dso-foreign:$1"; exit @FOREIGN@; }
@@ -69,11 +70,45 @@ else
       0) n="$a"; IFS= read -r line; printf '%s' "$line" | base64 -d > "$s/$n"; line= ;;
       1) f="$a" ;;
       2) u="$a" ;;
-      3) chown "$u:$a" "$s/$n"; chmod "$f" "$s/$n" ;;
+      3) case "$u$a" in *:*) ;; *) chown "$u:$a" "$s/$n" ;; esac; chmod "$f" "$s/$n" ;;
     esac
     i=$((i + 1))
   done
 fi
+# Owners given by name (u:NAME a user's uid, p:NAME its primary gid, g:NAME a group's gid) from
+# the container's own /etc/passwd and /etc/group: builtins only, regular files only, at most 65536
+# lines, each name looked up once; an unknown name (or a non-numeric id) ends the script before
+# anything is swapped in (prints "dso-unknown-owner:<u|p|g>:<name>", a name DSO gave).
+oc=
+oid() {
+  case "$1" in *:*) ;; *) r="$1"; return 0 ;; esac
+  case "$oc " in *" $1="*) r="${oc#*" $1="}"; r="${r%% *}"; return 0 ;; esac
+  case "$1" in
+    u:*) on="${1#u:}"; of=/etc/passwd; ok=3 ;;
+    p:*) on="${1#p:}"; of=/etc/passwd; ok=4 ;;
+    *) on="${1#g:}"; of=/etc/group; ok=3 ;;
+  esac
+  r=; k=0
+  if [ -f "$of" ] && [ ! -p "$of" ]; then
+    while [ "$k" -lt 65536 ] && { IFS=: read -r f1 f2 f3 f4 f5 || [ -n "$f1" ]; }; do
+      k=$((k + 1))
+      if [ "$f1" = "$on" ]; then if [ "$ok" = 3 ]; then r="$f3"; else r="$f4"; fi; break; fi
+      f1=
+    done < "$of"
+  fi
+  case "$r" in ''|*[!0-9]*|???????????*) echo "dso-unknown-owner:$1"; exit @UNKNOWN_OWNER@ ;; esac
+  oc="$oc $1=$r"
+}
+i=0
+for a in "$@"; do
+  case $((i % 4)) in
+    0) n="$a" ;;
+    1) f="$a" ;;
+    2) u="$a" ;;
+    3) case "$u$a" in *:*) oid "$u"; u="$r"; oid "$a"; chown "$u:$r" "$s/$n"; chmod "$f" "$s/$n" ;; esac ;;
+  esac
+  i=$((i + 1))
+done
 # Unchanged only when what is there is what was sent: links, owners, modes and bytes.
 v=1
 cur=; [ ! -f .ready ] || [ -L .ready ] || read -r cur < .ready || true
