@@ -25,8 +25,8 @@
 //!   each storm and prints the top of `perf report`.
 //! - `faults`: a 10,000 events/min storm while the event stream is cut every second, then one with
 //!   inspect answering after 10 s (`DSO_SIM_FAULT_INSPECT_SECS`), then one whose event stream
-//!   stalls (events held back, then delivered) for `DSO_SIM_FAULT_STALL_SECS` (default 10) from a
-//!   third of the storm on.
+//!   stalls (events held back, then delivered) for `DSO_SIM_FAULT_STALL_SECS` (default 10) from
+//!   2 s in, while nearly every event is a start (also alone: `stall`).
 //!
 //! Agent settings are the defaults unless `DSO_SIM_SHARDS`, `DSO_SIM_SHARD_CONCURRENCY`,
 //! `DSO_SIM_QUEUE` are set. `DSO_SIM_NICE=-10` runs the simulator and the agent at a higher
@@ -382,6 +382,7 @@ struct StormResult {
     redundant_execs: usize,
     p50: f64,
     p99: f64,
+    max: f64,
     /// Exec create → exit as the simulator saw it, p50 and p99.
     exec_p50: f64,
     exec_p99: f64,
@@ -402,7 +403,8 @@ struct StormResult {
     agent_mean: f64,
 }
 
-/// A fault of the event stream during a storm: from `secs / 3` on, held back for this long.
+/// A fault of the event stream during a storm: from 2 s in (while nearly every event is a start:
+/// the first deaths come after one lifetime), held back for this long.
 type Stall = Option<Duration>;
 
 fn storm(
@@ -414,7 +416,7 @@ fn storm(
     stall: Stall,
 ) -> StormResult {
     let r = rig(sim_config, &Opts::default());
-    let stall_from = Duration::from_secs(secs) / 3;
+    let stall_from = Duration::from_secs(2);
     let mut stalled = false;
     std::thread::sleep(Duration::from_secs(1));
     let before = r.agent.stats();
@@ -608,6 +610,7 @@ fn storm(
         redundant_execs: redundant,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
+        max: lat.last().copied().unwrap_or(f64::NAN),
         exec_p50: percentile(&durations, 0.5),
         exec_p99: percentile(&durations, 0.99),
         sim_cpu_frac,
@@ -632,7 +635,7 @@ fn perf_data(rate: u64) -> PathBuf {
 
 fn print_storm(s: &StormResult) {
     println!(
-        "  {:>7}/min: emitted {:>7} received {:>7} (lag ≤ {:.0}) dropped {:?} | labelled {:>6} injected {:>6} missed {:>5} dup-writes {} redundant-execs {} | latency p50 {:>6.0} ms p99 {:>6.0} ms (exec {:.0}/{:.0} ms; agent's received → written mean {:.0} ms) | repairs {} | inspects {} | agent {:.3} CPU-s/1k events, {:.0} % of a core while storming, runnable but waiting for a CPU {:.0} % of the time (simulator {:.0} % of a core, waiting {:.0} %)",
+        "  {:>7}/min: emitted {:>7} received {:>7} (lag ≤ {:.0}) dropped {:?} | labelled {:>6} injected {:>6} missed {:>5} dup-writes {} redundant-execs {} | latency p50 {:>6.0} ms p99 {:>6.0} ms max {:.0} ms (exec {:.0}/{:.0} ms; agent's received → written mean {:.0} ms) | repairs {} | inspects {} | agent {:.3} CPU-s/1k events, {:.0} % of a core while storming, runnable but waiting for a CPU {:.0} % of the time (simulator {:.0} % of a core, waiting {:.0} %)",
         s.rate,
         s.emitted,
         s.received,
@@ -645,6 +648,7 @@ fn print_storm(s: &StormResult) {
         s.redundant_execs,
         s.p50 * 1000.0,
         s.p99 * 1000.0,
+        s.max * 1000.0,
         s.exec_p50 * 1000.0,
         s.exec_p99 * 1000.0,
         s.agent_mean * 1000.0,
@@ -656,6 +660,23 @@ fn print_storm(s: &StormResult) {
         s.sim_cpu_frac * 100.0,
         s.sim_wait_frac * 100.0
     );
+}
+
+/// A 10,000 events/min storm whose event stream stalls (events held back, then delivered).
+fn stall_fault(storm_secs: u64, lifetime: Duration) {
+    let d = Duration::from_secs(env_num("DSO_SIM_FAULT_STALL_SECS", 10));
+    print!(
+        "  stream stalls {} s (events held, then delivered):",
+        d.as_secs()
+    );
+    print_storm(&storm(
+        10_000,
+        storm_secs,
+        lifetime,
+        sim_config(),
+        false,
+        Some(d),
+    ));
 }
 
 fn main() {
@@ -731,21 +752,12 @@ fn main() {
                     false,
                     None,
                 ));
-                let d = Duration::from_secs(env_num("DSO_SIM_FAULT_STALL_SECS", 10));
-                print!(
-                    "  stream stalls {} s (events held, then delivered):",
-                    d.as_secs()
-                );
-                print_storm(&storm(
-                    10_000,
-                    storm_secs,
-                    lifetime,
-                    sim_config(),
-                    false,
-                    Some(d),
-                ));
+                stall_fault(storm_secs, lifetime);
             }
-            other => println!("unknown scenario `{other}` (idle, shared, distinct, storm, faults)"),
+            "stall" => stall_fault(storm_secs, lifetime),
+            other => println!(
+                "unknown scenario `{other}` (idle, shared, distinct, storm, faults, stall)"
+            ),
         }
     }
 }
