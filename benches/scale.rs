@@ -12,9 +12,16 @@
 //! (default 300) with all N served. Every container is labelled `dso.bench=<run id>` and removed
 //! at the end, also when the bench fails.
 //!
+//! The containers run on a private dockerd (`benches/common/dockerd.rs`: its own network
+//! namespace, data root and socket, the offline image copied in), so that 1,000 containers never
+//! wedge the daemon other work shares; `DSO_BENCH_DOCKERD=shared` uses the one the Docker CLI
+//! reaches instead.
+//!
 //! Run: `scripts/test-env.sh up && . target/test-env/env && cargo bench --bench scale`.
 //! `DSO_BENCH_N` (default 1000), `DSO_BENCH_PAR`, `DSO_BENCH_IDLE_SECS`, `DSO_BENCH_WRITE_MODE`
-//! (`auto`, the default: direct writes; `exec`).
+//! (`auto`, the default: direct writes; `exec`), `DSO_BENCH_DOCKERD` (`private`, the default;
+//! `shared`), `DSO_BENCH_SHARD_CONCURRENCY` (`agent.shard_concurrency`, default 4: the exec-path
+//! restart then measures the real daemon's exec throughput at 8 × that many execs in flight).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -110,9 +117,10 @@ fn config(dir: &Path, scope: &str, write_mode: &str, vault_addr: &str) -> std::p
         &path,
         format!(
             "[agent]\nlisten = \"127.0.0.1:0\"\nscope = \"{scope}\"\nstate_dir = \"{state}\"\n\
-             admin_socket = \"{sock}\"\nwrite_mode = \"{write_mode}\"\n\n\
+             admin_socket = \"{sock}\"\nwrite_mode = \"{write_mode}\"\nshard_concurrency = {conc}\n\n\
              [providers.local]\ntype = \"file\"\npath = \"{vault}\"\nkey_file = \"{key}\"\n\n\
              [providers.bao]\ntype = \"vault\"\naddress = \"{vault_addr}\"\ntoken_env = \"DSO_BENCH_BAO_TOKEN\"\ntimeout = \"10s\"\n",
+            conc = env_num("DSO_BENCH_SHARD_CONCURRENCY", 4usize),
             state = dir.join("state").display(),
             sock = dir.join("dso.sock").display(),
             vault = dir.join("vault.enc").display(),
@@ -144,10 +152,17 @@ fn main() {
             .unwrap_or(0)
     );
     let scope = format!("dso.bench={uniq}");
+    // Declared before the container guard: dropped after it (containers first, then the daemon).
+    let private = (env_or("DSO_BENCH_DOCKERD", "private") == "private").then(|| {
+        let d = common::dockerd::PrivateDockerd::start(&image);
+        use_docker_host(d.host());
+        d
+    });
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "scale bench: {n} real containers × {} secrets ({LOCAL} local vault, {BAO} OpenBao), write_mode {write_mode}, {par} parallel docker runs; {} cores, load average {}",
+        "scale bench: {n} real containers × {} secrets ({LOCAL} local vault, {BAO} OpenBao), write_mode {write_mode}, {par} parallel docker runs, {} dockerd; {} cores, load average {}",
         LOCAL + BAO,
+        if private.is_some() { "a private" } else { "the shared" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
@@ -190,7 +205,10 @@ fn main() {
             format!("dso.secret.b{j}=bao/bench/{uniq}/b{j}#password"),
         ]);
     }
-    let envs = [("DSO_BENCH_BAO_TOKEN", vault_token.as_str())];
+    let mut envs = vec![("DSO_BENCH_BAO_TOKEN", vault_token.as_str())];
+    if let Some(h) = docker_host() {
+        envs.push(("DOCKER_HOST", h));
+    }
     let log = dir.path().join("agent.log");
     let mut agent = Agent::start(env!("CARGO_BIN_EXE_dso"), &cfg, &log, &envs);
     std::thread::sleep(Duration::from_secs(2));
@@ -340,9 +358,11 @@ fn main() {
             .sum::<f64>()
             + 0.0;
         println!(
-            "\n== restart on the {mode} path (SIGTERM took {:.2} s)\n  spawn → all {n} found unchanged: {}; reconcile duration {:.2} s; writes {}; reloads {reloads}; results {:?}",
+            "\n== restart on the {mode} path (SIGTERM took {:.2} s)\n  spawn → all {n} found unchanged: {} ({:.1} containers/s, shard_concurrency {}); reconcile pass (list and dispatch) {:.2} s; writes {}; reloads {reloads}; results {:?}",
             stop.as_secs_f64(),
             if done.is_some() { format!("{elapsed:.2} s") } else { "NOT in 600 s".into() },
+            n as f64 / elapsed,
+            env_num("DSO_BENCH_SHARD_CONCURRENCY", 4usize),
             m.get("dso_reconcile_duration_seconds_sum"),
             m.get(success),
             nonzero(m.by_label("dso_injections_total{result="))

@@ -24,7 +24,9 @@
 //!   agent's CPU-seconds per 1,000 events. `DSO_SIM_PERF=1` records the agent with `perf` during
 //!   each storm and prints the top of `perf report`.
 //! - `faults`: a 10,000 events/min storm while the event stream is cut every second, then one with
-//!   inspect answering after 10 s (`DSO_SIM_FAULT_INSPECT_SECS`).
+//!   inspect answering after 10 s (`DSO_SIM_FAULT_INSPECT_SECS`), then one whose event stream
+//!   stalls (events held back, then delivered) for `DSO_SIM_FAULT_STALL_SECS` (default 10) from
+//!   2 s in, while nearly every event is a start (also alone: `stall`).
 //!
 //! Agent settings are the defaults unless `DSO_SIM_SHARDS`, `DSO_SIM_SHARD_CONCURRENCY`,
 //! `DSO_SIM_QUEUE` are set. `DSO_SIM_NICE=-10` runs the simulator and the agent at a higher
@@ -380,6 +382,7 @@ struct StormResult {
     redundant_execs: usize,
     p50: f64,
     p99: f64,
+    max: f64,
     /// Exec create → exit as the simulator saw it, p50 and p99.
     exec_p50: f64,
     exec_p99: f64,
@@ -395,7 +398,14 @@ struct StormResult {
     cpu_per_k: f64,
     agent_cpu_frac: f64,
     inspects: u64,
+    /// The agent's own view: event received → files in place, mean over the writes
+    /// (`dso_injection_duration_seconds`), against the simulator's start event → exec exit.
+    agent_mean: f64,
 }
+
+/// A fault of the event stream during a storm: from 2 s in (while nearly every event is a start:
+/// the first deaths come after one lifetime), held back for this long.
+type Stall = Option<Duration>;
 
 fn storm(
     rate_per_min: u64,
@@ -403,8 +413,11 @@ fn storm(
     lifetime: Duration,
     sim_config: SimConfig,
     perf: bool,
+    stall: Stall,
 ) -> StormResult {
     let r = rig(sim_config, &Opts::default());
+    let stall_from = Duration::from_secs(2);
+    let mut stalled = false;
     std::thread::sleep(Duration::from_secs(1));
     let before = r.agent.stats();
     let sim_cpu0 = proc_cpu_secs(std::process::id());
@@ -444,6 +457,13 @@ fn storm(
     let mut max_lag = 0f64;
     let mut next_sample = Duration::from_secs(1);
     while t.elapsed() < gen_end {
+        if let Some(d) = stall {
+            let in_stall = t.elapsed() >= stall_from && t.elapsed() < stall_from + d;
+            if in_stall != stalled {
+                r.sim.stall_events(in_stall);
+                stalled = in_stall;
+            }
+        }
         if t.elapsed() >= next_sample {
             next_sample += Duration::from_secs(1);
             let recv: f64 = r
@@ -480,6 +500,9 @@ fn storm(
             emitted += 1;
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+    if stalled {
+        r.sim.stall_events(false);
     }
     let during = proc_stats(r.agent.pid);
     let agent_cpu_frac = (during.cpu_s - before.cpu_s) / t.elapsed().as_secs_f64();
@@ -587,6 +610,7 @@ fn storm(
         redundant_execs: redundant,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
+        max: lat.last().copied().unwrap_or(f64::NAN),
         exec_p50: percentile(&durations, 0.5),
         exec_p99: percentile(&durations, 0.99),
         sim_cpu_frac,
@@ -597,6 +621,10 @@ fn storm(
         cpu_per_k: (after.cpu_s - before.cpu_s) / (emitted as f64 / 1000.0),
         agent_cpu_frac,
         inspects,
+        agent_mean: (m.get("dso_injection_duration_seconds_sum")
+            - m0.get("dso_injection_duration_seconds_sum"))
+            / (m.get("dso_injection_duration_seconds_count")
+                - m0.get("dso_injection_duration_seconds_count")),
     }
 }
 
@@ -607,7 +635,7 @@ fn perf_data(rate: u64) -> PathBuf {
 
 fn print_storm(s: &StormResult) {
     println!(
-        "  {:>7}/min: emitted {:>7} received {:>7} (lag ≤ {:.0}) dropped {:?} | labelled {:>6} injected {:>6} missed {:>5} dup-writes {} redundant-execs {} | latency p50 {:>6.0} ms p99 {:>6.0} ms (exec {:.0}/{:.0} ms) | repairs {} | inspects {} | agent {:.3} CPU-s/1k events, {:.0} % of a core while storming, runnable but waiting for a CPU {:.0} % of the time (simulator {:.0} % of a core, waiting {:.0} %)",
+        "  {:>7}/min: emitted {:>7} received {:>7} (lag ≤ {:.0}) dropped {:?} | labelled {:>6} injected {:>6} missed {:>5} dup-writes {} redundant-execs {} | latency p50 {:>6.0} ms p99 {:>6.0} ms max {:.0} ms (exec {:.0}/{:.0} ms; agent's received → written mean {:.0} ms) | repairs {} | inspects {} | agent {:.3} CPU-s/1k events, {:.0} % of a core while storming, runnable but waiting for a CPU {:.0} % of the time (simulator {:.0} % of a core, waiting {:.0} %)",
         s.rate,
         s.emitted,
         s.received,
@@ -620,8 +648,10 @@ fn print_storm(s: &StormResult) {
         s.redundant_execs,
         s.p50 * 1000.0,
         s.p99 * 1000.0,
+        s.max * 1000.0,
         s.exec_p50 * 1000.0,
         s.exec_p99 * 1000.0,
+        s.agent_mean * 1000.0,
         s.repairs,
         s.inspects,
         s.cpu_per_k,
@@ -630,6 +660,23 @@ fn print_storm(s: &StormResult) {
         s.sim_cpu_frac * 100.0,
         s.sim_wait_frac * 100.0
     );
+}
+
+/// A 10,000 events/min storm whose event stream stalls (events held back, then delivered).
+fn stall_fault(storm_secs: u64, lifetime: Duration) {
+    let d = Duration::from_secs(env_num("DSO_SIM_FAULT_STALL_SECS", 10));
+    print!(
+        "  stream stalls {} s (events held, then delivered):",
+        d.as_secs()
+    );
+    print_storm(&storm(
+        10_000,
+        storm_secs,
+        lifetime,
+        sim_config(),
+        false,
+        Some(d),
+    ));
 }
 
 fn main() {
@@ -680,7 +727,7 @@ fn main() {
                     .split(',')
                     .filter_map(|r| r.trim().parse::<u64>().ok())
                 {
-                    let s = storm(rate, storm_secs, lifetime, sim_config(), perf);
+                    let s = storm(rate, storm_secs, lifetime, sim_config(), perf, None);
                     print_storm(&s);
                 }
             }
@@ -691,7 +738,7 @@ fn main() {
                     ..sim_config()
                 };
                 print!("  stream cut every 1 s:");
-                print_storm(&storm(10_000, storm_secs, lifetime, cut, false));
+                print_storm(&storm(10_000, storm_secs, lifetime, cut, false, None));
                 let slow = SimConfig {
                     inspect_latency: Duration::from_secs(env_num("DSO_SIM_FAULT_INSPECT_SECS", 10)),
                     ..sim_config()
@@ -703,9 +750,14 @@ fn main() {
                     Duration::from_secs(60),
                     slow,
                     false,
+                    None,
                 ));
+                stall_fault(storm_secs, lifetime);
             }
-            other => println!("unknown scenario `{other}` (idle, shared, distinct, storm, faults)"),
+            "stall" => stall_fault(storm_secs, lifetime),
+            other => println!(
+                "unknown scenario `{other}` (idle, shared, distinct, storm, faults, stall)"
+            ),
         }
     }
 }

@@ -20,10 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dso::docker::BollardEngine;
 use dso_actors::engine::ContainerEngine;
-use dso_actors::injector::exec::{inject_command, Transport};
+use dso_actors::injector::exec::{inject_command, ScriptExit, Transport};
 use dso_actors::model::{ContainerAction, SecretFile};
 use dso_actors::secret::SecretValue;
-use dso_actors::tarball::build_tar;
+use dso_actors::tarball::{build_b64_lines, build_tar};
 use futures_util::StreamExt;
 
 const REAL: &str = "/var/run/docker.sock";
@@ -101,13 +101,26 @@ fn image() -> String {
     std::env::var("DSO_TEST_IMAGE").unwrap_or_else(|_| "dso-test/busybox:latest".to_string())
 }
 
+/// One call of the injection script: (what, (mount, dir), digest, value, transport, expected
+/// exit, prints `replaced`).
+type Step = (
+    &'static str,
+    (&'static str, &'static str),
+    &'static str,
+    &'static str,
+    Transport,
+    ScriptExit,
+    bool,
+);
+
 /// The injection script with one file through the agent's adapter → (exit code, output).
 async fn inject(
     engine: &BollardEngine,
     id: &str,
-    dir: &str,
+    (mount, dir): (&str, &str),
     digest: &str,
     value: &str,
+    transport: Transport,
 ) -> (Option<i64>, String) {
     let file = SecretFile {
         name: "pw".to_string(),
@@ -118,14 +131,16 @@ async fn inject(
         names: Default::default(),
     };
     let v = SecretValue::new(value.as_bytes().to_vec());
-    let tar = build_tar(&[(&file, &v)]).expect("tar");
-    let cmd = inject_command(dir, dir, digest, &[&file], Transport::Tar);
-    let out = engine.exec(id, &cmd, &tar).await.expect("exec");
+    let payload = match transport {
+        Transport::Tar => build_tar(&[(&file, &v)]).expect("tar"),
+        Transport::Base64Lines => build_b64_lines(&[&v]),
+    };
+    let cmd = inject_command(mount, dir, digest, &[&file], transport);
+    let out = engine.exec(id, &cmd, &payload).await.expect("exec");
     (out.exit_code, out.output)
 }
 
 #[test]
-#[ignore = "after issue 10's new exec script (write.sh) the real engine answers this fixture's first write with exit 2 (the agent's own exec path passes inject:: and hostile:: in exec mode); fix the fixture, then the simulator's exec answers"]
 fn simulator_speaks_like_the_real_engine() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("docker.sock");
@@ -343,28 +358,79 @@ fn simulator_speaks_like_the_real_engine() {
         );
         assert!(ev.time_nanos > 0);
 
-        for (engine, id) in [(&re, &real_id), (&se, &sim_id)] {
-            assert_eq!(
-                inject(engine, id, DIR, "d1", "one").await.0,
-                Some(0),
-                "first write"
-            );
-            assert_eq!(
-                inject(engine, id, DIR, "d1", "one").await.0,
-                Some(10),
-                "unchanged"
-            );
-            let (code, out) = inject(engine, id, DIR, "d2", "two").await;
-            assert_eq!(code, Some(0), "second set");
-            assert!(
-                out.lines().any(|l| l.trim() == "replaced"),
-                "replaced: {out}"
-            );
-            assert_eq!(
-                inject(engine, id, "/etc/dso", "d3", "x").await.0,
-                Some(64),
-                "not a tmpfs"
-            );
+        // The script's answers (actors/src/injector/write.sh, codes from ScriptExit), in order.
+        let at = (DIR, DIR);
+        let below = (DIR, "/run/secrets/dso/app");
+        let steps: [Step; 6] = [
+            (
+                "first write",
+                at,
+                "d1",
+                "one",
+                Transport::Tar,
+                ScriptExit::Written,
+                false,
+            ),
+            (
+                "unchanged",
+                at,
+                "d1",
+                "one",
+                Transport::Tar,
+                ScriptExit::Unchanged,
+                false,
+            ),
+            (
+                "second set",
+                at,
+                "d2",
+                "two",
+                Transport::Tar,
+                ScriptExit::Written,
+                true,
+            ),
+            (
+                "base64 lines",
+                at,
+                "d3",
+                "three",
+                Transport::Base64Lines,
+                ScriptExit::Written,
+                true,
+            ),
+            (
+                "a directory below the mount",
+                below,
+                "d4",
+                "four",
+                Transport::Tar,
+                ScriptExit::Written,
+                false,
+            ),
+            (
+                "not a tmpfs",
+                ("/etc/dso", "/etc/dso"),
+                "d5",
+                "x",
+                Transport::Tar,
+                ScriptExit::NotTmpfs,
+                false,
+            ),
+        ];
+        for (what, engine, id) in [("real dockerd", &re, &real_id), ("simulator", &se, &sim_id)] {
+            for (step, place, digest, value, transport, exit, replaced) in steps {
+                let (code, out) = inject(engine, id, place, digest, value, transport).await;
+                assert_eq!(
+                    ScriptExit::from_code(code),
+                    Some(exit),
+                    "{what}, {step}: exit {code:?}"
+                );
+                assert_eq!(
+                    out.lines().any(|l| l.trim() == "replaced"),
+                    replaced,
+                    "{what}, {step}: 'replaced' printed? {out:?}"
+                );
+            }
         }
     });
 }

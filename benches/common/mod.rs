@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod dockerd;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command};
@@ -23,9 +24,31 @@ pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The engine every `docker` of this bench talks to, when not the CLI's default.
+static DOCKER_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Points every later `docker` of this bench at `host` (once; the first call wins).
+pub fn use_docker_host(host: String) {
+    let _ = DOCKER_HOST.set(host);
+}
+
+/// `DOCKER_HOST` for a child that must reach the same engine (None: the CLI's default).
+pub fn docker_host() -> Option<&'static str> {
+    DOCKER_HOST.get().map(String::as_str)
+}
+
+/// A `docker` command aimed at the bench's engine.
+pub fn docker_command() -> Command {
+    let mut c = Command::new("docker");
+    if let Some(h) = docker_host() {
+        c.env("DOCKER_HOST", h);
+    }
+    c
+}
+
 /// `docker ARGS` → (ok, stdout, stderr).
 pub fn docker_try(args: &[&str]) -> (bool, String, String) {
-    match Command::new("docker").args(args).output() {
+    match docker_command().args(args).output() {
         Ok(out) => (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).trim().to_string(),

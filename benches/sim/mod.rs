@@ -4,6 +4,10 @@
 //! be driven at a scale one machine cannot start for real (10,000 containers, 200,000 events a
 //! minute).
 //!
+//! Why this file is long: it is one fake daemon (state, HTTP routing, the event stream, exec and
+//! the script's answers), kept in one place so that `tests/sim_shapes.rs` checks all of it against
+//! the real dockerd; split, its pieces would only be used together.
+//!
 //! Endpoints (with or without a `/v1.xx` prefix):
 //! - `GET /_ping`, `GET /version` (API 1.41, like Engine 20.10);
 //! - `GET /events?since=&filters=` — a chunked JSON stream of container `start`/`die`/`destroy`
@@ -12,11 +16,12 @@
 //! - `POST /containers/{id}/exec`, `POST /exec/{id}/start` (hijacked: the stdin is read to its end,
 //!   then after [`SimConfig::exec_latency`] the exit code is decided) and `GET /exec/{id}/json`.
 //!
-//! The exec answers what the agent's in-container script would (actors/src/injector/exec.rs): exit 10
-//! ("unchanged") when the container's `.ready` already holds the digest given as the script's
-//! second argument, 64 when the directory is not one of the container's tmpfs mounts, else the
-//! tar on stdin is walked (its entries must be the files named in the arguments), the digest is
-//! recorded as the container's `.ready`, `replaced` is printed when an earlier set was replaced,
+//! The exec answers what the agent's in-container script would (actors/src/injector/write.sh,
+//! arguments `MOUNT DIR DIGEST tar|b64 [NAME MODE UID GID]...`, exit codes from `ScriptExit`):
+//! 64 when MOUNT is not one of the container's tmpfs mounts or DIR is not below it, 10
+//! ("unchanged") when the container's `.ready` already holds DIGEST, else the tar (or the base64
+//! lines) on stdin is walked (its entries must be the files named in the arguments), the digest is
+//! recorded as DIR's `.ready`, `replaced` is printed when an earlier set was replaced,
 //! and exit 0. An exec whose container stopped meanwhile answers 137. Every exec is recorded
 //! ([`Exec`]) with its event→write latency, so a bench can count what was injected against what
 //! should have been.
@@ -40,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use dso_actors::injector::exec::ScriptExit;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -82,8 +88,8 @@ pub struct Container {
     pub started_at: String,
     /// When its last `start` event was emitted.
     pub started: Instant,
-    /// The digest in its `.ready` (None: nothing written yet).
-    pub ready: Option<String>,
+    /// The digest in each directory's `.ready` (empty: nothing written yet).
+    pub ready: BTreeMap<String, String>,
 }
 
 /// One exec of the injection script, as the simulator saw it.
@@ -438,7 +444,7 @@ impl Sim {
                 running: true,
                 started_at: rfc3339(now_nanos()),
                 started: Instant::now(),
-                ready: None,
+                ready: BTreeMap::new(),
             },
         );
         self.emit(&mut st, &id, "start");
@@ -494,7 +500,7 @@ impl Sim {
         let ready = st
             .containers
             .values()
-            .filter(|c| c.running && c.ready.is_some())
+            .filter(|c| c.running && !c.ready.is_empty())
             .count();
         (ready, running)
     }
@@ -680,7 +686,8 @@ async fn handle(
                 let (code, out) = run_script(&state2, &exec_id, &container, &cmd, &stdin, created);
                 if !out.is_empty() {
                     // Docker's multiplexed stream: [stream, 0, 0, 0, len (u32 BE)] + payload.
-                    let mut frame = vec![if code == 0 { 1 } else { 2 }, 0, 0, 0];
+                    let stream = if code == NOT_TMPFS || code == 2 { 2 } else { 1 };
+                    let mut frame = vec![stream, 0, 0, 0];
                     frame.extend_from_slice(&(out.len() as u32).to_be_bytes());
                     frame.extend_from_slice(out.as_bytes());
                     let _ = io.write_all(&frame).await;
@@ -791,6 +798,11 @@ fn events(
     r
 }
 
+/// The script's exits, from the agent's own table (they cannot drift apart).
+const WRITTEN: i64 = ScriptExit::Written.code();
+const UNCHANGED: i64 = ScriptExit::Unchanged.code();
+const NOT_TMPFS: i64 = ScriptExit::NotTmpfs.code();
+
 /// What the injection script would do in the container; records the exec. → (exit code, output).
 fn run_script(
     state: &Mutex<State>,
@@ -801,44 +813,56 @@ fn run_script(
     created: Instant,
 ) -> (i64, String) {
     let mut st = state.lock().expect("sim state");
-    // sh -c SCRIPT dso-inject DIR DIGEST (name mode uid gid)*
-    let (code, out, files, digest) = match (cmd.get(4), cmd.get(5)) {
-        (Some(dir), Some(digest)) if cmd.first().is_some_and(|c| c == "sh") => {
-            let names: Vec<&String> = cmd[6..].iter().step_by(4).collect();
+    // sh -c SCRIPT dso-inject MOUNT DIR DIGEST tar|b64 (NAME MODE UID GID)*, as
+    // actors/src/injector/write.sh takes them.
+    let script =
+        cmd.first().is_some_and(|c| c == "sh") && cmd.get(3).is_some_and(|a| a == "dso-inject");
+    let (code, out, files, digest) = match (script, cmd.get(4), cmd.get(5), cmd.get(6), cmd.get(7))
+    {
+        (true, Some(mount), Some(dir), Some(digest), Some(transport)) => {
+            let names: Vec<&String> = cmd.get(8..).unwrap_or_default().iter().step_by(4).collect();
+            let digest = digest.clone();
             match st.containers.get_mut(container) {
-                Some(c) if !c.running => (137, String::new(), 0, digest.clone()),
-                None => (137, String::new(), 0, digest.clone()),
-                Some(c) if c.ready.as_deref() == Some(digest.as_str()) => {
-                    (10, String::new(), 0, digest.clone())
-                }
+                Some(c) if !c.running => (137, String::new(), 0, digest),
+                None => (137, String::new(), 0, digest),
+                // The script proves MOUNT is a tmpfs mount point and DIR lies below it.
                 Some(c)
-                    if !c
-                        .tmpfs
-                        .iter()
-                        .any(|t| dir == t || dir.starts_with(&format!("{t}/"))) =>
+                    if !c.tmpfs.iter().any(|t| t == mount)
+                        || !(dir == mount || dir.starts_with(&format!("{mount}/"))) =>
                 {
                     (
-                        64,
-                        format!("dso: {dir} is on overlay, not tmpfs\n"),
+                        NOT_TMPFS,
+                        format!("dso: {mount} is not a tmpfs mount point; nothing written\n"),
                         0,
-                        digest.clone(),
+                        digest,
                     )
                 }
+                Some(c) if c.ready.get(dir.as_str()) == Some(&digest) => {
+                    (UNCHANGED, String::new(), 0, digest)
+                }
                 Some(c) => {
-                    let entries = tar_entries(stdin);
+                    let entries = match transport.as_str() {
+                        "tar" => tar_entries(stdin),
+                        // One base64 line per file, in the order of the arguments.
+                        _ => names
+                            .iter()
+                            .zip(stdin.split(|b| *b == b'\n'))
+                            .map(|(n, _)| n.to_string())
+                            .collect(),
+                    };
                     if entries.len() != names.len()
                         || entries.iter().zip(&names).any(|(e, n)| e != *n)
                     {
                         (
                             2,
-                            format!("dso-sim: tar entries {entries:?} != arguments {names:?}\n"),
+                            format!("dso-sim: entries {entries:?} != arguments {names:?}\n"),
                             entries.len(),
-                            digest.clone(),
+                            digest,
                         )
                     } else {
-                        let had = c.ready.replace(digest.clone()).is_some();
+                        let had = c.ready.insert(dir.clone(), digest.clone()).is_some();
                         let out = if had { "replaced\n" } else { "" };
-                        (0, out.to_string(), entries.len(), digest.clone())
+                        (WRITTEN, out.to_string(), entries.len(), digest)
                     }
                 }
             }
