@@ -448,6 +448,12 @@ impl ContainerEngine for BollardEngine {
             if labels.get(ROLLED_LABEL).map(String::as_str) == Some(change) {
                 return Ok(RollOutcome::AlreadyRolled);
             }
+            // A mark (a first delivery) labels only a service that has no label yet: it must
+            // never stand in for a roll that older tasks still need (a task started during a
+            // rotation gets the new values first; the others still run on the old ones).
+            if !roll && labels.contains_key(ROLLED_LABEL) {
+                return Ok(RollOutcome::AlreadyRolled);
+            }
             labels.insert(ROLLED_LABEL.to_string(), change.to_string());
             // `docker service update --force`: the spec unchanged but for ForceUpdate (and the
             // label), so Swarm replaces the tasks under the service's own UpdateConfig. A service
@@ -496,14 +502,12 @@ impl BollardEngine {
                 short(&claim.service),
             )))
         };
-        // Ids go into request paths: Swarm's are short lowercase alphanumerics, nothing else.
-        let id_like = |s: &str| {
-            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
-        };
-        if !id_like(&claim.task) {
+        // Ids go into request paths (the Injector only builds claims from id-like labels; checked
+        // again here, where the paths are made).
+        if !SwarmTask::is_id(&claim.task) {
             return refuse("it has no valid com.docker.swarm.task.id label");
         }
-        if !id_like(&claim.service) {
+        if !SwarmTask::is_id(&claim.service) {
             return refuse("its com.docker.swarm.service.id label is not an id");
         }
         let task = match self.docker.inspect_task(&claim.task).await {
@@ -527,9 +531,9 @@ impl BollardEngine {
     }
 }
 
-/// The first 12 characters of an id, for messages.
+/// The first 12 bytes of an id, for messages (ids are checked ASCII before they get here).
 fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
+    id.get(..id.len().min(12)).unwrap_or("?")
 }
 
 /// Reads and writes of one roll before giving up (each retry follows a concurrent update).

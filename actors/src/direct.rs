@@ -76,11 +76,16 @@ pub enum FallbackReason {
     PidNamespace,
     /// The process at that pid started after the container did: the pid was reused.
     PidReused,
+    /// Owners are given by name and the container's `/etc/passwd` or `/etc/group` is on another
+    /// mount than its root (a bind mount, or a symlink into `/proc`, a volume, a FUSE mount): the
+    /// agent reads account files only from the root filesystem itself; the exec path reads them
+    /// inside the container.
+    AccountsMount,
 }
 
 impl FallbackReason {
     /// Every reason, for pre-created metric series.
-    pub const ALL: [FallbackReason; 7] = [
+    pub const ALL: [FallbackReason; 8] = [
         FallbackReason::ProcDenied,
         FallbackReason::UserNamespace,
         FallbackReason::NoOpenat2,
@@ -88,6 +93,7 @@ impl FallbackReason {
         FallbackReason::NoPid,
         FallbackReason::PidNamespace,
         FallbackReason::PidReused,
+        FallbackReason::AccountsMount,
     ];
 
     /// Metric label and log field.
@@ -100,6 +106,7 @@ impl FallbackReason {
             FallbackReason::NoPid => "no_pid",
             FallbackReason::PidNamespace => "pid_namespace",
             FallbackReason::PidReused => "pid_reused",
+            FallbackReason::AccountsMount => "accounts_mount",
         }
     }
 
@@ -113,6 +120,7 @@ impl FallbackReason {
             FallbackReason::NoPid => "the engine reported no pid for the container",
             FallbackReason::PidNamespace => "the agent runs in its own PID namespace, where the pids Docker reports do not exist (give its container `pid: host`)",
             FallbackReason::PidReused => "the process at the container's pid started after the container (the pid was reused)",
+            FallbackReason::AccountsMount => "a container's /etc/passwd or /etc/group (owners given by name) is not on its root filesystem (a bind mount, or a symlink into another mount)",
         }
     }
 }

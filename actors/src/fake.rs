@@ -71,6 +71,8 @@ pub struct FakeEngine {
     pub rolled: Mutex<HashMap<String, String>>,
     /// Rolls that really updated a service: (service, change).
     pub rolls_done: Mutex<Vec<(String, String)>>,
+    /// Containers whose claim to be a Swarm task `roll_service` refuses (forged labels).
+    pub forged_tasks: Mutex<Vec<String>>,
 }
 
 impl FakeEngine {
@@ -237,17 +239,34 @@ impl ContainerEngine for FakeEngine {
         if self.worker.lock().map(|w| *w).unwrap_or(false) {
             return Ok(RollOutcome::NotManager);
         }
+        if self
+            .forged_tasks
+            .lock()
+            .map(|f| f.contains(&task.container))
+            .unwrap_or(false)
+        {
+            return Err(EngineError::Engine(format!(
+                "container {} is not a task of service {service}",
+                task.container
+            )));
+        }
         let mut rolled = self
             .rolled
             .lock()
             .map_err(|_| EngineError::Engine("fake engine poisoned".into()))?;
+        // As the real adapter: a mark labels only a service without a label; a roll is a no-op
+        // only for the change the label names.
+        if !roll {
+            if rolled.contains_key(service) {
+                return Ok(RollOutcome::AlreadyRolled);
+            }
+            rolled.insert(service.to_string(), change.to_string());
+            return Ok(RollOutcome::Marked);
+        }
         if rolled.get(service).map(String::as_str) == Some(change) {
             return Ok(RollOutcome::AlreadyRolled);
         }
         rolled.insert(service.to_string(), change.to_string());
-        if !roll {
-            return Ok(RollOutcome::Marked);
-        }
         if let Ok(mut done) = self.rolls_done.lock() {
             done.push((service.to_string(), change.to_string()));
         }

@@ -62,6 +62,26 @@ pub struct SwarmTask {
     pub container: String,
 }
 
+impl SwarmTask {
+    /// The claim a container's labels make, when both ids look like Swarm ids. Labels that do not
+    /// (control characters, paths, empty) make no claim: such a container is not a Swarm task,
+    /// and its label never reaches a log or a request path.
+    pub fn from_labels(container: &str, labels: &HashMap<String, String>) -> Option<SwarmTask> {
+        let service = labels.get(SWARM_SERVICE_LABEL)?;
+        let task = labels.get(SWARM_TASK_LABEL)?;
+        (Self::is_id(service) && Self::is_id(task)).then(|| SwarmTask {
+            service: service.clone(),
+            task: task.clone(),
+            container: container.to_string(),
+        })
+    }
+
+    /// Swarm ids are short ASCII alphanumerics (25 characters today): nothing else is one.
+    pub fn is_id(s: &str) -> bool {
+        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    }
+}
+
 /// The service label a roll carries: the change the service's tasks run with (see
 /// [`crate::tarball::rolled_digest`]). A roll for a change the service already carries is a no-op.
 pub const ROLLED_LABEL: &str = "dso.rolled";

@@ -58,54 +58,61 @@ impl Id {
     }
 }
 
-/// The parsed account files of one container: (name, uid, gid) and (name, gid), first entry of a
-/// name wins (as `getpwnam`); malformed lines are skipped.
+/// The account files of one container, looked up by name: the first well-formed entry of a name
+/// wins (as `getpwnam`); malformed lines (and ids that are not plain decimal below `u32::MAX`,
+/// which `chown` would take as "unchanged") are skipped. Lookups scan the text; nothing is split
+/// into per-line allocations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Accounts {
-    users: Vec<(String, u32, u32)>,
-    groups: Vec<(String, u32)>,
+    passwd: String,
+    group: String,
+}
+
+/// A uid/gid field: plain decimal digits, at most 10, below `u32::MAX` (-1 means "no change").
+fn id_field(f: &str) -> Option<u32> {
+    if f.is_empty() || f.len() > 10 || !f.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    f.parse().ok().filter(|&n| n != u32::MAX)
+}
+
+/// Fields 2 and 3 (0-based) of the first well-formed entry named `name`.
+fn lookup(text: &str, name: &str, want_fourth: bool) -> Option<(u32, Option<u32>)> {
+    text.lines().find_map(|line| {
+        let mut f = line.splitn(5, ':');
+        if f.next()? != name {
+            return None;
+        }
+        let _password = f.next()?;
+        let third = id_field(f.next()?)?;
+        let fourth = if want_fourth {
+            Some(id_field(f.next()?)?)
+        } else {
+            None
+        };
+        Some((third, fourth))
+    })
 }
 
 impl Accounts {
-    /// Parses the contents of `/etc/passwd` and `/etc/group` (either may be empty).
+    /// Takes the contents of `/etc/passwd` and `/etc/group` (either may be empty).
     pub fn parse(passwd: &[u8], group: &[u8]) -> Self {
-        let lines = |b: &[u8]| -> Vec<Vec<String>> {
-            String::from_utf8_lossy(b)
-                .lines()
-                .filter(|l| !l.trim_start().starts_with('#'))
-                .map(|l| l.split(':').map(str::to_string).collect())
-                .collect()
-        };
-        let users = lines(passwd)
-            .into_iter()
-            .filter_map(|f| {
-                Some((
-                    f.first()?.clone(),
-                    f.get(2)?.parse().ok()?,
-                    f.get(3)?.parse().ok()?,
-                ))
-            })
-            .collect();
-        let groups = lines(group)
-            .into_iter()
-            .filter_map(|f| Some((f.first()?.clone(), f.get(2)?.parse().ok()?)))
-            .collect();
-        Self { users, groups }
+        Self {
+            passwd: String::from_utf8_lossy(passwd).into_owned(),
+            group: String::from_utf8_lossy(group).into_owned(),
+        }
     }
 
     fn user(&self, name: &str) -> Result<(u32, u32), UnknownName> {
-        self.users
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, u, g)| (*u, *g))
-            .ok_or_else(|| UnknownName::User(name.to_string()))
+        match lookup(&self.passwd, name, true) {
+            Some((uid, Some(gid))) => Ok((uid, gid)),
+            _ => Err(UnknownName::User(name.to_string())),
+        }
     }
 
     fn group(&self, name: &str) -> Result<u32, UnknownName> {
-        self.groups
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, g)| *g)
+        lookup(&self.group, name, false)
+            .map(|(gid, _)| gid)
             .ok_or_else(|| UnknownName::Group(name.to_string()))
     }
 }
@@ -303,6 +310,18 @@ mod tests {
             group: Some(GroupName::Group("bad".into())),
         };
         assert_eq!(resolve(&[&d], &acc), Err(UnknownName::Group("bad".into())));
+        // -1 (`chown`'s "unchanged") and non-decimal ids are not ids: the name is unknown.
+        let acc = Accounts::parse(
+            b"max:x:4294967295:1::/:/bin/sh\nplus:x:+5:5::/:/bin/sh\nbig:x:12345678901:1::/:/\n",
+            b"",
+        );
+        for name in ["max", "plus", "big"] {
+            d.names = OwnerNames {
+                user: Some(name.into()),
+                group: None,
+            };
+            assert_eq!(resolve(&[&d], &acc), Err(UnknownName::User(name.into())));
+        }
     }
 
     #[test]

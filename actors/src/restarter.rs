@@ -13,7 +13,9 @@
 //!
 //! A Swarm task is never restarted here: its **service** is rolled (`RequestRoll`), once per
 //! change — the service's other tasks ask for the same change and are answered from `rolled`
-//! (or join the roll under way); the engine makes it idempotent across agents (`dso.rolled`).
+//! or join the roll under way (and take it over when it fails: the first asker may be a
+//! container whose claim to be a task the engine refuses); the engine makes it idempotent across
+//! agents (`dso.rolled`). A first delivery's mark never stands in for a roll.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use rand::Rng;
 use crate::engine::ContainerEngine;
 use crate::messages::{RequestRestart, RequestRoll};
 use crate::metrics::Metrics;
-use crate::model::RollOutcome;
+use crate::model::{RollOutcome, SwarmTask};
 
 /// The restart group of a container from its labels.
 pub fn compose_group(labels: &HashMap<String, String>) -> Option<String> {
@@ -60,8 +62,12 @@ pub struct Restarter {
     busy: HashSet<String>,
     /// Containers whose restart call is under way.
     restarting: HashSet<String>,
-    /// Swarm services: the change of the roll under way or last asked for, per service.
+    /// Swarm services: the change of the last roll done (or found done), per service.
     rolled: HashMap<String, String>,
+    /// Swarm services: the change of the last mark asked for (first deliveries), per service.
+    marked: HashMap<String, String>,
+    /// Swarm services: the roll under way, and the other tasks that asked for the same change.
+    rolling: HashMap<String, (String, Vec<SwarmTask>)>,
 }
 
 impl Restarter {
@@ -79,6 +85,8 @@ impl Restarter {
             busy: HashSet::new(),
             restarting: HashSet::new(),
             rolled: HashMap::new(),
+            marked: HashMap::new(),
+            rolling: HashMap::new(),
         }
     }
 
@@ -189,38 +197,100 @@ impl Handler<RequestRoll> for Restarter {
     fn handle(&mut self, msg: RequestRoll, ctx: &mut Self::Context) {
         let RequestRoll { task, change, roll } = msg;
         let service = task.service.clone();
-        if self.rolled.get(&service) == Some(&change) {
-            tracing::debug!(service = %service, change = %change, "service already rolled (or rolling) for this change");
+        if !roll {
+            if self.marked.get(&service) == Some(&change)
+                || self.rolled.get(&service) == Some(&change)
+            {
+                return;
+            }
+            self.marked.insert(service, change.clone());
+            self.roll(task, change, false, ctx);
             return;
         }
-        self.rolled.insert(service.clone(), change.clone());
+        if self.rolled.get(&service) == Some(&change) {
+            tracing::debug!(service = %service, "service already rolled for this change");
+            return;
+        }
+        if let Some((under_way, waiting)) = self.rolling.get_mut(&service) {
+            if *under_way == change {
+                waiting.push(task);
+                return;
+            }
+        }
+        // (A newer change while an older roll is under way starts its own: the engine's version
+        // index orders the two updates.)
+        self.rolling.insert(service, (change.clone(), Vec::new()));
+        self.roll(task, change, true, ctx);
+    }
+}
+
+impl Restarter {
+    /// Asks the engine to roll (or, `roll` false, to mark) the service of `task` for `change`.
+    /// Logs name the service, never the change (a digest that may be of values).
+    fn roll(&mut self, task: SwarmTask, change: String, roll: bool, ctx: &mut Context<Self>) {
         let engine = self.engine.clone();
+        let service = task.service.clone();
         let chg = change.clone();
         async move { engine.roll_service(&task, &chg, roll).await }
             .into_actor(self)
-            .map(move |res, act, _ctx| match res {
-                Ok(RollOutcome::Rolled) => {
-                    act.metrics.reload("restart", "ok");
-                    tracing::info!(service = %service, change = %change, "Swarm service rolled after new secret values (service update --force)");
-                }
-                Ok(RollOutcome::AlreadyRolled) => {
-                    tracing::info!(service = %service, change = %change, "Swarm service already rolled for this change by another agent");
-                }
-                Ok(RollOutcome::Marked) => {
-                    tracing::debug!(service = %service, change = %change, "Swarm service labelled with the change its tasks run with");
-                }
-                Ok(RollOutcome::NotManager) => {
-                    tracing::info!(service = %service, change = %change, "not a Swarm manager: the service is rolled by an agent on a manager node");
-                }
-                Err(e) => {
-                    // Forget it: the next delivery of this change may try again.
-                    if act.rolled.get(&service) == Some(&change) {
-                        act.rolled.remove(&service);
-                    }
-                    act.metrics.reload("restart", "error");
-                    tracing::error!(service = %service, change = %change, error = %e, "rolling the Swarm service after new secret values failed");
-                }
-            })
+            .map(move |res, act, ctx| act.rolled(service, change, roll, res, ctx))
             .spawn(ctx);
+    }
+
+    fn rolled(
+        &mut self,
+        service: String,
+        change: String,
+        roll: bool,
+        res: Result<RollOutcome, crate::engine::EngineError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let ok = res.is_ok();
+        match res {
+            Ok(_) if !roll => {
+                tracing::debug!(service = %service, "Swarm service labelled with the change its tasks run with (when it had none)");
+            }
+            Ok(RollOutcome::Rolled) => {
+                self.metrics.reload("restart", "ok");
+                tracing::info!(service = %service, "Swarm service rolled after new secret values (service update --force)");
+            }
+            Ok(RollOutcome::AlreadyRolled | RollOutcome::Marked) => {
+                tracing::info!(service = %service, "Swarm service already rolled for this change by another agent");
+            }
+            Ok(RollOutcome::NotManager) => {
+                tracing::warn!(service = %service, "not a Swarm manager: new secret values are in the task's files, but the service is rolled only by an agent on a manager node that runs one of its tasks (docs/swarm.md)");
+            }
+            Err(e) => {
+                if roll {
+                    self.metrics.reload("restart", "error");
+                }
+                tracing::error!(service = %service, error = %e, "rolling the Swarm service after new secret values failed");
+            }
+        }
+        if !roll {
+            if !ok && self.marked.get(&service) == Some(&change) {
+                self.marked.remove(&service);
+            }
+            return;
+        }
+        let Some((under_way, waiting)) = self.rolling.get_mut(&service) else {
+            return;
+        };
+        if *under_way != change {
+            if ok {
+                self.rolled.insert(service, change);
+            }
+            return;
+        }
+        if ok {
+            self.rolling.remove(&service);
+            self.rolled.insert(service, change);
+        } else if let Some(next) = waiting.pop() {
+            // Another task asked for the same change: its claim may hold where this one's did not.
+            self.roll(next, change, true, ctx);
+        } else {
+            // Forget it: the next delivery of this change may try again.
+            self.rolling.remove(&service);
+        }
     }
 }

@@ -213,16 +213,22 @@ pub enum SpecError {
     TooMany(usize),
 }
 
+/// A label value (or the image's `User`) fit for a log line: at most 64 bytes, control characters
+/// escaped (labels and images are untrusted: no forged log lines).
 fn trunc(s: &str) -> String {
-    if s.len() <= 64 {
-        s.to_string()
-    } else {
-        let mut end = 64;
-        while !s.is_char_boundary(end) {
-            end -= 1;
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.len() >= 64 {
+            out.push('…');
+            break;
         }
-        format!("{}…", &s[..end])
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    out
 }
 
 /// True for a plain file name that is none of DSO's own: `[A-Za-z0-9._-]`, 1–255 bytes, not `.`,

@@ -728,7 +728,7 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
                 ("dso.secret.pw", "p/db#pw"),
                 ("dso.reload", reload),
                 ("com.docker.swarm.service.id", service),
-                ("com.docker.swarm.task.id", &format!("task-{id}")),
+                ("com.docker.swarm.task.id", &format!("task{id}")),
             ],
             &["/run/secrets/dso"],
         ));
@@ -790,7 +790,7 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
         .send(RequestRoll {
             task: SwarmTask {
                 service: "svc".into(),
-                task: "task-t1".into(),
+                task: "taskt1".into(),
                 container: "t1".into(),
             },
             change: rolled[0].1.clone(),
@@ -815,6 +815,46 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
     );
     assert!(!render(&registry2).contains("result=\"ok\"} 1"));
 
+    // A task started during a rotation gets the new values first and marks the service with
+    // them; that mark must not stand in for the roll the older tasks still need.
+    let task = SwarmTask {
+        service: "svc".into(),
+        task: "taskt2".into(),
+        container: "t2".into(),
+    };
+    for roll in [false, true] {
+        second
+            .send(RequestRoll {
+                task: task.clone(),
+                change: "next".into(),
+                roll,
+            })
+            .await
+            .unwrap();
+    }
+    settle(|| engine.rolls().len() == 2).await;
+    assert_eq!(engine.rolls()[1], ("svc".to_string(), "next".to_string()));
+
+    // A container with forged task labels asks first for the change a real task needs: its
+    // refusal must not swallow the real task's roll.
+    engine.forged_tasks.lock().unwrap().push("f1".into());
+    for container in ["f1", "t3"] {
+        second
+            .send(RequestRoll {
+                task: SwarmTask {
+                    service: "svc".into(),
+                    task: format!("task{container}"),
+                    container: container.into(),
+                },
+                change: "third".into(),
+                roll: true,
+            })
+            .await
+            .unwrap();
+    }
+    settle(|| engine.rolls().len() == 3).await;
+    assert_eq!(engine.rolls()[2], ("svc".to_string(), "third".to_string()));
+
     // An agent on a worker node: no roll (a manager's agent does it), nothing restarted.
     *engine.worker.lock().unwrap() = true;
     let worker = Restarter::new(
@@ -827,7 +867,7 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
         .send(RequestRoll {
             task: SwarmTask {
                 service: "svc".into(),
-                task: "task-t1".into(),
+                task: "taskt1".into(),
                 container: "t1".into(),
             },
             change: "another".into(),
@@ -836,7 +876,7 @@ async fn a_swarm_service_is_rolled_once_per_change_and_its_tasks_never_restarted
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(engine.rolls().len(), 1);
+    assert_eq!(engine.rolls().len(), 3);
     assert!(!engine
         .calls()
         .iter()

@@ -274,3 +274,50 @@ fn a_fifo_planted_as_etc_passwd_does_not_hang_the_agent() {
     assert_eq!(agent.get("/healthz").0, 200);
     assert_eq!(result_of(&ws, &c).unwrap().0, "unknown_owner");
 }
+
+/// An `/etc/passwd` bind-mounted from the host is on another mount than the container's root:
+/// the direct path never reads account files across a mount (a symlink into the container's
+/// `/proc`, a volume or a FUSE mount that never answers would be one too), so the container is
+/// served through exec (`accounts_mount`), which reads the file inside the container.
+#[test]
+fn accounts_on_another_mount_are_read_through_exec() {
+    let mode = default_write_mode();
+    let image = Image::build();
+    let ws = Workspace::new();
+    ws.write_config("");
+    let value = unique("bound-value");
+    ws.set_secret("nb#k", &value);
+    let bound = ws.path("bound-passwd");
+    std::fs::write(
+        &bound,
+        "root:x:0:0::/:/bin/sh\nbound:x:3000:3001::/:/bin/sh\n",
+    )
+    .unwrap();
+    let agent = Agent::start(&ws.config());
+    let volume = format!("{}:/etc/passwd:ro", bound.display());
+    let c = container(
+        &ws,
+        &image,
+        &[
+            "-v",
+            &volume,
+            "--label",
+            "dso.secret.k=local/nb#k",
+            "--label",
+            "dso.secret.k.uid=bound",
+        ],
+        |_| {},
+    );
+    c.wait_for(&format!("{DIR}/.ready"), &agent);
+    assert_eq!(c.stat(&format!("{DIR}/k")), "400 3000 0", "{mode}");
+    assert_eq!(c.read(&format!("{DIR}/k")).as_deref(), Some(value.as_str()));
+    assert_eq!(by_mode(&agent, "exec"), 1.0, "{mode}: served through exec");
+    if mode != "exec" {
+        assert_eq!(
+            agent.metric("dso_direct_fallbacks_total{reason=\"accounts_mount\"}"),
+            Some(1.0),
+            "{}",
+            agent.logs()
+        );
+    }
+}

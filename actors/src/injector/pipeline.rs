@@ -14,9 +14,7 @@ use crate::engine::{ContainerEngine, EngineError};
 use crate::hints;
 use crate::messages::{ContainerJob, FetchError, FileStatus, GetSecret, Trigger};
 use crate::metrics::{Metrics, CONTAINER_WARNING_REASONS};
-use crate::model::{
-    ContainerAction, ContainerInfo, SecretFile, SwarmTask, SWARM_SERVICE_LABEL, SWARM_TASK_LABEL,
-};
+use crate::model::{ContainerAction, ContainerInfo, SecretFile, SwarmTask};
 use crate::secret::SecretValue;
 use crate::spec::{build_spec, tmpfs_mount_of, ContainerSpec, ReloadPolicy, SpecError, Target};
 use crate::tarball::{digest, rolled_digest};
@@ -281,8 +279,9 @@ fn already_injected(
 }
 
 /// For a Swarm task whose policy is `restart`: its service and the change a roll would be for.
-/// A container that only claims to be a task (labels are untrusted) is never `docker restart`ed
-/// either: the engine refuses the roll when the claim does not hold.
+/// Labels are untrusted: a container whose labels claim a task (well-formed ids) is never `docker
+/// restart`ed, and the engine refuses the roll when the claim does not hold; labels that are not
+/// ids make no claim (such a container is restarted like any other).
 fn swarm_roll(
     spec: &ContainerSpec,
     info: &ContainerInfo,
@@ -292,18 +291,10 @@ fn swarm_roll(
     if spec.reload != ReloadPolicy::Restart {
         return None;
     }
-    let service = info.labels.get(SWARM_SERVICE_LABEL)?;
+    let task = SwarmTask::from_labels(&info.id, &info.labels)?;
     Some(reload::Roll {
-        change: rolled_digest(service, pairs, versions),
-        task: SwarmTask {
-            service: service.clone(),
-            task: info
-                .labels
-                .get(SWARM_TASK_LABEL)
-                .cloned()
-                .unwrap_or_default(),
-            container: info.id.clone(),
-        },
+        change: rolled_digest(&task.service, pairs, versions),
+        task,
     })
 }
 
