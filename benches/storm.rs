@@ -29,7 +29,7 @@
 //!   2 s in, while nearly every event is a start (also alone: `stall`).
 //!
 //! Agent settings are the defaults unless `DSO_SIM_SHARDS`, `DSO_SIM_SHARD_CONCURRENCY`,
-//! `DSO_SIM_QUEUE` are set. `DSO_SIM_NICE=-10` runs the simulator and the agent at a higher
+//! `DSO_SIM_EXEC_CONCURRENCY`, `DSO_SIM_QUEUE` are set. `DSO_SIM_NICE=-10` runs the simulator and the agent at a higher
 //! priority on a shared host (printed with the figures). Run: `cargo bench --bench storm` (no test
 //! environment needed).
 
@@ -136,6 +136,7 @@ fn write_config(dir: &Path, docker_host: &str, opts: &Opts) -> PathBuf {
     for (env, key) in [
         ("DSO_SIM_SHARDS", "shards"),
         ("DSO_SIM_SHARD_CONCURRENCY", "shard_concurrency"),
+        ("DSO_SIM_EXEC_CONCURRENCY", "exec_concurrency"),
         ("DSO_SIM_QUEUE", "queue_capacity"),
     ] {
         if let Ok(v) = std::env::var(env) {

@@ -60,8 +60,11 @@ pub struct AgentConfig {
     pub shards: usize,
     /// Capacity of every actor mailbox and shard queue. Default 2000.
     pub queue_capacity: usize,
-    /// Containers one shard injects at once, 1–64. Default 4.
+    /// Containers one shard works on at once (inspect, fetch, write), 1–64. Default 16.
     pub shard_concurrency: usize,
+    /// `docker exec`s the agent runs at once, all shards together (the engine's budget: an
+    /// exec is the costly call), 1–1024. Default 32.
+    pub exec_concurrency: usize,
     /// Failed Docker reconnects in a row before the agent exits non-zero. Default 100.
     pub docker_max_reconnects: u32,
     /// Period of the reconciliation pass; `"0s"` turns periodic passes off. Default `"10m"`.
@@ -126,7 +129,8 @@ impl Default for AgentConfig {
             allow_insecure_tcp: false,
             shards: 8,
             queue_capacity: 2000,
-            shard_concurrency: 4,
+            shard_concurrency: 16,
+            exec_concurrency: 32,
             docker_max_reconnects: 100,
             reconcile_interval: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(10),
@@ -432,6 +436,12 @@ impl Config {
             p.push(format!(
                 "agent.shard_concurrency: {} is out of range; use 1 to 64",
                 a.shard_concurrency
+            ));
+        }
+        if !(1..=1024).contains(&a.exec_concurrency) {
+            p.push(format!(
+                "agent.exec_concurrency: {} is out of range; use 1 to 1024",
+                a.exec_concurrency
             ));
         }
         if !(1..=1024).contains(&a.max_concurrent_rotations) {

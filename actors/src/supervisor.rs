@@ -56,8 +56,10 @@ pub struct AgentSettings {
     /// and the Reconciler have small fixed ones ([`crate::watcher::WATCHER_MAILBOX`],
     /// [`crate::reconciler::RECONCILER_MAILBOX`]): see why there.
     pub queue_capacity: usize,
-    /// Containers injected at once by one shard.
+    /// Containers one shard works on at once (inspect, fetch, write).
     pub shard_concurrency: usize,
+    /// `docker exec`s running at once, all shards together (one semaphore shared by the shards).
+    pub exec_concurrency: usize,
     /// Cache TTL.
     pub cache_ttl: Duration,
     /// Most cache entries.
@@ -203,6 +205,9 @@ impl Actor for Supervisor {
             audit: self.settings.audit.clone(),
             restarter: Some(restarter),
             direct: self.direct.clone(),
+            exec_permits: Some(Arc::new(tokio::sync::Semaphore::new(
+                self.settings.exec_concurrency.max(1),
+            ))),
         };
         let shards: Vec<Addr<Injector>> = (0..self.settings.shards)
             .map(|i| {

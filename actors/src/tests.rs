@@ -53,6 +53,7 @@ fn test_settings() -> AgentSettings {
         shards: 4,
         queue_capacity: 100,
         shard_concurrency: 2,
+        exec_concurrency: 8,
         cache_ttl: Duration::from_secs(60),
         cache_max_entries: 100,
         cache_max_stale: Duration::from_secs(3600),
@@ -154,6 +155,16 @@ fn injector_with_access(
     queue: usize,
     access: AccessRules,
 ) -> Addr<Injector> {
+    injector_with(r, concurrency, queue, access, None)
+}
+
+fn injector_with(
+    r: &Rig,
+    concurrency: usize,
+    queue: usize,
+    access: AccessRules,
+    exec_permits: Option<Arc<tokio::sync::Semaphore>>,
+) -> Addr<Injector> {
     Injector::new(
         0,
         r.engine.clone() as Arc<dyn ContainerEngine>,
@@ -171,6 +182,7 @@ fn injector_with_access(
             audit: None,
             restarter: None,
             direct: r.direct.clone(),
+            exec_permits,
         },
         r.metrics.clone(),
         1000,
@@ -1015,6 +1027,40 @@ async fn rotations_are_bounded_per_shard() {
             .load(std::sync::atomic::Ordering::SeqCst),
         2,
         "at most 2 rotations at once"
+    );
+}
+
+#[actix_rt::test]
+async fn execs_share_one_agent_wide_budget_apart_from_the_job_slots() {
+    let r = rig();
+    r.backend.put("a", map(&[("k", "v")]));
+    for i in 0..12 {
+        r.engine.add(container(
+            &format!("c{i}"),
+            &[("dso.secret.x", "p/a#k")],
+            &["/run/secrets/dso"],
+        ));
+    }
+    *r.engine.exec_delay.lock().unwrap() = Duration::from_millis(100);
+    // Two shards of 8 slots each, one budget of 3 execs for both.
+    let permits = Arc::new(tokio::sync::Semaphore::new(3));
+    let shards = [
+        injector_with(&r, 8, 100, AccessRules::default(), Some(permits.clone())),
+        injector_with(&r, 8, 100, AccessRules::default(), Some(permits)),
+    ];
+    for i in 0..12 {
+        shards[i % 2]
+            .send(job(&format!("c{i}"), Trigger::Reconcile))
+            .await
+            .unwrap();
+    }
+    settle(|| r.engine.execs().len() == 12).await;
+    assert_eq!(
+        r.engine
+            .execs_max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "at most 3 execs at once across both shards"
     );
 }
 

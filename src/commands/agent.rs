@@ -159,6 +159,7 @@ fn run_agent(
             shards: cfg.agent.shards,
             queue_capacity: cfg.agent.queue_capacity,
             shard_concurrency: cfg.agent.shard_concurrency,
+            exec_concurrency: cfg.agent.exec_concurrency,
             cache_ttl: cfg.cache.ttl,
             cache_max_entries: cfg.cache.max_entries,
             cache_max_stale: cfg.cache.max_stale,

@@ -150,7 +150,13 @@ pub(super) async fn write_exec(
     values: Vec<SecretValue>,
     engine: &dyn ContainerEngine,
     metrics: &crate::metrics::Metrics,
+    permits: Option<&tokio::sync::Semaphore>,
 ) -> WriteResult {
+    // The engine's exec budget, held for this container's exec (and its base64 retry) only.
+    let permit = match permits {
+        Some(p) => p.acquire().await.ok(),
+        None => None,
+    };
     let pairs: Vec<_> = spec.files.iter().zip(values.iter()).collect();
     let tar = match build_tar(&pairs) {
         Ok(t) => t,
@@ -178,6 +184,7 @@ pub(super) async fn write_exec(
             )
             .await;
     }
+    drop(permit);
     drop(values);
     let written = classify(info, mount, spec, result);
     if written.is_ok() {

@@ -68,6 +68,11 @@ pub struct InjectorSettings {
     pub restarter: Option<Addr<crate::restarter::Restarter>>,
     /// The direct write path (`agent.write_mode = "auto"`); None: every write is an exec.
     pub direct: Option<Arc<dyn DirectWriter>>,
+    /// The agent-wide exec budget (`agent.exec_concurrency`), shared by every shard: a job holds
+    /// its injector slot for inspect, fetch and write, and a permit only around its exec, so
+    /// many containers can be worked on while the engine runs a bounded number of execs. None:
+    /// execs bounded by the slots alone.
+    pub exec_permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Files delivered by one job (the successful end of the pipeline).

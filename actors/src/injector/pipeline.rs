@@ -128,7 +128,18 @@ async fn inject(
         Some(w) => w,
         None => {
             drop(pairs);
-            write_exec(job, info, mount, &spec, &digest, values, engine, metrics).await
+            write_exec(
+                job,
+                info,
+                mount,
+                &spec,
+                &digest,
+                values,
+                engine,
+                metrics,
+                settings.exec_permits.as_deref(),
+            )
+            .await
         }
     };
     let (changed, replaced) = written?;
