@@ -28,4 +28,5 @@ pub mod supervisor;
 pub mod tarball;
 #[cfg(test)]
 mod tests;
+pub mod text;
 pub mod watcher;

@@ -213,22 +213,10 @@ pub enum SpecError {
     TooMany(usize),
 }
 
-/// A label value (or the image's `User`) fit for a log line: at most 64 bytes, control characters
-/// escaped (labels and images are untrusted: no forged log lines).
+/// A label value (or the image's `User`) fit for a log line: at most 64 characters, control
+/// characters escaped (labels and images are untrusted: no forged log lines).
 fn trunc(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars() {
-        if out.len() >= 64 {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::text::one_line(s, 64)
 }
 
 /// True for a plain file name that is none of DSO's own: `[A-Za-z0-9._-]`, 1–255 bytes, not `.`,

@@ -125,19 +125,7 @@ pub(crate) fn safe_text(text: &str, secrets: &[&str], max: usize) -> String {
             text = text.replace(secret, "[redacted]");
         }
     }
-    let mut out = String::with_capacity(text.len().min(max + 4));
-    for (n, c) in text.chars().enumerate() {
-        if n == max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    dso_actors::text::one_line(&text, max)
 }
 
 #[cfg(test)]
