@@ -68,8 +68,23 @@ fn wait_result(ws: &Workspace, agent: &Agent, c: &Container, not: &str) -> (Stri
 }
 
 /// `dso inject C` and the result of that very injection.
+/// [`outcomes`] once no job is finishing any more: a container's `.ready` appears a moment
+/// before its job's outcome is counted (on the exec path, before the exec returns), so a count
+/// taken right after `.ready` can be passed by that late outcome instead of the one awaited.
+fn settled_outcomes(agent: &Agent) -> f64 {
+    let mut last = outcomes(agent);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = outcomes(agent);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn inject_now(ws: &Workspace, agent: &Agent, c: &Container) -> (String, String) {
-    let before = outcomes(agent);
+    let before = settled_outcomes(agent);
     let (code, out, err) = dso_with(Some(&ws.config()), &["inject", &c.id]);
     assert_eq!(code, Some(0), "dso inject: {out}{err}");
     eventually(agent, "the outcome of `dso inject`", || {
@@ -85,7 +100,7 @@ pub(crate) fn rotate_now(
     c: &Container,
     path: &str,
 ) -> (String, String) {
-    let before = outcomes(agent);
+    let before = settled_outcomes(agent);
     let (code, out, err) = dso_with(Some(&ws.config()), &["rotate", &format!("local/{path}")]);
     assert_eq!(code, Some(0), "dso rotate: {out}{err}");
     eventually(agent, "the outcome of the rotation", || {
