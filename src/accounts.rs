@@ -100,10 +100,7 @@ fn read_in_root(root: BorrowedFd<'_>, file: &'static str) -> Result<Vec<u8>, Dir
             format!("larger than {MAX_ACCOUNT_FILE} bytes"),
         ))),
         Ok((_, bytes)) => Ok(bytes.to_vec()),
-        Err(Errno::INVAL) => Err(err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file",
-        ))),
+        Err(Errno::INVAL) => Err(not_regular()),
         Err(e) => Err(err(e.into())),
     }
 }
